@@ -1,0 +1,53 @@
+"""procres: norm-preserving deep networks (Zaeemzadeh, Rahnavard & Shah, TPAMI 2020).
+
+The public API, one line per name: ``name -> module``. Names load lazily so that
+``import procres`` (and the CLI's ``--help``) stays fast.
+"""
+
+__version__ = "0.1.0"
+
+_API = {
+    # spectral: singular values of convolution operators
+    "conv_singular_values": "spectral",
+    "conv_operator_norm": "spectral",
+    "conv_min_singular_value": "spectral",
+    "conv_matrix": "spectral",
+    # procrustes: polar factor and the norm-preserving projection
+    "polar": "procrustes",
+    "project_conv_": "procrustes",
+    "ProjectionReport": "procrustes",
+    "ProcrustesHook": "procrustes",
+    "register_procrustes_hook": "procrustes",
+    "attach_procrustes": "procrustes",
+    # models
+    "create_model": "models",
+    "list_models": "models",
+    "register_model": "models",
+    # diagnostics
+    "NormRecorder": "diagnostics",
+    "jacobian_singular_values": "diagnostics",
+    "check_bounds": "diagnostics",
+    "depth_study": "diagnostics",
+    # data, config, training
+    "load_dataset": "data",
+    "DeviceLoader": "data",
+    "TrainConfig": "config",
+    "train": "train",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'procres' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"procres.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

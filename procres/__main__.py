@@ -1,0 +1,3 @@
+from procres.cli import main
+
+raise SystemExit(main())

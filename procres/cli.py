@@ -1,0 +1,106 @@
+"""The ``procres`` command line: parses arguments and calls the library, nothing more.
+
+Subcommands: models, spectrum, train, demo, plot, reproduce. Each has one
+``_add_<name>(subparsers)`` that builds its parser and one ``_run_<name>(args)``
+that calls the library. Heavy imports (torch) happen inside the handlers so that
+``procres --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+# ---------------------------------------------------------------- models
+def _add_models(sub):
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("--filter", default="", help="only names containing this string")
+    p.add_argument("--image-size", type=int, default=32, help="input resolution for the transition grids")
+    return p
+
+
+def _run_models(args):
+    raise NotImplementedError("models subcommand: issue 3")
+
+
+# ---------------------------------------------------------------- spectrum
+def _add_spectrum(sub):
+    p = sub.add_parser("spectrum", help="singular values of every conv layer of a model")
+    return p
+
+
+def _run_spectrum(args):
+    raise NotImplementedError("spectrum subcommand: issue 6")
+
+
+# ---------------------------------------------------------------- train
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a model (CIFAR-10/100 from local archives, or the embedded digits)")
+    return p
+
+
+def _run_train(args):
+    raise NotImplementedError("train subcommand: issue 5")
+
+
+# ---------------------------------------------------------------- demo
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="the one-command demo on the embedded digits data set (CPU, minutes)")
+    return p
+
+
+def _run_demo(args):
+    raise NotImplementedError("demo subcommand: issue 6")
+
+
+# ---------------------------------------------------------------- plot
+def _add_plot(sub):
+    p = sub.add_parser("plot", help="figures from saved run folders")
+    return p
+
+
+def _run_plot(args):
+    raise NotImplementedError("plot subcommand: issue 6")
+
+
+# ---------------------------------------------------------------- reproduce
+def _add_reproduce(sub):
+    p = sub.add_parser("reproduce", help="the paper's experiments as ready recipes")
+    return p
+
+
+def _run_reproduce(args):
+    raise NotImplementedError("reproduce subcommand: issue 6")
+
+
+# ---------------------------------------------------------------- entry point
+_COMMANDS = ["models", "spectrum", "train", "demo", "plot", "reproduce"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from procres import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="procres",
+        description="Norm-preserving deep networks: conv spectra, Procrustes ResNets, gradient-norm diagnostics.",
+    )
+    parser.add_argument("--version", action="version", version=f"procres {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        globals()[f"_add_{name}"](sub).set_defaults(_handler=globals()[f"_run_{name}"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        result = args._handler(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"procres {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    return int(result or 0)
