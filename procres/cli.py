@@ -57,11 +57,20 @@ def _run_demo(args):
 # ---------------------------------------------------------------- plot
 def _add_plot(sub):
     p = sub.add_parser("plot", help="figures from saved run folders")
+    p.add_argument("folders", nargs="+", metavar="RUN_DIR",
+                   help="run folders (config.json + history.jsonl), a demo folder, or folders "
+                        "holding depth_study.json / spectra.json")
+    p.add_argument("--out", default="figures", help="folder for the PNG files (default: figures)")
+    p.add_argument("--epochs", type=int, nargs="+", default=None,
+                   help="epochs drawn in the per-block ratio figure (default: 4 spread over training)")
     return p
 
 
 def _run_plot(args):
-    raise NotImplementedError("plot subcommand: issue 6")
+    from procres.plots import plot_runs
+
+    for name, path in plot_runs(args.folders, args.out, epochs=args.epochs).items():
+        print(f"{name:8s} {path}")
 
 
 # ---------------------------------------------------------------- reproduce
