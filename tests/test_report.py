@@ -1,0 +1,95 @@
+"""The report's verdict sentences follow the numbers: flip the numbers and the verdict flips."""
+
+import math
+
+import numpy as np
+import pytest
+
+from procres import report
+from procres.report import kind_stats
+
+
+def stats(values):
+    return kind_stats(np.asarray(values, dtype=float))
+
+
+def test_identity_claim_flips():
+    good = report.sentence_identity(stats([0.98, 1.01, 1.03, 0.97]), where="net")
+    bad = report.sentence_identity(stats([0.5, 1.9, 1.0, 2.5]), where="net")
+    assert good.holds is True and "kept r_l near 1" in good.sentence
+    assert bad.holds is False and "Contrary" in bad.sentence
+    assert report.sentence_identity({}, where="net").holds is None
+
+
+def test_plain_claim_flips():
+    plain, res = {"dev_mean": 0.4}, {"dev_mean": 0.05}
+    assert report.sentence_plain(plain, res, plain_name="p", residual_name="r").holds is True
+    flipped = report.sentence_plain(res, plain, plain_name="p", residual_name="r")
+    assert flipped.holds is False and "Contrary" in flipped.sentence
+    close = report.sentence_plain({"dev_mean": 0.06}, res, plain_name="p", residual_name="r")
+    assert close.holds is False and "only slightly" in close.sentence
+
+
+def test_depth_claim_flips():
+    depths = [8, 20, 44]
+    ok = report.sentence_depth(depths, [0.2, 0.5, 0.9], [0.05, 0.05, 0.04], phase="after training")
+    assert ok.holds is True and "grows with depth" in ok.sentence
+    # plain flat / residual growing: the sentence must say the effect is not shown
+    no = report.sentence_depth(depths, [0.5, 0.5, 0.5], [0.05, 0.3, 0.6], phase="after training")
+    assert no.holds is False and "does not show" in no.sentence
+    assert "stays roughly flat" in no.sentence and "increases" in no.sentence
+
+
+def test_transition_claims_flip():
+    spiky, calm = stats([0.2, 3.0, 1.5]), stats([0.99, 1.01, 1.02])
+    assert report.sentence_transitions(spiky, calm, where="r").holds is True
+    assert report.sentence_transitions(calm, spiky, where="r").holds is False
+    assert report.sentence_procrustes(calm, spiky, proc_name="p", resnet_name="r").holds is True
+    flipped = report.sentence_procrustes(spiky, calm, proc_name="p", resnet_name="r")
+    assert flipped.holds is False and "Contrary" in flipped.sentence
+
+
+def test_accuracy_claim_flips():
+    assert report.sentence_accuracy({"p": 0.9, "r": 0.8}, proc_name="p", resnet_name="r").holds is True
+    worse = report.sentence_accuracy({"p": 0.7, "r": 0.8}, proc_name="p", resnet_name="r")
+    assert worse.holds is False and "less accurate" in worse.sentence and "noise" in worse.sentence
+
+
+def test_spectrum_sentence_says_exact_or_approximate():
+    target = math.sqrt(2)
+    exact = report.spectrum_summary({"name": "t", "target": target, "input_size": 8, "stride": 2,
+                                     "before": {"circular": [0.5, 2.0]},
+                                     "after": {"circular": [target, target], "zeros": [target, target]}})
+    s = report.sentence_spectrum(exact)
+    assert "exactly on target" in s and "same spectrum" in s
+    approx = report.spectrum_summary({"name": "c", "target": 8.0, "input_size": 8, "stride": 1,
+                                      "before": {"circular": [0.1, 12.0]},
+                                      "after": {"circular": [7.0, 9.0], "zeros": [5.0, 9.0]}})
+    s = report.sentence_spectrum(approx)
+    assert "not on it" in s and "border" in s
+
+
+def test_kind_stats_values():
+    s = stats([0.1, 1.0, 10.0])
+    assert s["n"] == 3 and s["min"] == pytest.approx(0.1) and s["dev_max"] == pytest.approx(1.0)
+    assert s["dev_mean"] == pytest.approx(2 / 3)
+
+
+def test_report_from_synthetic_demo_folder(tmp_path):
+    from test_plots import write_extras, write_run
+
+    root = tmp_path / "demo"
+    for model in ("preresnet38", "procresnet40", "plainpre38"):
+        write_run(root / "runs" / model, model)
+    write_extras(root)
+    path, table = report.write_report(root, what_was_run="synthetic")
+    text = path.read_text()
+    assert "preresnet38" in table and "| test acc %" in table
+    for name in ("ratio_per_block.png", "ratio_heatmap.png", "depth_study.png", "spectra.png", "learning_curves.png"):
+        assert name in text
+    assert (root / "summary.json").is_file()
+    # the synthetic ResNet has spiky projection units and calm identity blocks
+    assert "[holds] In preresnet38 the deviations sit at the transition units" in text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no run folders"):
+        report.build_report(tmp_path / "empty")
