@@ -1,0 +1,503 @@
+"""Data: CIFAR-10/100 from the user's local files, the bundled digits set, device-resident batches.
+
+Spec (issue 5; recipe in ``REFERENCE.md`` section 6):
+
+* ``load_dataset("cifar10" | "cifar100", path)`` reads the official *python* archives
+  (``cifar-10-python.tar.gz`` with ``cifar-10-batches-py/{data_batch_1..5, test_batch,
+  batches.meta}``; ``cifar-100-python.tar.gz`` with ``cifar-100-python/{train, test, meta}``).
+  ``path`` may be the ``.tar.gz`` itself, the extracted folder, or a directory holding either.
+  Archive members are read in memory (never extracted to disk) and nothing is ever downloaded.
+  Each batch is a pickled dict (protocol 2, bytes keys) with ``data``: uint8 ``N x 3072``, row
+  major as 1024 red, 1024 green, 1024 blue values of a 32x32 image, and ``labels`` (CIFAR-10) or
+  ``fine_labels`` + ``coarse_labels`` (CIFAR-100).  The pickles are unpickled with an allow-list
+  that admits only what the official files need (dicts/lists/bytes and numpy array
+  reconstruction); anything else, e.g. a pickle that would call ``os.system``, is refused before
+  it can run.  Every missing, truncated or malformed input raises :class:`DatasetError` (a
+  ``ValueError``) naming the path and the files expected there.
+* Validation split: ``val_size`` training images (default 5,000 for CIFAR, as He et al. 2016's
+  45k/5k) are held out by a permutation seeded with ``seed``; ``val_size=0`` trains on all
+  50,000 (the paper's protocol).
+* ``load_dataset("digits")``: scikit-learn's bundled handwritten digits (1,797 real 8x8 images,
+  values 0..16, no network), scaled to 0..255, upsampled to 16x16 bilinearly (half-pixel centres,
+  like ``F.interpolate(..., align_corners=False)``), 1 channel, 10 classes.  A fixed test set of
+  270 images (permutation seeded with ``DIGITS_SPLIT_SEED``, independent of ``seed``); from the
+  remaining 1,527 the validation split (default 270, seeded with ``seed``) is held out, leaving
+  1,257 for training.  ``DIGITS_MEAN``/``DIGITS_STD`` are computed over those 1,527 non-test images
+  (as the CIFAR constants are over all 50k training images).  No flips (digits are not mirror
+  symmetric); recommended crop padding 2.
+* Normalisation constants: CIFAR mean (125.3, 123.0, 113.9)/255, std (63.0, 62.1, 66.7)/255 (the
+  authors' code and the paper use them for CIFAR-100 as well, so ``CIFAR100_*`` alias them).
+* :class:`DeviceLoader` keeps uint8 images on the device and builds each batch there: seeded
+  shuffle, random crop after padding (reflect or zeros), horizontal flip, normalisation — batched
+  tensor ops, no per-sample Python work, no DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import pickle
+import posixpath
+import tarfile
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+CIFAR100_MEAN = CIFAR10_MEAN
+CIFAR100_STD = CIFAR10_STD
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_TEST_SIZE = 270
+DIGITS_VAL_SIZE = 270
+# Mean/std of the 1,527 non-test digits images after the 16x16 upsampling, in [0, 1] units
+# (test_data.py recomputes them from the data).
+DIGITS_MEAN = (0.3053,)
+DIGITS_STD = (0.3186,)
+
+CIFAR_VAL_SIZE = 5000
+
+
+class DatasetError(ValueError):
+    """A data set file is missing, truncated, malformed or refused; the message names the path."""
+
+
+@dataclass
+class DataSplits:
+    """Train/validation/test tensors of one data set, plus what a model and loader need.
+
+    Images are uint8 ``(N, C, H, W)`` CPU tensors, labels int64 ``(N,)``; ``val_x``/``val_y``
+    are empty when ``val_size=0``.  ``mean``/``std`` are per-channel tuples in [0, 1] units.
+    ``flip``: horizontal flips are a valid augmentation; ``pad``: recommended crop padding.
+    ``classes``: class names; ``*_coarse_y``: CIFAR-100's 20 superclass labels (else None).
+    """
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple
+    std: tuple
+    flip: bool
+    pad: int = 4
+    classes: tuple = ()
+    train_coarse_y: torch.Tensor | None = None
+    val_coarse_y: torch.Tensor | None = None
+    test_coarse_y: torch.Tensor | None = None
+
+    def loader(self, split, *, batch_size, train=None, **kwargs):
+        """A :class:`DeviceLoader` over ``split`` ("train" | "val" | "test") with this data set's
+        mean, std, flip and pad filled in; ``train`` defaults to ``split == "train"``."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        kwargs.setdefault("flip", self.flip)
+        kwargs.setdefault("pad", self.pad)
+        return DeviceLoader(getattr(self, f"{split}_x"), getattr(self, f"{split}_y"),
+                            batch_size=batch_size, train=(split == "train") if train is None else train,
+                            mean=self.mean, std=self.std, **kwargs)
+
+
+def load_dataset(name, path=None, *, val_size=None, seed=0):
+    """Load ``name`` in {"cifar10", "cifar100", "digits"} into a :class:`DataSplits`.
+
+    ``path``: the official ``.tar.gz``, its extracted folder or a directory holding either
+    (required for CIFAR, must be None for digits).  ``val_size``: images held out of the
+    training set for validation (None: 5,000 for CIFAR, 270 for digits; 0: no validation split),
+    chosen by a permutation seeded with ``seed``.
+    """
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in _SPECS and key != "digits":
+        raise ValueError(f"unknown dataset {name!r}; choose one of 'cifar10', 'cifar100', 'digits'")
+    if val_size is not None and (isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0):
+        raise ValueError(f"val_size must be None or an int >= 0, got {val_size!r}")
+    if key == "digits":
+        if path is not None:
+            raise ValueError(f"the digits set is bundled with scikit-learn and takes no path, got {path!r}")
+        return _load_digits(DIGITS_VAL_SIZE if val_size is None else val_size, seed)
+    if path is None:
+        spec = _SPECS[key]
+        raise DatasetError(f"{key} needs path= pointing at {spec.archive} or its extracted folder "
+                           f"{spec.folder}/ (nothing is downloaded)")
+    return _load_cifar(_SPECS[key], path, CIFAR_VAL_SIZE if val_size is None else val_size, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR files
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    archive: str
+    folder: str
+    train_files: tuple
+    test_file: str
+    meta_file: str
+    label_key: str
+    num_classes: int
+    names_key: str
+
+    @property
+    def files(self):
+        return self.train_files + (self.test_file, self.meta_file)
+
+    def describe(self):
+        return f"{self.archive} or a folder {self.folder}/ holding {', '.join(self.files)}"
+
+
+_SPECS = {
+    "cifar10": _Spec("cifar10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
+                     tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta",
+                     "labels", 10, "label_names"),
+    "cifar100": _Spec("cifar100", "cifar-100-python.tar.gz", "cifar-100-python",
+                      ("train",), "test", "meta", "fine_labels", 100, "fine_label_names"),
+}
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError("_codecs.encode is only allowed for latin-1 text")
+    return text.encode("latin1")
+
+
+@lru_cache(maxsize=1)
+def _allowed_globals():
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): _latin1_encode}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = multiarray._reconstruct
+        allowed[(module, "scalar")] = multiarray.scalar
+    return allowed
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles only dicts, lists, str/bytes, numbers and numpy arrays; refuses every other
+    global (``os.system``, ``builtins.eval``, ...) before anything is called."""
+
+    def find_class(self, module, name):
+        obj = _allowed_globals().get((module, name))
+        if obj is None:
+            raise pickle.UnpicklingError(f"refused to load global {module}.{name}: a CIFAR batch "
+                                         "holds only dicts, lists and numpy arrays")
+        return obj
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refused persistent id in pickle")
+
+
+def _unpickle(raw, where):
+    try:
+        obj = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # any failure on untrusted bytes is a bad file, not a crash
+        raise DatasetError(f"{where}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{where}: expected a pickled dict, found {type(obj).__name__}")
+    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _locate(spec, path):
+    """("archive", file) or ("folder", dir) for the user's ``path``; DatasetError otherwise."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DatasetError(f"{spec.name}: {p} does not exist; expected {spec.describe()}")
+    if p.is_file():
+        return "archive", p
+    present = [f for f in spec.files if (p / f).is_file()]
+    if len(present) == len(spec.files):
+        return "folder", p
+    if present or p.name == spec.folder:
+        missing = [f for f in spec.files if f not in present]
+        raise DatasetError(f"{spec.name}: folder {p} lacks {', '.join(missing)}; expected {spec.describe()}")
+    if (p / spec.folder).is_dir():
+        return _locate(spec, p / spec.folder)
+    if (p / spec.archive).is_file():
+        return "archive", p / spec.archive
+    raise DatasetError(f"{spec.name}: found neither {spec.archive} nor {spec.folder}/ in {p}; "
+                       f"expected {spec.describe()}")
+
+
+def _read_files(spec, kind, p):
+    """{file name: raw bytes} for every file of ``spec`` (archive members read in memory)."""
+    if kind == "folder":
+        return {f: (p / f).read_bytes() for f in spec.files}
+    found = {}
+    try:
+        with tarfile.open(p, "r:*") as tar:
+            for member in tar:  # one sequential pass: cheap on a gzip stream
+                base = posixpath.basename(member.name)
+                if member.isfile() and base in spec.files and base not in found:
+                    found[base] = tar.extractfile(member).read()
+                    if len(found) == len(spec.files):
+                        break
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise DatasetError(f"{spec.name}: {p} is not a readable tar archive, or is truncated "
+                           f"({type(exc).__name__}: {exc}); expected {spec.describe()}") from None
+    missing = [f for f in spec.files if f not in found]
+    if missing:
+        raise DatasetError(f"{spec.name}: archive {p} lacks {', '.join(missing)}; expected {spec.describe()}")
+    return found
+
+
+def _labels(batch, key, num_classes, n, where):
+    if key not in batch:
+        raise DatasetError(f"{where}: no {key!r} entry (keys: {sorted(map(str, batch))})")
+    y = np.asarray(batch[key])
+    if y.ndim != 1 or y.shape[0] != n or not (y.dtype.kind in "iu" or y.size == 0):
+        raise DatasetError(f"{where}: {key!r} must be {n} integer labels, got shape {y.shape} dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise DatasetError(f"{where}: {key!r} must lie in [0, {num_classes}), found [{y.min()}, {y.max()}]")
+    return y.astype(np.int64)
+
+
+def _parse_batch(spec, raw, where):
+    batch = _unpickle(raw, where)
+    data = batch.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        desc = (f"shape {data.shape} dtype {data.dtype}" if isinstance(data, np.ndarray)
+                else type(data).__name__)
+        raise DatasetError(f"{where}: 'data' must be a uint8 array of shape (N, 3072), got {desc}")
+    n = data.shape[0]
+    y = _labels(batch, spec.label_key, spec.num_classes, n, where)
+    coarse = _labels(batch, "coarse_labels", 20, n, where) if spec.name == "cifar100" else None
+    return data.reshape(n, 3, 32, 32), y, coarse
+
+
+def _load_cifar(spec, path, val_size, seed):
+    kind, p = _locate(spec, path)
+    raw = _read_files(spec, kind, p)
+    where = lambda f: f"{spec.name}: {p}{'/' if kind == 'folder' else ':'}{f}"  # noqa: E731
+    parts = [_parse_batch(spec, raw[f], where(f)) for f in spec.train_files]
+    test_x, test_y, test_c = _parse_batch(spec, raw[spec.test_file], where(spec.test_file))
+    meta = _unpickle(raw[spec.meta_file], where(spec.meta_file))
+    names = meta.get(spec.names_key)
+    if not isinstance(names, list) or len(names) != spec.num_classes:
+        raise DatasetError(f"{where(spec.meta_file)}: {spec.names_key!r} must list {spec.num_classes} names")
+    classes = tuple(s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in names)
+
+    x = torch.from_numpy(np.concatenate([q[0] for q in parts]))
+    y = torch.from_numpy(np.concatenate([q[1] for q in parts]))
+    c = torch.from_numpy(np.concatenate([q[2] for q in parts])) if spec.name == "cifar100" else None
+    tr, va = _split(len(x), val_size, seed, spec.name)
+    return DataSplits(
+        name=spec.name, train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va],
+        test_x=torch.from_numpy(np.ascontiguousarray(test_x)), test_y=torch.from_numpy(test_y),
+        num_classes=spec.num_classes, in_channels=3, image_size=32,
+        mean=CIFAR10_MEAN, std=CIFAR10_STD, flip=True, pad=4, classes=classes,
+        train_coarse_y=None if c is None else c[tr], val_coarse_y=None if c is None else c[va],
+        test_coarse_y=None if test_c is None else torch.from_numpy(test_c))
+
+
+def _split(n, val_size, seed, name):
+    """Sorted (train, val) index tensors: ``val_size`` of ``n`` held out by a seeded permutation."""
+    if val_size >= n:
+        raise ValueError(f"val_size={val_size} leaves no training images: {name} has {n}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+# ---------------------------------------------------------------------------------------------
+# digits
+
+@lru_cache(maxsize=1)
+def _digits_arrays():
+    """(images uint8 (1797, 1, 16, 16), labels int64) from scikit-learn's bundled copy."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
+    x = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    x = x.round_().clamp_(0, 255).to(torch.uint8)
+    return x, torch.from_numpy(bunch.target.astype(np.int64))
+
+
+def _load_digits(val_size, seed):
+    x, y = _digits_arrays()
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    test, pool = perm[:DIGITS_TEST_SIZE].sort().values, perm[DIGITS_TEST_SIZE:].sort().values
+    tr, va = _split(len(pool), val_size, seed, "digits")
+    tr, va = pool[tr], pool[va]
+    return DataSplits(
+        name="digits", train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va],
+        test_x=x[test], test_y=y[test], num_classes=10, in_channels=1, image_size=16,
+        mean=DIGITS_MEAN, std=DIGITS_STD, flip=False, pad=2,
+        classes=tuple(str(i) for i in range(10)))
+
+
+# ---------------------------------------------------------------------------------------------
+# batches on the device
+
+def _mix_seed(*parts):
+    # Well-mixed 63-bit seed: seed+epoch would make (seed 1, epoch 0) replay (seed 0, epoch 1).
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def augment_batch(x, offsets, flips, *, pad, pad_mode="reflect"):
+    """Random crop after padding plus horizontal flip, for a whole batch in one gather.
+
+    x: (B, C, H, W) any dtype; offsets: (B, 2) int64 crop corner (row, col) in the padded
+    image, each in [0, 2*pad]; flips: (B,) bool, True mirrors that sample left-right.
+    Returns (B, C, H, W): ``out[b] = flip_b(pad(x[b])[:, r:r+H, c:c+W])``.  ``pad_mode``
+    "reflect" mirrors without repeating the edge (like ``F.pad(mode="reflect")``), "zeros"
+    pads with 0 (black before normalisation, as torchvision's RandomCrop(padding=4)).
+    """
+    B, C, H, W = x.shape
+    if pad > 0:
+        if pad_mode == "zeros":
+            x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        else:
+            rows = _reflect_index(H, pad, x.device)
+            cols = _reflect_index(W, pad, x.device)
+            x = x.index_select(2, rows).index_select(3, cols)
+    ar_h = torch.arange(H, device=x.device)
+    ar_w = torch.arange(W, device=x.device)
+    r = offsets[:, 0, None] + ar_h  # (B, H)
+    c = offsets[:, 1, None] + torch.where(flips[:, None], ar_w.flip(0), ar_w)  # (B, W)
+    b = torch.arange(B, device=x.device)[:, None, None, None]
+    ch = torch.arange(C, device=x.device)[None, :, None, None]
+    return x[b, ch, r[:, None, :, None], c[:, None, None, :]]
+
+
+def _reflect_index(n, pad, device):
+    i = torch.arange(-pad, n + pad, device=device).abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
+class DeviceLoader:
+    """Batches of (normalised float images, int64 labels) built on ``device`` from uint8 data.
+
+    x: uint8 (N, C, H, W); y: integer (N,).  ``batch_size`` is the *per-rank* batch (global batch
+    = batch_size * world_size).  ``train=True``: each epoch a permutation seeded by (seed, epoch)
+    — identical on every rank — is padded to a multiple of ``world_size`` by repeating its head
+    (DistributedSampler semantics) and rank r takes positions r, r+world_size, ...; each batch gets
+    a random crop after ``pad`` pixels of ``pad_mode`` ("reflect" | "zeros") padding and, if
+    ``flip``, a random horizontal flip, drawn from a CPU generator seeded by (seed, epoch, rank), so
+    CPU and CUDA give the same batches.  ``drop_last`` defaults to ``train`` (every step the same
+    size).  ``train=False``: no shuffle, no augmentation, no padding of the index list (every
+    sample on exactly one rank, ranks may differ by one batch), no drop; each iteration is a full
+    pass.  Output is ``(x/255 - mean)/std`` in float32 (channels_last if asked).
+
+    Training iteration is resumable: ``state_dict()`` -> {epoch, position (batches handed out this
+    epoch), generator state, ...}; after ``load_state_dict`` the next iteration continues with
+    exactly the batches an uninterrupted loader would have produced.  A finished pass moves on to
+    the next epoch by itself; ``set_epoch(e)`` restarts epoch ``e`` unless the loader is already
+    in epoch ``e`` (so a resumed mid-epoch position survives the usual ``set_epoch`` call).
+    """
+
+    def __init__(self, x, y, *, batch_size, train, mean, std, device="cpu", pad=4, pad_mode="reflect",
+                 flip=True, seed=0, rank=0, world_size=1, drop_last=None, channels_last=False):
+        if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
+            raise ValueError(f"x must be a uint8 tensor (N, C, H, W), got {getattr(x, 'dtype', type(x))} "
+                             f"of shape {tuple(getattr(x, 'shape', ()))}")
+        y = torch.as_tensor(y)
+        if y.ndim != 1 or len(y) != len(x) or y.is_floating_point():
+            raise ValueError(f"y must hold {len(x)} integer labels, got {y.dtype} of shape {tuple(y.shape)}")
+        C, H, W = x.shape[1:]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if pad_mode not in ("reflect", "zeros"):
+            raise ValueError(f"pad_mode must be 'reflect' or 'zeros', got {pad_mode!r}")
+        if not isinstance(pad, int) or pad < 0 or (pad_mode == "reflect" and pad >= min(H, W)):
+            raise ValueError(f"pad must be an int in [0, {min(H, W)}) for {H}x{W} images, got {pad!r}")
+        if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        if len(mean) != C or len(std) != C or min(std) <= 0:
+            raise ValueError(f"mean and std need {C} entries (std > 0), got mean={mean}, std={std}")
+        self.device = torch.device(device)
+        self.x = x.to(self.device)
+        self.y = y.to(self.device, torch.int64)
+        self.batch_size, self.train, self.pad, self.pad_mode = batch_size, bool(train), pad, pad_mode
+        self.flip, self.seed, self.rank, self.world_size = bool(flip), int(seed), rank, world_size
+        self.drop_last = self.train if drop_last is None else bool(drop_last)
+        self.channels_last = bool(channels_last)
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, C, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, C, 1, 1)
+        self._scale, self._shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+        self.epoch, self.position = 0, 0
+        self._gen = torch.Generator().manual_seed(_mix_seed(self.seed, 0, self.rank))
+
+    def _indices(self, epoch):
+        """This rank's sample indices for ``epoch`` (CPU int64)."""
+        n = len(self.x)
+        if not self.train:
+            return torch.arange(self.rank, n, self.world_size)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(_mix_seed(self.seed, epoch)))
+        total = -(-n // self.world_size) * self.world_size
+        if total > n:  # repeat the head so every rank gets the same number of samples
+            order = torch.cat([order, order.repeat(-(-total // n))[: total - n]])
+        return order[self.rank::self.world_size]
+
+    def _samples(self):
+        n = len(self.x)
+        if not self.train:
+            return len(range(self.rank, n, self.world_size))
+        return -(-n // self.world_size)
+
+    def __len__(self):
+        m = self._samples()
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def set_epoch(self, epoch):
+        """Start epoch ``epoch`` from its first batch (no-op if already in that epoch)."""
+        if int(epoch) != self.epoch:
+            self.epoch, self.position = int(epoch), 0
+
+    def __iter__(self):
+        if not self.train:
+            yield from self._batches(self._indices(0), 0, None)
+            return
+        if self.position == 0:
+            self._gen.manual_seed(_mix_seed(self.seed, self.epoch, self.rank))
+        yield from self._batches(self._indices(self.epoch), self.position, self._gen)
+        self.epoch, self.position = self.epoch + 1, 0
+
+    def _batches(self, idx, start, gen):
+        idx = idx.to(self.device)
+        for i in range(start, len(self)):
+            j = idx[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.x.index_select(0, j)
+            if gen is not None and (self.pad > 0 or self.flip):
+                B = len(j)
+                offsets = torch.randint(0, 2 * self.pad + 1, (B, 2), generator=gen)
+                flips = (torch.rand(B, generator=gen) < 0.5) if self.flip else torch.zeros(B, dtype=torch.bool)
+                xb = augment_batch(xb, offsets.to(self.device), flips.to(self.device),
+                                   pad=self.pad, pad_mode=self.pad_mode)
+            out = torch.addcmul(self._shift, xb.float(), self._scale)
+            if self.channels_last:
+                out = out.contiguous(memory_format=torch.channels_last)
+            if gen is not None:
+                self.position = i + 1
+            yield out, self.y.index_select(0, j)
+
+    def state_dict(self):
+        """Where a training loader stands: enough to replay the rest of the epoch exactly."""
+        return {"epoch": self.epoch, "position": self.position, "generator": self._gen.get_state(),
+                "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+                "batch_size": self.batch_size, "num_samples": len(self.x)}
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict`; refuses a state from a different data/sharding setup."""
+        for key in ("seed", "rank", "world_size", "batch_size", "num_samples"):
+            mine = len(self.x) if key == "num_samples" else getattr(self, key)
+            if key in state and int(state[key]) != mine:
+                raise ValueError(f"loader state has {key}={state[key]}, this loader has {mine}")
+        position = int(state["position"])
+        if not 0 <= position <= len(self):
+            raise ValueError(f"loader state position={position} outside [0, {len(self)}]")
+        self.epoch, self.position = int(state["epoch"]), position
+        self._gen.set_state(state["generator"].clone())
