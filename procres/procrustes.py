@@ -1,0 +1,361 @@
+"""The Procrustes projection: norm-preserving convolutions (Zaeemzadeh et al., TPAMI 2020).
+
+The paper keeps the dimension-changing convolutions of a Procrustes ResNet norm preserving by
+projecting their kernels, after optimizer steps, onto kernels whose circular operator has all
+non-zero singular values equal to a target ``c``:
+
+1. FFT the kernel on the layer's *output* grid: one matrix per frequency (Sedghi et al. 2019).
+2. Replace each matrix by ``c`` times its polar factor ``U V^H`` (the orthogonal Procrustes
+   solution: the nearest matrix with all singular values equal).
+3. Inverse FFT, keep the real part, crop to the ``k x k`` support.  The crop makes one step only
+   approximately norm preserving for ``k > 1``; repeating (``iterations``) alternates projections
+   and converges toward the target.  For ``1 x 1`` kernels one step is exact.
+
+Exact projection (default).  A strided convolution is not a stride-1 convolution on the output
+grid: for ``k > 1`` and stride ``s`` the exact operator is the polyphase one
+(``procres.spectral.polyphase_symbol``): per frequency of the ``(h/s) x (w/s)`` output grid a
+``C_out x (C_in ph pw)`` block row (``ph = min(kh, s)`` phases that hold kernel taps).  We
+project that matrix, so the projection acts on the operator the layer really applies.  For
+``k = 1`` it reduces to ``c * polar(W)`` (the same at every frequency), and for stride 1 it is the
+paper's projection.
+
+Target.  An operator of rank ``r`` with output dimension ``d_out`` and all non-zero singular values
+``c`` has ``E ||A^T g||^2 / ||g||^2 = r c^2 / d_out`` for isotropic ``g``: the backward norm is kept
+in expectation for ``c = sqrt(d_out / r)``.  Per frequency the rank is
+``r = min(C_out, C_in ph pw)``, so the default target is ``sqrt(C_out / min(C_out, C_in ph pw))``.
+For the authors' layers (stride-1 ``conv1`` 3 -> 64 and the ``1 x 1`` stride-2 transitions) that is
+their ``sqrt(C_out / C_in)``; for a ``3 x 3`` stride-2 conv 64 -> 128 it is 1 (then
+``A A^T = I``: the backward map is an isometry), and for a stride-1 conv with
+``C_out < C_in`` it is 1 rather than ``sqrt(C_out / C_in) < 1``, which would shrink every gradient.
+
+``faithful=True`` reproduces the authors' released code instead (REFERENCE.md section 4): the
+stride is ignored (stride-1 FFT of the kernel on the output grid), the polar factor comes from a
+real ``2 C`` block embedding ``[[Re, -Im], [Im, Re]]`` and 10 coupled Newton-Schulz iterations
+(not converged for ill-conditioned frequencies), the imaginary part is read back from the wrong
+block, which returns ``conj(polar(A))`` (a spatially flipped kernel, harmless for ``1 x 1``), then
+the real part of the inverse FFT is cropped; the target is ``sqrt(C_out / C_in)``.  After a few
+applications a ``3 x 3`` kernel collapses onto one corner tap.
+
+The hook (``register_procrustes_hook``) projects each listed layer after every optimizer step
+with probability ``p`` (the authors' ``regul_freq`` = 0.5), drawing from its own seeded
+``torch.Generator`` so that every DDP rank makes the same decisions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+
+from procres.spectral import (
+    _check_divisible,
+    _check_weight,
+    _pair,
+    _phases,
+    kernel_from_symbol,
+    polyphase_symbol,
+)
+
+__all__ = [
+    "polar",
+    "project_conv_",
+    "ProjectionReport",
+    "ProcrustesHook",
+    "register_procrustes_hook",
+    "attach_procrustes",
+]
+
+_METHODS = ("svd", "newton_schulz")
+FAITHFUL_ITERATIONS = 10
+
+
+# ----------------------------------------------------------------------------- polar factor
+def polar(A, *, method="svd", tol=1e-6, max_iter=100, return_info=False):
+    """Polar factor ``U V^H`` of a batch of (complex) matrices.
+
+    ``A (..., m, n)`` real or complex -> ``(..., m, n)``, the nearest matrix with orthonormal
+    columns (``m >= n``) or rows (``m < n``).  ``method="svd"``: from the thin SVD; for
+    rank-deficient ``A`` the factor is not unique and the SVD picks one.  ``"newton_schulz"``:
+    ``X <- 1.5 X - 0.5 X X^H X`` from ``X_0 = A / ||A||_F``; stops when the relative change
+    ``||X_{k+1} - X_k||_F / ||X_k||_F`` of every matrix is below ``tol``.  It cannot diverge
+    (singular values stay in ``[0, 1]``); zero singular values stay zero (a partial isometry), and
+    singular values below about ``tol * ||A||_F`` may not have grown to 1 when it stops.
+    ``return_info=True`` returns ``(X, info)`` with ``info = {"iterations", "converged",
+    "residual"}``.
+    """
+    if not isinstance(A, torch.Tensor) or A.dim() < 2:
+        shape = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
+        raise ValueError(f"A must be a tensor with at least 2 dims, got {shape}")
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if not torch.isfinite(A).all():
+        raise ValueError("A contains NaN or inf values")
+    if method == "svd":
+        U, _, Vh = torch.linalg.svd(A, full_matrices=False)
+        X, info = U @ Vh, {"iterations": 0, "converged": True, "residual": 0.0}
+    else:
+        X, info = _newton_schulz(A, tol, max_iter)
+    return (X, info) if return_info else X
+
+
+def _newton_schulz(A, tol, max_iter):
+    if not (tol > 0):
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    scale = torch.linalg.matrix_norm(A).clamp_min(torch.finfo(A.real.dtype).tiny)
+    X = A / scale[..., None, None]
+    wide = A.shape[-2] < A.shape[-1]
+    residual, converged, it = float("inf"), False, 0
+    for it in range(1, max_iter + 1):
+        XXX = (X @ X.mH) @ X if wide else X @ (X.mH @ X)     # the smaller Gram
+        X_new = 1.5 * X - 0.5 * XXX
+        change = torch.linalg.matrix_norm(X_new - X) / torch.linalg.matrix_norm(X).clamp_min(1e-30)
+        X = X_new
+        residual = float(change.max()) if change.numel() else 0.0
+        if residual <= tol:
+            converged = True
+            break
+    return X, {"iterations": it, "converged": converged, "residual": residual}
+
+
+def _coupled_newton_schulz(E, iterations):
+    """The authors' polar factor of real ``E (..., p, q)``: ``E (E^T E)^{-1/2}`` with the inverse
+    square root from ``iterations`` coupled Newton-Schulz steps on the Frobenius-scaled Gram
+    (``Y -> B^{1/2}``, ``Z -> B^{-1/2}``).  Not checked for convergence, as in their code."""
+    wide = E.shape[-2] < E.shape[-1]
+    B = E @ E.mT if wide else E.mT @ E
+    norm = torch.linalg.matrix_norm(B).clamp_min(torch.finfo(B.dtype).tiny)[..., None, None]
+    eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
+    Y, Z = B / norm, eye.expand_as(B)
+    for _ in range(iterations):
+        T = 0.5 * (3.0 * eye - Z @ Y)
+        Y, Z = Y @ T, T @ Z
+    Z = Z / norm.sqrt()
+    return Z @ E if wide else E @ Z
+
+
+# ----------------------------------------------------------------------------- projection
+@dataclasses.dataclass
+class ProjectionReport:
+    """How far the circular operator's non-zero singular values are from ``target`` after the
+    projection (computed exactly, polyphase for strided layers).  ``history`` holds
+    ``max_rel_error`` before the first and after each iteration."""
+
+    target: float
+    sigma_min: float
+    sigma_max: float
+    max_rel_error: float
+    iterations: int
+    method: str
+    faithful: bool
+    stride: tuple
+    grid: tuple
+    history: list
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _resolve(conv_or_weight, input_size, stride):
+    """-> (weight tensor, input size pair, stride pair); validates everything up front."""
+    if isinstance(conv_or_weight, nn.Conv2d):
+        conv = conv_or_weight
+        if conv.groups != 1:
+            raise ValueError(f"grouped convolutions are not supported, got groups={conv.groups}")
+        if tuple(conv.dilation) != (1, 1):
+            raise ValueError(f"dilated convolutions are not supported, got {conv.dilation}")
+        weight = conv.weight
+        if stride is None:
+            stride = tuple(conv.stride)
+    elif isinstance(conv_or_weight, torch.Tensor):
+        weight = conv_or_weight
+    else:
+        raise ValueError(
+            f"expected an nn.Conv2d or a weight tensor, got {type(conv_or_weight).__name__}")
+    _check_weight(weight)
+    size = _pair(input_size, "input_size")
+    stride = _pair(1 if stride is None else stride, "stride")
+    _check_divisible(size, stride)
+    kh, kw = weight.shape[-2:]
+    if kh > size[0] or kw > size[1]:
+        raise ValueError(
+            f"kernel {kh}x{kw} is larger than input_size {size}: the crop back to the kernel "
+            "support is undefined")
+    return weight, size, stride
+
+
+def _default_target(weight, stride, faithful):
+    c_out, c_in, kh, kw = weight.shape
+    if faithful:
+        return math.sqrt(c_out / c_in)
+    ph, pw = _phases((kh, kw), stride)
+    return math.sqrt(c_out / min(c_out, c_in * ph * pw))
+
+
+def _exact_step(w, size, stride, target, method):
+    """One exact projection of ``w (C_out, C_in, kh, kw)``; returns the new kernel."""
+    if w.shape[-2:] == (1, 1):                  # the operator is W after subsampling: exact
+        return target * polar(w[..., 0, 0], method=method)[..., None, None]
+    symbol, _ = polyphase_symbol(w, size, stride)
+    return kernel_from_symbol(target * polar(symbol, method=method), w.shape[-2:], size, stride)
+
+
+def _faithful_step(w, size, stride, target):
+    """The authors' step (see module docstring); ``w (C_out, C_in, kh, kw)``."""
+    c_out, c_in, kh, kw = w.shape
+    grid = (size[0] // stride[0], size[1] // stride[1])
+    A = torch.fft.fft2(w, s=grid).permute(2, 3, 0, 1)          # (mh, mw, C_out, C_in)
+    E = torch.cat([torch.cat([A.real, -A.imag], -1), torch.cat([A.imag, A.real], -1)], -2)
+    P = _coupled_newton_schulz(E, FAITHFUL_ITERATIONS)
+    # the slip: Im is read from the top-right block, which holds -Im(polar(A))
+    Pc = torch.complex(P[..., :c_out, :c_in], P[..., :c_out, c_in:]) * target
+    return torch.fft.ifft2(Pc.permute(2, 3, 0, 1)).real[..., :kh, :kw]
+
+
+def _check_faithful_grid(weight, size, stride):
+    grid = (size[0] // stride[0], size[1] // stride[1])
+    if weight.shape[-2] > grid[0] or weight.shape[-1] > grid[1]:
+        raise ValueError(
+            f"faithful=True needs the kernel {tuple(weight.shape[-2:])} to fit the output grid "
+            f"{grid}")
+
+
+def _operator_sv(w, size, stride):
+    """Non-zero singular values of the circular strided operator (structural zeros dropped)."""
+    symbol, _ = polyphase_symbol(w, size, stride)
+    return torch.linalg.svdvals(symbol)
+
+
+def _project(weight, size, stride, target, method, faithful, iterations, report):
+    work_dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+    w = weight.detach().to(work_dtype)
+    errors = []
+
+    def rel_error(w):
+        sv = _operator_sv(w, size, stride)
+        return sv, float((sv / target - 1).abs().max())
+
+    if report:
+        errors.append(rel_error(w)[1])
+    for _ in range(iterations):
+        if faithful:
+            w = _faithful_step(w, size, stride, target)
+        else:
+            w = _exact_step(w, size, stride, target, method)
+        if report:
+            sv, err = rel_error(w)
+            errors.append(err)
+    with torch.no_grad():
+        weight.copy_(w)
+    if not report:
+        return None
+    return ProjectionReport(
+        target=float(target), sigma_min=float(sv.min()), sigma_max=float(sv.max()),
+        max_rel_error=errors[-1], iterations=iterations, method=method, faithful=faithful,
+        stride=tuple(stride), grid=(size[0] // stride[0], size[1] // stride[1]), history=errors)
+
+
+def _check_options(method, faithful, iterations, target):
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    if not isinstance(faithful, bool):
+        raise ValueError(f"faithful must be a bool, got {faithful!r}")
+    if not (isinstance(iterations, int) and not isinstance(iterations, bool) and iterations >= 1):
+        raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+    if target is not None and not (isinstance(target, (int, float)) and math.isfinite(target)
+                                   and target > 0):
+        raise ValueError(f"target must be a positive number, got {target!r}")
+
+
+def project_conv_(conv_or_weight, input_size, *, stride=None, target=None, method="svd",
+                  faithful=False, iterations=1) -> ProjectionReport:
+    """Project a convolution in place onto norm-preserving kernels; returns a report.
+
+    ``conv_or_weight``: an ``nn.Conv2d`` (stride read from it when ``stride=None``) or a weight
+    ``(C_out, C_in, kh, kw)``.  ``input_size``: the layer's input size (int or ``(h, w)``); the
+    FFT grid is the output grid ``input_size / stride``.  ``target`` defaults to
+    ``sqrt(C_out / min(C_out, C_in ph pw))`` (``sqrt(C_out / C_in)`` for the authors' layers and
+    for ``faithful=True``).  ``iterations > 1`` repeats the projection (alternating projections).
+    The report's singular values are the exact circular operator's, after the projection.
+    """
+    _check_options(method, faithful, iterations, target)
+    weight, size, stride = _resolve(conv_or_weight, input_size, stride)
+    if faithful:
+        _check_faithful_grid(weight, size, stride)
+    if target is None:
+        target = _default_target(weight, stride, faithful)
+    return _project(weight, size, stride, target, method, faithful, iterations, report=True)
+
+
+# ----------------------------------------------------------------------------- the hook
+class ProcrustesHook:
+    """Projects each ``(conv, input_size)`` layer after every optimizer step with probability
+    ``p``.  Decisions come from a ``torch.Generator`` seeded with ``seed`` (one draw per layer per
+    step), so they are reproducible and identical across DDP ranks; ``state_dict()`` carries the
+    generator state for resuming.  ``remove()`` detaches it from the optimizer."""
+
+    def __init__(self, optimizer, layers, *, p=0.5, method="svd", faithful=False, seed=0,
+                 iterations=1):
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
+        if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+        _check_options(method, faithful, iterations, None)
+        self.layers = []
+        for item in layers:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2
+                    and isinstance(item[0], nn.Conv2d)):
+                raise ValueError(f"layers must be (nn.Conv2d, input_size) pairs, got {item!r}")
+            conv, size = item
+            weight, size, stride = _resolve(conv, size, None)
+            if faithful:
+                _check_faithful_grid(weight, size, stride)
+            self.layers.append((conv, size, stride, _default_target(weight, stride, faithful)))
+        self.p, self.method, self.faithful, self.iterations = float(p), method, faithful, iterations
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+        self.projections = 0
+        self._handle = optimizer.register_step_post_hook(self._after_step)
+
+    @torch.no_grad()
+    def _after_step(self, optimizer, args, kwargs):
+        draws = torch.rand(len(self.layers), generator=self.generator)
+        for (conv, size, stride, target), u in zip(self.layers, draws.tolist()):
+            if u < self.p:
+                _project(conv.weight, size, stride, target, self.method, self.faithful,
+                         self.iterations, report=False)
+                self.projections += 1
+        self.steps += 1
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "steps": self.steps,
+                "projections": self.projections, "p": self.p, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.steps = int(state["steps"])
+        self.projections = int(state["projections"])
+
+
+def register_procrustes_hook(optimizer, layers, *, p=0.5, method="svd", faithful=False, seed=0,
+                             iterations=1) -> ProcrustesHook:
+    """Project ``layers`` (a list of ``(nn.Conv2d, input_size)``) after every ``optimizer.step()``
+    with probability ``p``; returns the ``ProcrustesHook`` (``.remove()``, ``.state_dict()``)."""
+    return ProcrustesHook(optimizer, list(layers), p=p, method=method, faithful=faithful,
+                          seed=seed, iterations=iterations)
+
+
+def attach_procrustes(model, optimizer, *, p=0.5, method="svd", faithful=False, seed=0,
+                      iterations=1) -> ProcrustesHook:
+    """``register_procrustes_hook(optimizer, model.transitions(), ...)``."""
+    if not hasattr(model, "transitions"):
+        raise ValueError(f"model {type(model).__name__} has no transitions() method")
+    return register_procrustes_hook(optimizer, model.transitions(), p=p, method=method,
+                                    faithful=faithful, seed=seed, iterations=iterations)

@@ -1,0 +1,380 @@
+"""Singular values of 2-D convolution operators.
+
+A convolution with weight ``W`` of shape ``(C_out, C_in, kh, kw)`` (PyTorch layout) and stride
+``s`` is a linear map from ``R^{C_in x h x w}`` to ``R^{C_out x oh x ow}``.  This module gives its
+singular values exactly or iteratively, and its dense matrix for small sizes.
+
+Operators (``padding_mode``):
+
+* ``"circular"``: periodic convolution on the ``h x w`` torus.  The input is padded by ``kh // 2``
+  on top and ``kh - 1 - kh // 2`` at the bottom (same for the width) with wrap-around, so the
+  output is ``(h / s) x (w / s)``; ``h`` and ``w`` must be divisible by ``s``.  For odd ``k <= n``
+  this is ``nn.Conv2d(padding=k // 2, padding_mode="circular")``.  Taps are taken modulo the grid,
+  so even kernels and kernels larger than the grid are well defined.  The shift ``k // 2`` is a
+  permutation of the output and does not change any singular value.
+* ``"zeros"``: ``nn.Conv2d(padding=k // 2)`` exactly, output ``(h + 2 (k // 2) - k) // s + 1``.
+  For odd ``k`` and ``s | h`` that is ``h / s``; for even ``k`` the output has one more row and
+  column than ``h / s`` (stride 1), as in PyTorch.
+
+Exact spectra (Sedghi, Gupta & Long, ICLR 2019; polyphase form as in Senderovich et al. 2022):
+
+* circular, stride 1: the operator is block-diagonalised by the 2-D DFT.  At each frequency
+  ``(u, v)`` the block is ``A(u, v) = sum_{a,b} W[:, :, a, b] exp(-2 pi i (u a / h + v b / w))``
+  (``C_out x C_in``); the spectrum is the union of the blocks' singular values.  For a real kernel
+  ``A(-u, -v) = conj(A(u, v))``, so the real FFT's half spectrum suffices: columns ``v = 0`` and
+  ``v = w / 2`` (``w`` even) are their own mirror and count once, every other column twice.
+* circular, stride ``s``: the input splits into ``s^2`` polyphase components
+  ``x_{r,t}[c, i, j] = x[c, s i + r, s j + t]`` on the ``(h/s) x (w/s)`` grid, the kernel into
+  sub-kernels ``W_{r,t}[:, :, q, p] = W[:, :, s q + r, s p + t]``; per frequency of that grid the
+  operator is the ``C_out x (s^2 C_in)`` block row ``[A_{0,0} ... A_{s-1,s-1}]``.  Phases with no
+  kernel tap (``k < s``) are all-zero columns and are dropped (their zero singular values are
+  added back to the count).
+* zeros: no FFT diagonalisation; exact only through the dense matrix (``DENSE_LIMIT``).
+
+For any padding and size, ``conv_operator_norm`` and ``conv_min_singular_value`` run Lanczos on
+the smaller Gram operator, applied with ``conv2d`` and its adjoint ``conv_transpose2d``.
+
+Precision: spectra are computed in the weight's dtype (complex64 for float32, complex128 for
+float64) with batched ``torch.linalg.svdvals``; the float32 error is a few 1e-7 relative to
+``sigma_max``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DENSE_LIMIT",
+    "conv_singular_values",
+    "conv_operator_norm",
+    "conv_min_singular_value",
+    "conv_matrix",
+    "polyphase_symbol",
+    "kernel_from_symbol",
+]
+
+#: Largest number of rows or columns of a dense operator (``conv_matrix`` and the exact
+#: zero-padding spectrum).  A 4096 x 4096 float64 matrix is 128 MiB; its SVD takes seconds.
+DENSE_LIMIT = 4096
+
+_PADDING_MODES = ("circular", "zeros")
+
+
+# ----------------------------------------------------------------------------- argument checks
+def _pair(value, name: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, int):
+        pair = (value, value)
+    elif isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
+        pair = tuple(value)
+    else:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
+        raise ValueError(f"{name} must hold positive ints, got {value!r}")
+    return pair
+
+
+def _check_weight(weight) -> None:
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 4:
+        raise ValueError(
+            f"weight must be 4-D (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}"
+        )
+    if not weight.is_floating_point():
+        raise ValueError(f"weight must be a real floating tensor, got dtype {weight.dtype}")
+    if weight.numel() == 0:
+        raise ValueError(f"weight is empty, shape {tuple(weight.shape)}")
+    if not torch.isfinite(weight).all():
+        raise ValueError("weight contains NaN or inf values")
+
+
+def _check_mode(padding_mode: str) -> None:
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+
+
+def _check_divisible(size, stride) -> tuple[int, int]:
+    (h, w), (sh, sw) = size, stride
+    if h % sh or w % sw:
+        raise ValueError(
+            f"circular padding needs input_size {size} divisible by stride {stride}"
+        )
+    return h // sh, w // sw
+
+
+def _zeros_padding(weight, padding) -> tuple[int, int]:
+    if padding is None:
+        return weight.shape[-2] // 2, weight.shape[-1] // 2
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        padding = (padding, padding)
+    if not (isinstance(padding, (tuple, list)) and len(padding) == 2
+            and all(isinstance(p, int) and p >= 0 for p in padding)):
+        raise ValueError(f"padding must be a non-negative int or pair, got {padding!r}")
+    return tuple(padding)
+
+
+def _output_size(weight, size, stride, padding, padding_mode) -> tuple[int, int]:
+    if padding_mode == "circular":
+        return _check_divisible(size, stride)
+    out = tuple((n + 2 * p - k) // s + 1
+                for n, p, k, s in zip(size, padding, weight.shape[-2:], stride))
+    if min(out) < 1:
+        raise ValueError(
+            f"input_size {size} with padding {padding} is smaller than the kernel "
+            f"{tuple(weight.shape[-2:])}"
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- the operator
+def _wrap_index(n: int, k: int, device) -> torch.Tensor:
+    """Rows of the circularly padded input: ``n + k - 1`` indices starting at ``-(k // 2)``."""
+    return torch.arange(-(k // 2), n + k - 1 - k // 2, device=device) % n
+
+
+def _conv(x, weight, stride, padding, padding_mode):
+    """The operator: ``x (B, C_in, h, w) -> (B, C_out, oh, ow)``."""
+    if padding_mode == "zeros":
+        return F.conv2d(x, weight, stride=stride, padding=padding)
+    kh, kw = weight.shape[-2:]
+    ih = _wrap_index(x.shape[-2], kh, x.device)
+    iw = _wrap_index(x.shape[-1], kw, x.device)
+    return F.conv2d(x[..., ih, :][..., iw], weight, stride=stride)
+
+
+def _conv_adjoint(y, weight, size, stride, padding, padding_mode):
+    """The adjoint of ``_conv``: ``y (B, C_out, oh, ow) -> (B, C_in, h, w)``."""
+    h, w = size
+    kh, kw = weight.shape[-2:]
+    if padding_mode == "zeros":
+        out_pad = tuple(n + 2 * p - k - (o - 1) * s for n, p, k, o, s in
+                        zip(size, padding, (kh, kw), y.shape[-2:], stride))
+        return F.conv_transpose2d(y, weight, stride=stride, padding=padding,
+                                  output_padding=out_pad)
+    # adjoint of "wrap-pad then valid conv": transposed conv onto the padded grid, then fold
+    # the padded rows/columns back onto the torus.
+    z = F.conv_transpose2d(y, weight, stride=stride,
+                           output_padding=(stride[0] - 1, stride[1] - 1))
+    x = z.new_zeros(*z.shape[:-2], h, z.shape[-1]).index_add_(-2, _wrap_index(h, kh, z.device), z)
+    return x.new_zeros(*x.shape[:-1], w).index_add_(-1, _wrap_index(w, kw, x.device), x)
+
+
+def conv_matrix(weight, input_size, *, stride=1, padding_mode="circular") -> torch.Tensor:
+    """Dense matrix of the convolution operator, built by impulse response.
+
+    ``weight (C_out, C_in, kh, kw)`` -> ``(C_out * oh * ow, C_in * h * w)`` in the weight's dtype
+    and device; rows and columns are C-order flattenings of ``(C, H, W)``, so
+    ``conv_matrix(W, n) @ x.flatten() == conv(x).flatten()``.  ``padding_mode="zeros"`` is
+    ``nn.Conv2d(padding=k // 2)``.  Raises ValueError above ``DENSE_LIMIT`` rows or columns.
+    """
+    _check_weight(weight)
+    _check_mode(padding_mode)
+    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
+    padding = _zeros_padding(weight, None)
+    oh, ow = _output_size(weight, size, stride, padding, padding_mode)
+    c_out, c_in = weight.shape[:2]
+    d_in, d_out = c_in * size[0] * size[1], c_out * oh * ow
+    if max(d_in, d_out) > DENSE_LIMIT:
+        raise ValueError(
+            f"dense operator would be {d_out} x {d_in}, above DENSE_LIMIT={DENSE_LIMIT}; "
+            "use conv_operator_norm / conv_min_singular_value instead"
+        )
+    eye = torch.eye(d_in, dtype=weight.dtype, device=weight.device).reshape(d_in, c_in, *size)
+    return _conv(eye, weight, stride, padding, padding_mode).reshape(d_in, d_out).T
+
+
+# ----------------------------------------------------------------------------- exact spectra
+def _wrap_kernel(weight, size):
+    """Fold kernel taps modulo the grid so that the kernel is at most ``h x w``."""
+    (h, w), (kh, kw) = size, weight.shape[-2:]
+    if kh > h:
+        reps = -(-kh // h)
+        weight = F.pad(weight, (0, 0, 0, reps * h - kh))
+        weight = weight.reshape(*weight.shape[:2], reps, h, weight.shape[-1]).sum(2)
+    if kw > w:
+        reps = -(-kw // w)
+        weight = F.pad(weight, (0, reps * w - kw))
+        weight = weight.reshape(*weight.shape[:3], reps, w).sum(3)
+    return weight
+
+
+def _phases(kernel_size, stride) -> tuple[int, int]:
+    """Number of polyphase components per axis that hold at least one kernel tap."""
+    return min(kernel_size[0], stride[0]), min(kernel_size[1], stride[1])
+
+
+def polyphase_symbol(weight, input_size, stride=1):
+    """Per-frequency matrices of the circular strided convolution (half spectrum).
+
+    ``weight (C_out, C_in, kh, kw)`` -> ``(symbol, multiplicity)`` with ``symbol`` complex of shape
+    ``(mh, mw // 2 + 1, C_out, C_in * ph * pw)`` on the output grid ``m = input_size / stride``
+    (``ph = min(kh, sh)`` non-empty phases; columns ordered ``(c_in, r, t)``), and
+    ``multiplicity (mw // 2 + 1,)`` int64: how many full-spectrum frequencies each column stands
+    for (1 for ``v = 0`` and ``v = mw / 2``, else 2).
+    """
+    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
+    (mh, mw), (sh, sw) = _check_divisible(size, stride), stride
+    weight = _wrap_kernel(weight, size)
+    c_out, c_in, kh, kw = weight.shape
+    ph, pw = _phases((kh, kw), stride)
+    qh, qw = -(-kh // sh), -(-kw // sw)
+    sub = F.pad(weight, (0, qw * sw - kw, 0, qh * sh - kh)).reshape(c_out, c_in, qh, sh, qw, sw)
+    sub = sub[:, :, :, :ph, :, :pw].permute(0, 1, 3, 5, 2, 4).reshape(c_out, c_in * ph * pw, qh, qw)
+    symbol = torch.fft.rfft2(sub, s=(mh, mw)).permute(2, 3, 0, 1)
+    mult = torch.full((mw // 2 + 1,), 2, dtype=torch.int64, device=weight.device)
+    mult[0] = 1
+    if mw % 2 == 0:
+        mult[-1] = 1
+    return symbol, mult
+
+
+def kernel_from_symbol(symbol, kernel_size, input_size, stride=1) -> torch.Tensor:
+    """Inverse of ``polyphase_symbol`` followed by a crop to the ``kh x kw`` support.
+
+    ``symbol (mh, mw // 2 + 1, C_out, C_in * ph * pw)`` -> real weight ``(C_out, C_in, kh, kw)``.
+    Taps of the periodic kernel outside the support are discarded (the crop of the Procrustes
+    projection).  Needs ``kh <= h`` and ``kw <= w``.
+    """
+    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
+    (mh, mw), (sh, sw) = _check_divisible(size, stride), stride
+    kh, kw = kernel_size
+    ph, pw = _phases((kh, kw), stride)
+    qh, qw = -(-kh // sh), -(-kw // sw)
+    c_out = symbol.shape[-2]
+    c_in = symbol.shape[-1] // (ph * pw)
+    sub = torch.fft.irfft2(symbol.permute(2, 3, 0, 1), s=(mh, mw))[..., :qh, :qw]
+    sub = sub.reshape(c_out, c_in, ph, pw, qh, qw).permute(0, 1, 4, 2, 5, 3)
+    full = sub.new_zeros(c_out, c_in, qh, sh, qw, sw)
+    full[:, :, :, :ph, :, :pw] = sub
+    return full.reshape(c_out, c_in, qh * sh, qw * sw)[..., :kh, :kw]
+
+
+def conv_singular_values(weight, input_size, *, stride=1, padding_mode="circular") -> torch.Tensor:
+    """All singular values of ``x -> conv(x, weight, stride)``, sorted descending.
+
+    ``weight (C_out, C_in, kh, kw)``, ``input_size`` int or ``(h, w)``.  Returns exactly
+    ``min(C_in h w, C_out oh ow)`` values in the weight's dtype and device.  Circular padding
+    uses the (polyphase) FFT; ``"zeros"`` (``nn.Conv2d(padding=k // 2)``) uses the dense operator
+    and raises ValueError above ``DENSE_LIMIT``.
+    """
+    _check_weight(weight)
+    _check_mode(padding_mode)
+    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
+    if padding_mode == "zeros":
+        return torch.linalg.svdvals(
+            conv_matrix(weight, size, stride=stride, padding_mode="zeros"))
+    mh, mw = _check_divisible(size, stride)
+    symbol, mult = polyphase_symbol(weight, size, stride)
+    sv = torch.linalg.svdvals(symbol)                       # (mh, mw//2+1, r)
+    sv = sv.repeat_interleave(mult, dim=1).flatten()
+    total = min(weight.shape[1] * size[0] * size[1], weight.shape[0] * mh * mw)
+    if sv.numel() < total:                                    # empty polyphase columns
+        sv = torch.cat([sv, sv.new_zeros(total - sv.numel())])
+    return sv.sort(descending=True).values
+
+
+# ----------------------------------------------------------------------------- iterative
+def _lanczos(matvec, start, *, which, tol, max_iter, zero_tol):
+    """Extreme non-zero eigenvalue of a symmetric PSD operator by Lanczos with full
+    re-orthogonalisation.  Returns ``(theta, converged)``; Ritz values below
+    ``zero_tol * theta_max`` count as the null space and are skipped for ``which="min"``."""
+    basis, alphas, betas = [], [], []
+    q = start / start.norm()
+    theta, converged = 0.0, False
+    for j in range(max_iter):
+        basis.append(q)
+        w = matvec(q)
+        alpha = torch.dot(w, q)
+        alphas.append(alpha)
+        Q = torch.stack(basis)
+        for _ in range(2):                                    # classical Gram-Schmidt, twice
+            w = w - Q.T @ (Q @ w)
+        beta = w.norm()
+        T = torch.diag(torch.stack(alphas))
+        if betas:
+            off = torch.stack(betas)
+            T = T + torch.diag(off, 1) + torch.diag(off, -1)
+        evals, evecs = torch.linalg.eigh(T)
+        top = evals[-1].clamp_min(0)
+        if which == "max":
+            idx = len(alphas) - 1
+        else:
+            nonzero = (evals > zero_tol * top).nonzero()
+            idx = int(nonzero[0]) if len(nonzero) else len(alphas) - 1
+        theta = float(evals[idx])
+        residual = float(beta * evecs[-1, idx].abs())
+        if residual <= tol * abs(theta) or float(beta) <= 1e-13 * max(float(top), 1e-300):
+            converged = True
+            break
+        betas.append(beta)
+        q = w / beta
+    return theta, converged
+
+
+def _gram_extreme(weight, input_size, stride, padding, padding_mode, tol, max_iter, which):
+    _check_weight(weight)
+    _check_mode(padding_mode)
+    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
+    if not (tol > 0):
+        raise ValueError(f"tol must be positive, got {tol!r}")
+    if not (isinstance(max_iter, int) and max_iter >= 1):
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    padding = _zeros_padding(weight, padding)
+    out = _output_size(weight, size, stride, padding, padding_mode)
+    w64 = weight.detach().to(torch.float64)
+    c_out, c_in = w64.shape[:2]
+    in_shape, out_shape = (1, c_in, *size), (1, c_out, *out)
+
+    def fwd(x):
+        return _conv(x.reshape(in_shape), w64, stride, padding, padding_mode).flatten()
+
+    def adj(y):
+        return _conv_adjoint(y.reshape(out_shape), w64, size, stride, padding,
+                             padding_mode).flatten()
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    if math.prod(out_shape) <= math.prod(in_shape):           # the smaller Gram: A A^T
+        matvec, dim = (lambda y: fwd(adj(y))), math.prod(out_shape)
+        start = fwd(torch.randn(math.prod(in_shape), generator=gen, dtype=torch.float64)
+                    .to(w64.device))
+    else:                                                     # A^T A
+        matvec, dim = (lambda x: adj(fwd(x))), math.prod(in_shape)
+        start = adj(torch.randn(math.prod(out_shape), generator=gen, dtype=torch.float64)
+                    .to(w64.device))
+    if start.norm() == 0:
+        return 0.0
+    theta, converged = _lanczos(matvec, start, which=which, tol=tol,
+                                max_iter=min(max_iter, dim), zero_tol=1e-10)
+    if not converged:
+        warnings.warn(f"Lanczos did not reach tol={tol} in max_iter={max_iter} iterations",
+                      RuntimeWarning, stacklevel=3)
+    return math.sqrt(max(theta, 0.0))
+
+
+def conv_operator_norm(weight, input_size, *, stride=1, padding=None, padding_mode="zeros",
+                       tol=1e-6, max_iter=1000) -> float:
+    """Largest singular value of the convolution operator, by Lanczos (float64).
+
+    ``weight (C_out, C_in, kh, kw)``; ``padding`` (zeros mode) defaults to ``k // 2``; circular
+    mode ignores ``padding`` (a shift).  ``tol`` bounds the Ritz residual relative to
+    ``sigma^2``.  Memory grows as ``iterations x operator size``.
+    """
+    return _gram_extreme(weight, input_size, stride, padding, padding_mode, tol, max_iter, "max")
+
+
+def conv_min_singular_value(weight, input_size, *, stride=1, padding=None,
+                            padding_mode="zeros", tol=1e-6, max_iter=1000) -> float:
+    """Smallest non-zero singular value of the convolution operator, by Lanczos (float64).
+
+    Lanczos runs on the smaller Gram operator from a start vector in its range; Ritz values
+    below ``1e-10 * sigma_max^2`` (singular values below ``1e-5 sigma_max``) count as zero.
+    Convergence to the bottom of a dense spectrum is slower than to the top: raise ``max_iter``
+    if a RuntimeWarning says it did not converge.
+    """
+    return _gram_extreme(weight, input_size, stride, padding, padding_mode, tol, max_iter, "min")
