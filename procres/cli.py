@@ -36,12 +36,39 @@ def _run_spectrum(args):
 
 # ---------------------------------------------------------------- train
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a model (CIFAR-10/100 from local archives, or the embedded digits)")
+    from procres.config import add_config_arguments
+
+    p = sub.add_parser(
+        "train",
+        help="train a model (CIFAR-10/100 from local archives, or the embedded digits)",
+        description="Train one model. Settings: TrainConfig defaults < --recipe < the flags you give. "
+        "Example: procres train --model resnet20 --recipe demo --epochs 3",
+    )
+    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                   help="train once per seed in OUT/seed<S> and save mean +- std in OUT/summary.json")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch rows on stdout")
+    add_config_arguments(p)
     return p
 
 
 def _run_train(args):
-    raise NotImplementedError("train subcommand: issue 5")
+    from procres.config import config_from_args
+    from procres.train import train, train_seeds
+
+    config = config_from_args(args)
+    try:
+        if args.seeds:
+            summary = train_seeds(config, args.seeds, quiet=args.quiet)
+            for key in ("final_test_error", "test_error_at_best_val"):
+                s = summary[key]
+                if s is not None:
+                    print(f"{key}: {100 * s['mean']:.2f} +- {100 * s['std']:.2f} % over seeds {summary['seeds']}")
+        else:
+            train(config, quiet=args.quiet)
+    except FloatingPointError as err:
+        print(f"procres train: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------- demo

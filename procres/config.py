@@ -1,0 +1,269 @@
+"""Training settings: one dataclass, named recipes, argparse generated from it, JSON round trip.
+
+Precedence, lowest first: the dataclass defaults < the named recipe < explicit overrides (keyword
+arguments to :meth:`TrainConfig.from_recipe`, or flags given on the command line). The resolved
+config is written to ``config.json`` in the run folder and can be read back with
+:meth:`TrainConfig.from_json`.
+
+Recipes (``../shared/REFERENCE.md`` section 6):
+
+``paper``   Zaeemzadeh et al. (the authors' PyTorch and Chainer code): SGD momentum 0.9, weight
+            decay 1e-4, batch 128, lr 0.1 divided by 10 at epochs 150 and 225, 300 epochs,
+            Procrustes projection with probability p = 0.5 after every step (it only acts on
+            models whose ``transitions()`` is non-empty, i.e. ProcResNets).
+``he2016``  He et al. 2016a, ResNet-20..1202: batch 128, lr 0.1 divided by 10 at 32k and 48k
+            iterations, stop at 64k; with 45k training images and batch 128 that is epochs 82 and
+            123 of 164. ResNet-110 and ResNet-1202 warm up at lr 0.01 for the first 400 iterations
+            ("until training error is below 80%"), then go *back* to 0.1 -- a step that popular
+            re-implementations drop (the warm-up LR silently stays). No projection.
+``demo``    the embedded digits data set, minutes on a CPU.
+
+The validation split defaults to the data set's own default (5,000 CIFAR training images); the
+paper trains on all 50,000, which is ``--val-size 0`` (then no best-validation epoch exists).
+
+The learning-rate schedule is the pure function :func:`lr_at`; the training loop sets it before
+every step, so the schedule carries no state of its own to checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass
+
+DATASETS = ("cifar10", "cifar100", "digits")
+DEVICES = ("auto", "cpu", "cuda")
+PROJECTION_METHODS = ("svd", "newton_schulz")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one training run (see the module docstring for recipes and precedence)."""
+
+    # what to train, on what
+    model: str = "resnet20"  # a name known to procres.models (e.g. resnet110, preresnet164, procresnet166)
+    dataset: str | None = None  # cifar10 | cifar100 | digits; None: digits without --data, else from the path
+    data: str | None = None  # CIFAR archive (.tar.gz) or its extracted folder
+    val_size: int | None = None  # held-out training images; None: the data set's default; 0: none
+    recipe: str | None = None  # the recipe these values came from (informative once resolved)
+    # optimisation
+    epochs: int = 300
+    batch_size: int = 128  # global batch: divided over DDP ranks
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    milestones: tuple[int, ...] = (150, 225)  # epochs at which the lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_lr: float = 0.01  # lr for the first warmup_iters iterations ...
+    warmup_iters: int = 0  # ... then back to the schedule (0: no warm-up)
+    # Procrustes projection (acts only on models with transitions(), i.e. ProcResNets)
+    projection_p: float = 0.5
+    projection_method: str = "svd"
+    faithful: bool = False  # reproduce the authors' projection quirks (see procres.procrustes)
+    # data pipeline
+    pad: int = 4  # pixels of padding before the random crop
+    pad_mode: str = "reflect"  # reflect | zeros
+    eval_batch_size: int = 1024
+    max_steps_per_epoch: int = 0  # >0: cut every epoch short (tests, smoke runs)
+    # diagnostics
+    record_every: int = 10  # record per-block norm ratios on every k-th training step (0: never)
+    init_norm_batches: int = 4  # batches measured for the epoch-0 (initialisation) norms
+    # run, device and speed
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    out: str | None = None  # run folder; None: runs/<model>-<dataset>-seed<seed>
+    resume: bool = False  # continue from out/checkpoint.pt when it exists
+    amp: bool | None = None  # bf16 autocast; None: on for CUDA, off for CPU
+    channels_last: bool | None = None  # None: on (CUDA and CPU)
+    compile: bool = False  # torch.compile the model (CUDA only: on CPU it compiles slowly and gains nothing)
+    deterministic: bool | None = None  # None: on for CPU, off for CUDA
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: only at epoch ends)
+    checkpoint_every_steps: int = 0  # also checkpoint every N steps (0: off; used by the tests)
+
+    def __post_init__(self):
+        self.milestones = tuple(int(m) for m in self.milestones)
+        if self.dataset is not None and self.dataset not in DATASETS:
+            raise ValueError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        if self.recipe is not None and self.recipe not in RECIPES:
+            raise ValueError(f"recipe {self.recipe!r} is not one of {', '.join(RECIPES)}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+        if self.projection_method not in PROJECTION_METHODS:
+            raise ValueError(f"projection_method {self.projection_method!r} is not one of {PROJECTION_METHODS}")
+        if self.pad_mode not in ("reflect", "zeros"):
+            raise ValueError(f"pad_mode {self.pad_mode!r} is not 'reflect' or 'zeros'")
+        if not 0.0 <= self.projection_p <= 1.0:
+            raise ValueError(f"projection_p {self.projection_p} is not a probability in [0, 1]")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
+        for name in ("pad", "warmup_iters", "max_steps_per_epoch", "record_every", "init_norm_batches", "threads",
+                     "checkpoint_every_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)} must not be negative")
+        if self.val_size is not None and self.val_size < 0:
+            raise ValueError(f"val_size {self.val_size} must not be negative")
+        if self.lr <= 0 or self.warmup_lr <= 0:
+            raise ValueError(f"learning rates must be positive (lr {self.lr}, warmup_lr {self.warmup_lr})")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones {self.milestones} must be increasing")
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_recipe(cls, recipe: str | None = None, **overrides) -> "TrainConfig":
+        """Defaults, then the named recipe, then ``overrides`` (field name -> value)."""
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        values = {}
+        if recipe is not None:
+            if recipe not in RECIPES:
+                raise ValueError(f"recipe {recipe!r} is not one of {', '.join(RECIPES)}")
+            model = overrides.get("model", cls.model)
+            values.update(RECIPES[recipe](model))
+            values["recipe"] = recipe
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def resolved(self, *, cuda_available: bool = False) -> "TrainConfig":
+        """Fill every automatic (None / "auto") field with what it means on this machine."""
+        dataset = self.dataset
+        if dataset is None:
+            dataset = "digits" if self.data is None else ("cifar100" if "100" in str(self.data) else "cifar10")
+        device = self.device
+        if device == "auto":
+            device = "cuda" if cuda_available else "cpu"
+        cuda = device == "cuda"
+        return dataclasses.replace(
+            self,
+            dataset=dataset,
+            device=device,
+            amp=cuda if self.amp is None else self.amp,
+            channels_last=True if self.channels_last is None else self.channels_last,
+            deterministic=(not cuda) if self.deterministic is None else self.deterministic,
+            out=self.out if self.out is not None else f"runs/{self.model}-{dataset}-seed{self.seed}",
+        )
+
+    # ---------------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        return cls.from_dict(json.loads(text))
+
+
+# ---------------------------------------------------------------- recipes
+def _paper(model: str) -> dict:
+    return dict(epochs=300, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, milestones=(150, 225),
+                gamma=0.1, warmup_iters=0, projection_p=0.5)
+
+
+def _he2016(model: str) -> dict:
+    warm = model in ("resnet110", "resnet1202")
+    return dict(epochs=164, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, milestones=(82, 123),
+                gamma=0.1, warmup_lr=0.01, warmup_iters=400 if warm else 0, projection_p=0.0)
+
+
+def _demo(model: str) -> dict:
+    return dict(dataset="digits", pad=2, epochs=15, batch_size=64, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                milestones=(10, 13), gamma=0.1, warmup_iters=0, projection_p=0.5, record_every=5)
+
+
+RECIPES: dict[str, typing.Callable[[str], dict]] = {"paper": _paper, "he2016": _he2016, "demo": _demo}
+
+
+# ---------------------------------------------------------------- schedule
+def lr_at(config: TrainConfig, epoch: int, iteration: int) -> float:
+    """Learning rate for the step at 0-based ``epoch`` and 0-based global ``iteration``.
+
+    ``warmup_lr`` while ``iteration < warmup_iters``, afterwards ``lr * gamma**k`` with ``k`` the
+    number of milestones ``<= epoch`` (so with milestones (150, 225) epochs 0..149 use lr, 150..224
+    use lr*gamma) -- the warm-up ends by returning to the scheduled value, not by staying low.
+    """
+    if iteration < config.warmup_iters:
+        return config.warmup_lr
+    k = sum(1 for m in config.milestones if m <= epoch)
+    return config.lr * config.gamma**k
+
+
+# ---------------------------------------------------------------- argparse
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "auto", "default") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, skip: typing.Iterable[str] = ()) -> argparse.ArgumentParser:
+    """Add one ``--field-name`` option per TrainConfig field (except ``skip``).
+
+    Options default to ``argparse.SUPPRESS``, so only flags the user actually gave reach
+    :func:`config_from_args` and override the recipe. Booleans get ``--x / --no-x``; optional
+    values accept ``none``/``auto`` for None; ``--milestones`` takes zero or more epochs.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    skip = set(skip)
+    group = parser.add_argument_group("training settings (override the recipe)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), kind) if optional else kind
+        default = f.default
+        help_text = f"default {default!r}"
+        kwargs: dict = dict(default=argparse.SUPPRESS, dest=f.name)
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(base) is tuple:
+            kwargs.update(nargs="*", type=int, metavar="N")
+        else:
+            kwargs["type"] = _optional(base) if optional else base
+            if f.name == "recipe":
+                kwargs["choices"] = [*RECIPES, None]
+            elif f.name == "dataset":
+                kwargs["choices"] = [*DATASETS, None]
+            elif f.name == "device":
+                kwargs["choices"] = list(DEVICES)
+            elif f.name == "projection_method":
+                kwargs["choices"] = list(PROJECTION_METHODS)
+            elif f.name == "pad_mode":
+                kwargs["choices"] = ["reflect", "zeros"]
+        group.add_argument(_flag(f.name), help=help_text, **kwargs)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig for parsed arguments: defaults < ``args.recipe`` < flags given explicitly."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if "milestones" in given:
+        given["milestones"] = tuple(given["milestones"])
+    recipe = given.pop("recipe", None)
+    return TrainConfig.from_recipe(recipe, **given)

@@ -1,0 +1,605 @@
+"""The training loop: one flat function, checkpoints that survive a kill, and DDP.
+
+``train(config)`` runs one :class:`procres.config.TrainConfig` and writes the run folder::
+
+    config.json         the resolved config (TrainConfig.to_json)
+    history.jsonl       one JSON object per epoch; epoch 0 is measured at initialisation
+    checkpoint.pt       the latest full training state (checkpoint.prev.pt: the one before it)
+    model.pt            final weights: {"model": state_dict, "config": dict}
+    result.json         final-epoch test error and test error at the best validation epoch
+    train.log           what was printed, plus resume / checkpoint events
+
+Each step, in order: learning rate from ``lr_at`` -> forward (bf16 autocast on CUDA) -> loss ->
+backward -> optimizer step, after which the Procrustes hook (``procres.procrustes.attach_procrustes``,
+only for models whose ``transitions()`` is non-empty and ``projection_p > 0``) projects each
+transition conv with probability p. A :class:`procres.diagnostics.NormRecorder` on ``model.blocks``
+records per-unit gradient-norm ratios on every ``record_every``-th training forward; its summary
+goes into the epoch's history record and is then reset.
+
+History record keys: epoch, step, lr, train_loss, train_acc, val_loss, val_acc, test_loss,
+test_acc, epoch_time (s, training + evaluation), images_per_sec (training only), norms
+(NormRecorder.summary()), block_kinds. Epoch 0 holds the norms of ``init_norm_batches``
+un-augmented training batches at initialisation (BN statistics restored afterwards) and the
+evaluation metrics; its train_* are null. val_* are null without a validation split.
+
+The result is the final-epoch test error and the test error at the epoch with the best validation
+accuracy (earliest on ties) -- never the best test epoch. Errors are fractions in [0, 1].
+
+Checkpoints are written atomically (temporary file in the same folder, flush, fsync, rename, fsync
+of the folder) at the end of every epoch, every ``checkpoint_minutes`` and every
+``checkpoint_every_steps`` steps. They hold the model, the optimizer (momentum buffers), the
+projection hook's generator, the data loader's position, the partial epoch sums, the history so
+far, and the Python / numpy / torch / CUDA RNG states stored as plain lists and tensors so that
+``torch.load(weights_only=True)`` reads them. There is no LR-scheduler object (``lr_at`` is a pure
+function of epoch and step) and no grad scaler (bf16 needs no loss scaling). The norm recorder's
+partial window is not saved: after a resume the current epoch's norms cover the resumed part only.
+On a resume ``history.jsonl`` is rewritten from the checkpoint, so it never holds an epoch twice.
+Before ``checkpoint.pt`` is replaced the old one is renamed ``checkpoint.prev.pt``; an unreadable
+checkpoint raises ValueError naming it and the previous one, which is left untouched.
+
+With ``deterministic`` on a CPU, a run killed at any point (SIGKILL included) and resumed with
+``resume=True`` ends with weights bit-identical to an uninterrupted run (``tests/test_train.py``).
+It needs the same thread count in both runs (``threads``).
+
+A NaN or infinite loss stops the run with FloatingPointError naming the epoch and step; no
+checkpoint is written after it. On CPU every step is checked before the backward pass; on CUDA
+the check runs every ``_NAN_CHECK_EVERY`` steps and before every checkpoint, because it costs a
+host-device synchronisation.
+
+DDP: launch with ``torchrun --nproc_per_node N -m procres train ...``. NCCL on CUDA, gloo on CPU.
+``batch_size`` is the global batch (split evenly over ranks); every rank reads its own shard of
+each batch order (DeviceLoader rank/world_size); the projection hook is seeded identically on
+every rank so it projects the same layers the same way; BN running statistics are broadcast from
+rank 0 at the end of each epoch; training and evaluation sums are all-reduced; only rank 0 writes
+files. Resuming needs the run folder on a file system every rank can read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from procres.config import TrainConfig, lr_at
+
+_NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
+_DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
+
+__all__ = ["train", "train_seeds", "save_checkpoint", "load_checkpoint", "build_model"]
+
+
+def train(config: TrainConfig, *, quiet: bool = False) -> dict:
+    """Train ``config``; return the result dict (also saved, without model/history, as result.json).
+
+    Keys: final_test_error, final_val_error, best_val_epoch, val_error_at_best_val,
+    test_error_at_best_val (None without a validation split), epochs, run_dir, history (list of
+    records), model (the trained nn.Module, unwrapped).
+    """
+    from procres.data import DeviceLoader, load_dataset
+
+    cfg = config.resolved(cuda_available=torch.cuda.is_available())
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
+    cuda = cfg.device == "cuda"
+    rank, world, local_rank, own_group = _init_distributed(cuda)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
+    main = rank == 0
+    saved_flags = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    if cuda:
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    run_dir = Path(cfg.out)
+    log = _logger(run_dir, main, quiet)
+    try:
+        checkpoint = load_checkpoint(run_dir) if cfg.resume else None
+        if not cfg.resume and main and (run_dir / "checkpoint.pt").exists():
+            raise ValueError(f"{run_dir} already holds a run (checkpoint.pt): pass resume=True / --resume "
+                             "to continue it, or choose another out folder")
+        if main:
+            _atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+
+        # ---------------------------------------------------------------- data, model, optimizer
+        _seed_everything(cfg.seed)
+        data = load_dataset(cfg.dataset, cfg.data, val_size=cfg.val_size, seed=cfg.seed)
+        per_rank = cfg.batch_size // world
+        norm = dict(mean=data.mean, std=data.std, device=device, channels_last=bool(cfg.channels_last))
+        train_loader = DeviceLoader(data.train_x, data.train_y, batch_size=per_rank, train=True, pad=cfg.pad,
+                                    pad_mode=cfg.pad_mode, flip=data.flip, seed=cfg.seed, rank=rank,
+                                    world_size=world, **norm)
+        # evaluation loaders shard by rank too; the all-reduced sums count every image exactly once
+        val_loader = DeviceLoader(data.val_x, data.val_y, batch_size=cfg.eval_batch_size, train=False, rank=rank,
+                                  world_size=world, **norm) if len(data.val_y) else None
+        test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=cfg.eval_batch_size, train=False,
+                                   rank=rank, world_size=world, **norm)
+        steps_per_epoch = len(train_loader)
+        if cfg.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+
+        model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                            image_size=data.image_size).to(device)
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model = model.to(memory_format=memory_format)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        hook = None
+        if cfg.projection_p > 0 and model.transitions():
+            from procres.procrustes import attach_procrustes
+
+            hook = attach_procrustes(model, optimizer, p=cfg.projection_p, method=cfg.projection_method,
+                                     faithful=cfg.faithful, seed=cfg.seed)
+        net = model
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
+        if cfg.compile:
+            net = torch.compile(net)
+        amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
+
+        def evaluate(loader):
+            """(mean loss, accuracy) over the loader, summed over ranks; (None, None) without one."""
+            if loader is None:
+                return None, None
+            model.eval()
+            sums = torch.zeros(3, dtype=torch.float64, device=device)
+            with torch.no_grad(), torch.autocast(**amp):
+                for x, y in loader:
+                    out = model(x).float()
+                    sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(),
+                                         (out.argmax(1) == y).sum().double(), torch.tensor(len(y), device=device,
+                                                                                        dtype=torch.float64)])
+            model.train()
+            if world > 1:
+                dist.all_reduce(sums)
+            loss, correct, n = sums.tolist()
+            return loss / n, correct / n
+
+        # ---------------------------------------------------------------- start or resume
+        epoch, step, history = 0, 0, []
+        partial = None
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if hook is not None:
+                hook.load_state_dict(checkpoint["projection"])
+            _set_rng_state(checkpoint["rng"], cuda)
+            epoch, step = checkpoint["epoch"], checkpoint["step"]
+            history = json.loads(checkpoint["history"])
+            partial = checkpoint["partial"]
+            if partial is not None:
+                train_loader.set_epoch(epoch)
+                train_loader.load_state_dict(checkpoint["loader"][rank])
+            if main:
+                _atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+            log.info(f"resumed from {run_dir / 'checkpoint.pt'} at epoch {epoch}, step {step}")
+        else:
+            if main:
+                _atomic_write_text(run_dir / "history.jsonl", "")
+            record = {"epoch": 0, "step": 0, "lr": lr_at(cfg, 0, 0), "train_loss": None, "train_acc": None}
+            record.update(_eval_record(evaluate(val_loader), evaluate(test_loader)))
+            record.update(epoch_time=None, images_per_sec=None, block_kinds=model.block_kinds,
+                          norms=_init_norms(model, data, cfg, device, memory_format, amp))
+            history.append(record)
+            if main:
+                _append_jsonl(run_dir / "history.jsonl", record)
+        log.info(f"{cfg.model} on {cfg.dataset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+                 f"{len(data.train_y)} training images, {steps_per_epoch} steps/epoch, device {device}, "
+                 f"{world} rank(s), projection {'on' if hook else 'off'}")
+        log.info(_ROW_HEADER)
+        for h in history:
+            log.info(_row(h))
+
+        # ---------------------------------------------------------------- the loop
+        recorder = None
+        if cfg.record_every:
+            from procres.diagnostics import NormRecorder
+
+            recorder = NormRecorder(model.blocks, every=cfg.record_every)
+        last_checkpoint = time.monotonic()
+        bad = torch.zeros((), dtype=torch.int64, device=device)  # non-finite losses since the last check
+        model.train()
+        lr = lr_at(cfg, epoch, step)
+        while epoch < cfg.epochs:
+            if partial is None:  # a fresh epoch
+                train_loader.set_epoch(epoch)
+                partial = {"epoch_step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0}
+            loss_sum = torch.tensor(partial["loss_sum"] if main else 0.0, dtype=torch.float64, device=device)
+            correct = torch.tensor(partial["correct"] if main else 0, dtype=torch.int64, device=device)
+            seen = partial["seen"] if main else 0
+            epoch_step, started = partial["epoch_step"], time.monotonic() - partial["train_time"]
+            remaining = steps_per_epoch - epoch_step
+            bar = _progress(itertools.islice(train_loader, remaining), remaining, f"epoch {epoch + 1}/{cfg.epochs}",
+                            quiet or not main)
+            for x, y in bar:
+                lr = lr_at(cfg, epoch, step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(**amp):
+                    out = net(x)
+                    loss = F.cross_entropy(out, y)
+                if not cuda:  # free on CPU: stop before a bad step touches the weights
+                    _check_finite(torch.isfinite(loss).logical_not().long(), world, epoch, step + 1)
+                else:
+                    bad += torch.isfinite(loss).logical_not().long()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()  # the Procrustes hook projects here
+                step += 1
+                epoch_step += 1
+                loss_sum += loss.detach().double() * len(y)
+                correct += (out.argmax(1) == y).sum()
+                seen += len(y)
+                if cuda and step % _NAN_CHECK_EVERY == 0:
+                    _check_finite(bad, world, epoch, step)
+                if epoch_step < steps_per_epoch and _checkpoint_due(cfg, step, last_checkpoint, world, device):
+                    if cuda:
+                        _check_finite(bad, world, epoch, step)
+                    sums = _reduced([loss_sum.item(), correct.item(), seen], world, device)
+                    state = {"epoch_step": epoch_step, "loss_sum": sums[0], "correct": int(sums[1]),
+                             "seen": int(sums[2]), "train_time": time.monotonic() - started}
+                    loader_states = _gathered(train_loader.state_dict(), world)  # one per rank
+                    if main:
+                        save_checkpoint(run_dir, _state(model, optimizer, hook, loader_states, epoch, step, state,
+                                                        history, cfg, cuda))
+                    last_checkpoint = time.monotonic()
+            if cuda:
+                _check_finite(bad, world, epoch, step)
+            train_time = time.monotonic() - started
+            if world > 1:
+                for buffer in model.buffers():  # BN running statistics: rank 0's, as DDP's forward does
+                    dist.broadcast(buffer, 0)
+            loss_total, correct_total, seen_total = _reduced([loss_sum.item(), correct.item(), seen], world, device)
+            epoch += 1
+            partial = None
+            record = {"epoch": epoch, "step": step, "lr": lr, "train_loss": loss_total / seen_total,
+                      "train_acc": correct_total / seen_total}
+            record.update(_eval_record(evaluate(val_loader), evaluate(test_loader)))
+            record.update(epoch_time=time.monotonic() - started, images_per_sec=seen_total / train_time,
+                          block_kinds=model.block_kinds, norms=recorder.summary() if recorder else {})
+            if recorder:
+                recorder.reset()
+            history.append(record)
+            if main:
+                save_checkpoint(run_dir, _state(model, optimizer, hook, None, epoch, step, None, history, cfg, cuda))
+                _append_jsonl(run_dir / "history.jsonl", record)
+            last_checkpoint = time.monotonic()
+            log.info(_row(record))
+        if recorder:
+            recorder.remove()
+
+        # ---------------------------------------------------------------- result
+        result = _result(history, run_dir)
+        if main:
+            _atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, run_dir / "model.pt")
+            _atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+        best = result["test_error_at_best_val"]
+        log.info(f"final test error {100 * result['final_test_error']:.2f}%"
+                 + (f", at the best validation epoch {result['best_val_epoch']}: {100 * best:.2f}%" if best is not None
+                    else " (no validation split)") + f"; run folder {run_dir}")
+        return {**result, "history": history, "model": model}
+    finally:
+        torch.use_deterministic_algorithms(saved_flags[0])
+        torch.set_num_threads(saved_flags[1])
+        for handler in list(log.handlers):
+            handler.close()
+            log.removeHandler(handler)
+        if own_group:
+            dist.destroy_process_group()
+
+
+def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
+    """Train ``config`` once per seed in ``out/seed<k>``; write and return ``out/summary.json``.
+
+    The summary holds, for final_test_error and test_error_at_best_val, the per-seed values, their
+    mean and the sample standard deviation (ddof=1; 0 for a single seed).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds {seeds} must be a non-empty list of distinct integers")
+    base = Path(config.resolved().out if config.out is None else config.out)
+    if config.out is None:
+        base = base.with_name(base.name.rsplit("-seed", 1)[0])
+    runs = [train(config.replace(seed=s, out=str(base / f"seed{s}")), quiet=quiet) for s in seeds]
+    summary = {"seeds": seeds, "run_dirs": [r["run_dir"] for r in runs]}
+    for key in ("final_test_error", "test_error_at_best_val"):
+        values = [r[key] for r in runs]
+        if any(v is None for v in values):
+            summary[key] = None
+            continue
+        summary[key] = {"values": values, "mean": float(np.mean(values)),
+                        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        _atomic_write_text(base / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+    """``procres.models.create_model(name)``, or ``<family><depth>`` for an unregistered depth (procresnet13)."""
+    from procres import models
+
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    try:
+        return models.create_model(name, **kwargs)
+    except ValueError:
+        match = re.fullmatch(r"([a-z]+?)(\d+)", name)
+        family = match and match.group(1)
+        if family not in ("resnet", "preresnet", "procresnet", "plain", "plainpre", "plainproc"):
+            raise
+        return getattr(models, family)(int(match.group(2)), **kwargs)
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(run_dir, state: dict) -> Path:
+    """Atomically write ``run_dir/checkpoint.pt``; the one it replaces becomes checkpoint.prev.pt."""
+    run_dir = Path(run_dir)
+    path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+    tmp = _write_tmp(state, path)
+    if path.exists():
+        os.replace(path, prev)
+    os.replace(tmp, path)
+    _fsync_dir(run_dir)
+    return path
+
+
+def load_checkpoint(run_dir) -> dict | None:
+    """The latest checkpoint in ``run_dir`` (None when there is none), read with weights_only=True.
+
+    Falls back to checkpoint.prev.pt only when checkpoint.pt is *missing* (a kill between the two
+    renames of :func:`save_checkpoint`); an unreadable checkpoint.pt raises ValueError.
+    """
+    run_dir = Path(run_dir)
+    path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+    if not path.exists():
+        if not prev.exists():
+            return None
+        path = prev
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "optimizer", "rng", "epoch", "step", "history"} - set(state)
+        if missing:
+            raise KeyError(f"missing {sorted(missing)}")
+    except Exception as err:  # truncated zip, unpickling error, wrong content: all the same to the user
+        keep = (f"the previous checkpoint {prev} is kept untouched: move it to {path} to resume one save earlier"
+                if prev.exists() and prev != path else "there is no previous checkpoint")
+        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); {keep}") from err
+    return state
+
+
+def _state(model, optimizer, hook, loader_state, epoch, step, partial, history, cfg, cuda) -> dict:
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "projection": hook.state_dict() if hook is not None else None,
+        "loader": loader_state,  # list of DeviceLoader.state_dict(), one per rank (None at an epoch end)
+        "rng": _rng_state(cuda),
+        "epoch": epoch,  # epochs completed
+        "step": step,  # optimizer steps taken
+        "partial": partial,  # None at an epoch end, else the position and sums within epoch `epoch`
+        "history": json.dumps(history),
+        "config": cfg.to_json(),
+    }
+
+
+def _rng_state(cuda: bool) -> dict:
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+    }
+
+
+def _set_rng_state(state: dict, cuda: bool) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if cuda and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_tmp(obj, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def _atomic_save(obj, path: Path) -> None:
+    os.replace(_write_tmp(obj, path), path)
+    _fsync_dir(path.parent)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- pieces of the loop
+def _init_distributed(cuda: bool):
+    """(rank, world_size, local_rank, created_here) from torchrun's environment variables."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world <= 1:
+        return 0, 1, 0, False
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), local_rank, False
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank, True
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _check_finite(bad: torch.Tensor, world: int, epoch: int, step: int) -> None:
+    if world > 1:
+        bad = bad.clone()
+        dist.all_reduce(bad)
+    if bad.item():
+        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step} (on CUDA: at or up to "
+                                 f"{_NAN_CHECK_EVERY} steps before it): training stopped, no checkpoint written "
+                                 "after it; the last good checkpoint is kept")
+
+
+def _checkpoint_due(cfg, step, last, world, device) -> bool:
+    if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+        return True
+    if not cfg.checkpoint_minutes:
+        return False
+    if world == 1:
+        return time.monotonic() - last >= 60 * cfg.checkpoint_minutes
+    if step % _DDP_TIME_CHECK_EVERY:
+        return False
+    flag = torch.tensor(time.monotonic() - last >= 60 * cfg.checkpoint_minutes, device=device, dtype=torch.int64)
+    dist.broadcast(flag, 0)  # rank 0's clock decides, so every rank checkpoints at the same step
+    return bool(flag.item())
+
+
+def _gathered(obj, world) -> list:
+    if world == 1:
+        return [obj]
+    objs = [None] * world
+    dist.all_gather_object(objs, obj)
+    return objs
+
+
+def _reduced(values, world, device) -> list[float]:
+    if world == 1:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _init_norms(model, data, cfg, device, memory_format, amp) -> dict:
+    """Norm summary of a few un-augmented training batches at initialisation; leaves the model as it was."""
+    if not cfg.init_norm_batches:
+        return {}
+    from procres.data import DeviceLoader
+    from procres.diagnostics import NormRecorder
+
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    loader = DeviceLoader(data.train_x, data.train_y, batch_size=cfg.batch_size, train=False, mean=data.mean,
+                          std=data.std, device=device, channels_last=memory_format is torch.channels_last)
+    model.train()
+    with NormRecorder(model.blocks, every=1) as recorder:
+        for i, (x, y) in enumerate(loader):
+            if i == cfg.init_norm_batches:
+                break
+            with torch.autocast(**amp):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+        summary = recorder.summary()
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for k, v in model.named_buffers():
+            v.copy_(buffers[k])
+    return summary
+
+
+def _eval_record(val, test) -> dict:
+    return {"val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1]}
+
+
+def _result(history, run_dir) -> dict:
+    final = history[-1]
+    trained = [h for h in history if h["epoch"] > 0 and h["val_acc"] is not None]
+    best = max(trained, key=lambda h: (h["val_acc"], -h["epoch"])) if trained else None
+    return {
+        "final_test_error": 1.0 - final["test_acc"],
+        "final_val_error": None if final["val_acc"] is None else 1.0 - final["val_acc"],
+        "best_val_epoch": best["epoch"] if best else None,
+        "val_error_at_best_val": 1.0 - best["val_acc"] if best else None,
+        "test_error_at_best_val": 1.0 - best["test_acc"] if best else None,
+        "epochs": final["epoch"],
+        "run_dir": str(run_dir),
+    }
+
+
+_ROW_HEADER = (f"{'epoch':>5} {'lr':>8} {'train loss':>10} {'train err':>9} {'val loss':>8} {'val err':>7} "
+               f"{'test loss':>9} {'test err':>8} {'time s':>7} {'img/s':>7}")
+
+
+def _row(h: dict) -> str:
+    def num(v, width, fmt):
+        return f"{'-':>{width}}" if v is None else f"{v:>{width}{fmt}}"
+
+    def err(acc, width):
+        return num(None if acc is None else 100 * (1 - acc), width, ".2f")
+
+    return (f"{h['epoch']:>5} {h['lr']:>8.4g} {num(h['train_loss'], 10, '.4f')} {err(h['train_acc'], 9)} "
+            f"{num(h['val_loss'], 8, '.4f')} {err(h['val_acc'], 7)} {num(h['test_loss'], 9, '.4f')} "
+            f"{err(h['test_acc'], 8)} {num(h['epoch_time'], 7, '.1f')} {num(h['images_per_sec'], 7, '.0f')}")
+
+
+def _progress(iterable, total, desc, disable):
+    if disable or not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _logger(run_dir: Path, main: bool, quiet: bool) -> logging.Logger:
+    """Rank 0 logs to run_dir/train.log and (unless quiet) to stdout; other ranks stay silent."""
+    log = logging.getLogger(f"procres.train.{run_dir.resolve()}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file = logging.FileHandler(run_dir / "train.log")
+        file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(file)
+        if not quiet:
+            stream = logging.StreamHandler(sys.stdout)
+            stream.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(stream)
+    return log
