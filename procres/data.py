@@ -185,6 +185,10 @@ def _allowed_globals():
     return allowed
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickles only dicts, lists, str/bytes, numbers and numpy arrays; refuses every other
     global (``os.system``, ``builtins.eval``, ...) before anything is called."""
@@ -192,17 +196,19 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         obj = _allowed_globals().get((module, name))
         if obj is None:
-            raise pickle.UnpicklingError(f"refused to load global {module}.{name}: a CIFAR batch "
-                                         "holds only dicts, lists and numpy arrays")
+            raise _Refused(f"refused to load global {module}.{name}: a CIFAR file holds only dicts, "
+                           "lists, bytes and numpy arrays (nothing from the file was executed)")
         return obj
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("refused persistent id in pickle")
+        raise _Refused("refused a persistent id: a CIFAR file has none (nothing was executed)")
 
 
 def _unpickle(raw, where):
     try:
         obj = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except _Refused as exc:
+        raise DatasetError(f"{where}: {exc}") from None
     except Exception as exc:  # any failure on untrusted bytes is a bad file, not a crash
         raise DatasetError(f"{where}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
