@@ -1,0 +1,296 @@
+"""procres.procrustes: polar factor, the Procrustes projection of convolutions, the step hook.
+
+References are independent: numpy's SVD for the polar factor, the dense operator written from
+the cross-correlation index formula (tests/test_spectral.py) for post-projection spectra.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from procres.procrustes import (
+    ProcrustesHook,
+    ProjectionReport,
+    _faithful_step,
+    attach_procrustes,
+    polar,
+    project_conv_,
+    register_procrustes_hook,
+)
+from procres.spectral import conv_singular_values
+from test_spectral import index_formula_matrix
+
+
+def numpy_polar(A):
+    U, _, Vh = np.linalg.svd(A, full_matrices=False)
+    return U @ Vh
+
+
+# ----------------------------------------------------------------------------- polar
+@pytest.mark.parametrize("shape", [(5, 7, 4), (5, 4, 7), (3, 6, 6)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_polar_svd_and_newton_schulz_match_numpy(shape, dtype):
+    A = torch.randn(*shape, dtype=dtype)
+    expected = numpy_polar(A.numpy())
+    np.testing.assert_allclose(polar(A).numpy(), expected, atol=1e-12)
+    X, info = polar(A, method="newton_schulz", tol=1e-13, max_iter=200, return_info=True)
+    assert info["converged"] and info["iterations"] < 200
+    np.testing.assert_allclose(X.numpy(), expected, atol=1e-10)
+
+
+def test_newton_schulz_does_not_diverge_on_rank_deficient_input():
+    B = torch.randn(4, 6, 2, dtype=torch.complex128)
+    A = B @ torch.randn(4, 2, 5, dtype=torch.complex128)            # rank 2, 6 x 5
+    X, info = polar(A, method="newton_schulz", tol=1e-12, return_info=True)
+    assert info["converged"] and torch.isfinite(X).all()
+    sv = torch.linalg.svdvals(X)
+    torch.testing.assert_close(sv[:, :2], torch.ones(4, 2, dtype=torch.float64))
+    assert float(sv[:, 2:].max()) < 1e-10                         # a partial isometry
+    torch.testing.assert_close(X @ X.mH @ A, A)                     # same range as A
+
+
+def test_newton_schulz_reports_non_convergence():
+    A = torch.diag(torch.tensor([1.0, 1e-3], dtype=torch.float64))
+    _, info = polar(A, method="newton_schulz", max_iter=3, return_info=True)
+    assert not info["converged"] and info["iterations"] == 3 and info["residual"] > 1e-6
+
+
+# ----------------------------------------------------------------------------- projection
+def nonzero_spectrum(weight, n, stride):
+    """Singular values of the dense operator, split into (non-zero, zero)."""
+    sv = np.linalg.svd(index_formula_matrix(weight.detach(), (n, n), stride, "circular"),
+                       compute_uv=False)
+    return sv[sv > 1e-8 * sv[0]], sv[sv <= 1e-8 * sv[0]]
+
+
+def test_transition_1x1_stride2_is_exact_after_one_projection():
+    conv = nn.Conv2d(64, 128, 1, stride=2, bias=False).double()
+    report = project_conv_(conv, 4)
+    assert isinstance(report, ProjectionReport)
+    assert report.target == pytest.approx(np.sqrt(2)) and report.stride == (2, 2)
+    assert report.max_rel_error < 1e-12
+    nonzero, zero = nonzero_spectrum(conv.weight, 4, 2)             # 512 x 1024 dense operator
+    assert nonzero.size == 64 * 4 and zero.size == 512 - 64 * 4
+    np.testing.assert_allclose(nonzero, np.sqrt(2), rtol=1e-12)
+    # and at the real grid (input 32, FFT grid 16): every non-zero value of 32768 is sqrt(2)
+    sv = conv_singular_values(conv.weight.detach(), 32, stride=2)
+    np.testing.assert_allclose(sv[: 64 * 256].numpy(), np.sqrt(2), rtol=1e-12)
+    assert float(sv[64 * 256:].abs().max()) == 0
+
+
+def test_report_agrees_with_dense_operator():
+    weight = torch.randn(4, 2, 3, 3, dtype=torch.float64)
+    report = project_conv_(weight, 6, stride=2, iterations=3)
+    nonzero, _ = nonzero_spectrum(weight, 6, 2)
+    assert report.sigma_max == pytest.approx(nonzero[0], rel=1e-10)
+    assert report.sigma_min == pytest.approx(nonzero[-1], rel=1e-10)
+    assert report.max_rel_error == pytest.approx(
+        np.abs(nonzero / report.target - 1).max(), rel=1e-10)
+    assert report.as_dict()["history"] == report.history and len(report.history) == 4
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_3x3_converges_with_repeated_projection(stride):
+    conv = nn.Conv2d(8, 16, 3, stride=stride, padding=1, bias=False).double()
+    report = project_conv_(conv, 8, iterations=40)
+    history = report.history
+    # target: sqrt(16 / 8) at stride 1; at stride 2 the polyphase rank is min(16, 4 * 8) = 16
+    assert report.target == pytest.approx(np.sqrt(2) if stride == 1 else 1.0)
+    assert history[1] < history[0]
+    assert report.max_rel_error < 0.25 * history[1]               # keeps converging
+    assert all(b <= a + 1e-9 for a, b in zip(history[1:], history[2:]))
+    print(f"stride {stride}: max rel error {history[0]:.3f} before, {history[1]:.3f} after one, "
+          f"{report.max_rel_error:.4f} after 40 projections")
+
+
+def test_faithful_collapses_3x3_kernel_onto_one_corner_tap():
+    # the authors' conv1 (3 -> 64, 3x3, grid 32), shrunk to 3 -> 16 on a 16 x 16 grid
+    conv = nn.Conv2d(3, 16, 3, padding=1, bias=False).double()
+    for _ in range(6):
+        report = project_conv_(conv, 16, faithful=True)
+    energy = conv.weight.detach().pow(2).sum((0, 1))
+    share = energy / energy.sum()
+    assert float(share[0, 0]) > 0.99
+    assert report.faithful and report.target == pytest.approx(np.sqrt(16 / 3))
+    # the exact projection keeps the energy spread over the taps
+    exact = nn.Conv2d(3, 16, 3, padding=1, bias=False).double()
+    for _ in range(6):
+        project_conv_(exact, 16)
+    energy = exact.weight.detach().pow(2).sum((0, 1))
+    assert float(energy.max() / energy.sum()) < 0.5
+
+
+def test_faithful_step_returns_the_conjugate_polar_factor():
+    # a well-conditioned kernel (10 Newton-Schulz steps converge): the faithful step equals the
+    # exact stride-1 step applied to the spatially flipped (mod grid) kernel
+    torch.manual_seed(1)
+    w = torch.zeros(4, 4, 3, 3, dtype=torch.float64)
+    w[:, :, 0, 0] = torch.eye(4)
+    w = w + 0.05 * torch.randn_like(w)
+    grid = 8
+    full = torch.zeros(4, 4, grid, grid, dtype=torch.float64)
+    full[:, :, :3, :3] = w
+    flipped = torch.roll(full.flip(-2, -1), shifts=(1, 1), dims=(-2, -1))   # w[-x mod grid]
+    A = torch.fft.fft2(flipped).permute(2, 3, 0, 1)
+    expected = torch.fft.ifft2(polar(A).permute(2, 3, 0, 1)).real[..., :3, :3]
+    torch.testing.assert_close(_faithful_step(w, (grid, grid), (1, 1), 1.0), expected,
+                               atol=1e-6, rtol=0)
+
+
+def test_faithful_is_harmless_for_1x1_kernels():
+    q, _ = torch.linalg.qr(torch.randn(16, 8, dtype=torch.float64))
+    w = (q * torch.linspace(1.0, 1.5, 8, dtype=torch.float64))[:, :, None, None]
+    exact, faithful = w.clone(), w.clone()
+    project_conv_(exact, 8, stride=2)
+    project_conv_(faithful, 8, stride=2, faithful=True)
+    torch.testing.assert_close(faithful, exact, atol=1e-6, rtol=0)
+
+
+def test_svd_and_newton_schulz_projections_agree():
+    w = torch.randn(8, 8, 3, 3, dtype=torch.float64)
+    project_conv_(w, 8, iterations=3)                          # better conditioned start
+    a, b = w.clone(), w.clone()
+    ra = project_conv_(a, 8)
+    rb = project_conv_(b, 8, method="newton_schulz")
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert ra.max_rel_error == pytest.approx(rb.max_rel_error, abs=1e-5)
+
+
+def test_projection_in_place_keeps_dtype_device_and_parameter():
+    conv = nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    param, ptr = conv.weight, conv.weight.data_ptr()
+    report = project_conv_(conv, 8, target=2.0)
+    assert conv.weight is param and conv.weight.data_ptr() == ptr
+    assert conv.weight.dtype == torch.float32 and conv.weight.requires_grad
+    assert report.target == 2.0 and report.sigma_max < 2.0 * 1.5
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: project_conv_(torch.full((4, 4, 3, 3), float("nan")), 8), "NaN"),
+        (lambda: project_conv_(torch.randn(4, 4, 3), 8), r"4-D.*\(4, 4, 3\)"),
+        (lambda: project_conv_(torch.randn(4, 4, 3, 3), 8, method="qr"), "'qr'"),
+        (lambda: project_conv_(torch.randn(4, 4, 3, 3), 8, iterations=0), "iterations.*0"),
+        (lambda: project_conv_(torch.randn(4, 4, 3, 3), 8, target=-1.0), "target.*-1"),
+        (lambda: project_conv_(torch.randn(4, 4, 3, 3), 9, stride=2), r"\(9, 9\).*stride"),
+        (lambda: project_conv_(torch.randn(4, 4, 5, 5), 4), r"5x5.*\(4, 4\)"),
+        (lambda: project_conv_(torch.randn(4, 4, 3, 3), 4, stride=2, faithful=True),
+         r"\(3, 3\).*\(2, 2\)"),
+        (lambda: project_conv_(nn.Conv2d(4, 4, 3, groups=2), 8), "groups=2"),
+        (lambda: project_conv_(nn.Linear(4, 4), 8), "Linear"),
+        (lambda: polar(torch.randn(3, 3), method="svdd"), "'svdd'"),
+        (lambda: polar(torch.randn(3), method="svd"), r"\(3,\)"),
+        (lambda: polar(torch.randn(3, 3), method="newton_schulz", tol=0), "tol.*0"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_it(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+# ----------------------------------------------------------------------------- hook
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.trans = nn.Conv2d(4, 8, 1, stride=2, bias=False)
+
+    def forward(self, x):
+        return self.trans(torch.relu(self.conv1(x))).mean((2, 3))
+
+    def transitions(self):
+        return [(self.conv1, 8), (self.trans, 8)]
+
+
+DATA = torch.randn(8, 2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+
+
+def train(steps, *, p=0.5, hook_seed=0, start=0, net_state=None, hook_state=None):
+    """SGD on TinyNet over DATA[start:start + steps] with the hook attached."""
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    if net_state is not None:
+        net.load_state_dict(net_state)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    hook = attach_procrustes(net, opt, p=p, seed=hook_seed)
+    if hook_state is not None:
+        hook.load_state_dict(hook_state)
+    for x in DATA[start:start + steps]:
+        opt.zero_grad()
+        net(x).pow(2).sum().backward()
+        opt.step()
+    return net, hook
+
+
+def test_hook_is_seeded_and_reproducible():
+    a, ha = train(6)
+    b, hb = train(6)
+    assert isinstance(ha, ProcrustesHook) and ha.steps == 6
+    assert 0 < ha.projections < 12 and ha.projections == hb.projections
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    _, hc = train(6, hook_seed=123)
+    assert hc.projections != ha.projections or not torch.equal(
+        ha.generator.get_state(), hc.generator.get_state())
+
+
+def test_hook_p_one_projects_every_step_and_p_zero_never():
+    net, hook = train(3, p=1.0)
+    assert hook.projections == 6
+    s = conv_singular_values(net.trans.weight.detach(), 8, stride=2)[: 4 * 16]
+    np.testing.assert_allclose(s.numpy(), np.sqrt(2), rtol=1e-10)
+    _, hook = train(3, p=0.0)
+    assert hook.projections == 0
+
+
+def test_hook_remove_restores_plain_sgd():
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    hook = register_procrustes_hook(opt, net.transitions(), p=1.0)
+    hook.remove()
+    before = net.trans.weight.detach().clone()
+    net(torch.randn(2, 1, 8, 8, dtype=torch.float64)).sum().backward()
+    grad = net.trans.weight.grad.clone()
+    opt.step()
+    torch.testing.assert_close(net.trans.weight.detach(), before - 0.1 * grad)
+    assert hook.projections == 0
+
+
+def test_hook_state_dict_round_trip_resumes_the_same_decisions():
+    full, hook_full = train(8)
+    part, hook_part = train(4)
+    state = hook_part.state_dict()
+    assert set(state) >= {"generator", "steps", "projections"}
+    resumed, hook_resumed = train(4, start=4, hook_seed=999,  # the seed is overridden by the state
+                                  net_state=part.state_dict(), hook_state=state)
+    assert hook_resumed.steps == 8 and hook_resumed.projections == hook_full.projections
+    for pa, pb in zip(full.parameters(), resumed.parameters()):
+        assert torch.equal(pa, pb)
+    # without the state the resumed run would replay the first decisions
+    _, hook_fresh = train(4, start=4, net_state=part.state_dict())
+    assert not torch.equal(hook_fresh.generator.get_state(), hook_full.generator.get_state())
+
+
+def test_hook_rejects_bad_layers_and_p():
+    net = TinyNet()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="p must.*1.5"):
+        register_procrustes_hook(opt, net.transitions(), p=1.5)
+    with pytest.raises(ValueError, match=r"\(nn.Conv2d, input_size\)"):
+        register_procrustes_hook(opt, [net.conv1])
+    with pytest.raises(ValueError, match=r"\(7, 7\).*stride"):
+        register_procrustes_hook(opt, [(net.trans, 7)])
+
+
+@pytest.mark.gpu
+def test_projection_on_cuda_matches_cpu():
+    w = torch.randn(32, 16, 3, 3, dtype=torch.float64)
+    g = w.cuda()
+    project_conv_(w, 16, stride=2, iterations=2)
+    report = project_conv_(g, 16, stride=2, iterations=2)
+    assert g.is_cuda
+    torch.testing.assert_close(g.cpu(), w)
+    assert report.max_rel_error < 1
