@@ -1,0 +1,615 @@
+"""Per-block gradient-norm ratios during training, Jacobian spectra of blocks, and the bounds.
+
+This makes the theory of Zaeemzadeh, Rahnavard & Shah, "Norm-Preservation: Why Residual
+Networks Can Become Extremely Deep?" (TPAMI 2020, arXiv 1805.07477) measurable on any
+PyTorch model (see ``REFERENCE.md`` sections 1-2).
+
+Definitions. A unit (block) l maps its input x_l to its output x_{l+1}. With E the loss,
+
+    r_l = ||dE/dx_l|| / ||dE/dx_{l+1}||          (Frobenius norms over the whole mini-batch)
+
+and dE/dx_l = J^T dE/dx_{l+1}, with J the Jacobian of the unit at x_l.  Hence
+sigma_min(J) <= r_l <= sigma_max(J) whenever J^T is injective (output size <= input size),
+and, for units whose input and output have the same shape (identity skip, J = I + J_F),
+1 - delta <= r_l <= 1 + delta with delta = ||J - I||_2 = ||J_F||_2 (triangle inequality).
+The paper's theorem says residual nets can realise their target with delta = O(log L / L).
+
+Contents
+- :class:`NormRecorder`  forward / tensor-gradient hooks on a list of units (e.g.
+  ``model.blocks``) that record ||x_l||, ||x_{l+1}||, ||dE/dx_l||, ||dE/dx_{l+1}||, r_l and
+  per-sample ratios (norms over all non-batch dimensions, batch = dimension 0) during training.
+- :func:`jacobian_singular_values`  extreme singular values of the Jacobian of any function at
+  a point by Lanczos on the smaller Gram matrix (J^T J or J J^T), using ``torch.func.jvp`` and
+  ``torch.func.vjp`` (J is never formed), or densely for small problems.
+- :func:`check_bounds`  r, sigma_min(J), sigma_max(J), delta = ||J - I||_2 for one unit and one
+  upstream gradient, and whether the bounds above hold.
+- :func:`depth_study`  r_l per unit at initialisation and after a short SGD training for a
+  range of depths and model families (residual vs plain twins), ready for ``json.dump``.
+
+Lanczos convergence. Extreme eigenvalues of a symmetric matrix are approximated by the Ritz
+values of the Krylov space; we keep every Lanczos vector and reorthogonalise fully (twice), so
+after ``dim`` iterations the result is exact up to rounding.  The largest values converge in
+a few dozen iterations; the smallest singular values converge slowly (their eigenvalues
+sigma^2 are clustered near 0 relative to sigma_max^2), often needing a large fraction of ``dim``.
+Memory is ``max_iter * dim`` numbers.  A Ritz value is accepted when its residual
+|beta_j s_j| <= tol * theta_max (theta = sigma^2), so the absolute eigenvalue error is at most
+``tol * sigma_max**2`` (usually far smaller); a warning is raised when ``max_iter`` ends the
+iteration first.  Repeated singular values are found through restarts after an invariant
+subspace; with ``max_iter < dim`` a multiplicity may be missed (exact with full Krylov).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+import weakref
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+FIELDS = ("ratio", "grad_in", "grad_out", "fwd_in", "fwd_out", "ratio_min", "ratio_max", "ratio_mean")
+
+
+# ---------------------------------------------------------------- the recorder
+class _Tensor:
+    """One activation tensor seen in a recorded step: its norm and the (unit, role) pairs it plays.
+
+    In an ``nn.Sequential`` the output of unit l *is* the input of unit l+1: one tensor, one
+    gradient hook, one norm, two roles.
+    """
+
+    __slots__ = ("ref", "fwd", "roles")
+
+    def __init__(self, x: Tensor):
+        self.ref = weakref.ref(x)  # identity check only: never keeps the activation alive
+        self.fwd = torch.linalg.vector_norm(x.detach(), dtype=_acc_dtype(x))
+        self.roles: list[tuple[int, str]] = []
+
+
+class _Step:
+    """Per-unit norms of one recorded step, as 0-dim / (N,) tensors on the activations' device."""
+
+    def __init__(self, n_units: int):
+        self.closed = False
+        self.fwd = {"in": [None] * n_units, "out": [None] * n_units}
+        self.grad = {"in": [None] * n_units, "out": [None] * n_units}  # per-sample norms (N,)
+        self.tensors: dict[int, _Tensor] = {}
+        self.handles: list = []
+
+    def close(self):
+        self.closed = True
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        self.tensors = {}
+
+    def tensor(self, x: Tensor) -> _Tensor:
+        entry = self.tensors.get(id(x))
+        if entry is None or entry.ref() is not x:  # a dead weakref means the id was reused
+            entry = _Tensor(x)
+            self.tensors[id(x)] = entry
+            if x.requires_grad:  # removed when the step closes (a leaf would keep it forever)
+                self.handles.append(x.register_hook(self._grad_hook(entry)))
+        return entry
+
+    def _grad_hook(self, entry: _Tensor):
+        def hook(g: Tensor):
+            if self.closed:
+                return None
+            g = g.detach()
+            dims = tuple(range(1, g.dim()))
+            ps = torch.linalg.vector_norm(g, dim=dims, dtype=_acc_dtype(g)) if dims else g.abs().reshape(-1)
+            for i, role in entry.roles:
+                self.grad[role][i] = ps
+            return None
+
+        return hook
+
+    def values(self) -> Tensor | None:
+        """(n_units, len(FIELDS)) tensor of this step's values; NaN where a value is missing."""
+        present = [t for d in (self.fwd, self.grad) for ts in d.values() for t in ts if t is not None]
+        if not present:
+            return None
+        device = present[0].device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        nan = torch.full((), math.nan, device=device, dtype=dtype)
+        fwd_in, fwd_out = (torch.stack([nan if t is None else t.to(dtype) for t in self.fwd[r]]) for r in ("in", "out"))
+        sizes = {t.numel() for ts in self.grad.values() for t in ts if t is not None}
+        if len(sizes) == 1:  # the usual case: one batch size -> a few vectorised kernels
+            rows = {r: torch.stack([torch.full(tuple(sizes), math.nan, device=device, dtype=dtype) if t is None
+                                    else t.to(dtype) for t in self.grad[r]]) for r in ("in", "out")}
+            grad_in, grad_out = (torch.linalg.vector_norm(rows[r], dim=1) for r in ("in", "out"))
+            per = rows["in"] / rows["out"]
+            rmin, rmax, rmean = per.amin(dim=1), per.amax(dim=1), per.mean(dim=1)
+        else:
+            stats = []
+            for a, b in zip(self.grad["in"], self.grad["out"]):
+                ok = a is not None and b is not None and a.numel() == b.numel()
+                per = a.to(dtype) / b.to(dtype) if ok else None
+                gi = nan if a is None else torch.linalg.vector_norm(a.to(dtype))
+                go = nan if b is None else torch.linalg.vector_norm(b.to(dtype))
+                stats.append([gi, go] + ([per.amin(), per.amax(), per.mean()] if ok else [nan] * 3))
+            grad_in, grad_out, rmin, rmax, rmean = (torch.stack(c) for c in zip(*stats))
+        columns = dict(ratio=grad_in / grad_out, grad_in=grad_in, grad_out=grad_out, fwd_in=fwd_in,
+                       fwd_out=fwd_out, ratio_min=rmin, ratio_max=rmax, ratio_mean=rmean)
+        return torch.stack([columns[f] for f in FIELDS], dim=1)
+
+
+def _acc_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class NormRecorder:
+    """Record forward and backward norms at the input and output of every unit during training.
+
+    ``units``: an iterable of modules, e.g. ``model.blocks``; unit l maps x_l to x_{l+1}; its
+    first positional input and its output must be tensors with the batch in dimension 0.
+
+    When it records. A *step* is a forward pass of ``units[0]`` in training mode with grad
+    enabled; steps 0, every, 2*every, ... (counted since construction) are recorded.  Eval-mode
+    or ``no_grad`` forwards are ignored and not counted.  With gradient accumulation each
+    micro-batch forward is a step.  Each unit should run once per forward pass.
+
+    What it records, per unit and recorded step: ``fwd_in`` = ||x_l||, ``fwd_out`` = ||x_{l+1}||,
+    ``grad_in`` = ||dE/dx_l||, ``grad_out`` = ||dE/dx_{l+1}|| (Frobenius over the batch),
+    ``ratio`` = grad_in / grad_out, and the per-sample ratios ||dE/dx_l[n]|| / ||dE/dx_{l+1}[n]||
+    summarised as ``ratio_min``, ``ratio_max``, ``ratio_mean`` over the batch.  Gradient norms
+    include any loss scaling (AMP GradScaler); ratios do not depend on it.  A unit whose input
+    does not require grad (e.g. raw data) gets NaN for ``grad_in`` and the ratios.
+
+    Cost: a forward pre-hook and a forward hook per unit, one norm per activation tensor (a
+    tensor shared by two units is hooked and reduced once), nothing retained beyond the
+    per-sample norm vectors.  Values stay on the activations' device and are accumulated there:
+    no host synchronisation until :meth:`summary`.
+
+    ``torch.compile``: the hooks run eagerly (``torch.compiler.disable``), which forces a graph
+    break at every unit; a warning says so the first time.  Compiling each unit separately and
+    passing the compiled units keeps the hooks outside the compiled graphs.
+
+    Use as a context manager or call :meth:`remove`; :meth:`reset` starts a new aggregation
+    window (e.g. per epoch); :meth:`summary` returns the means over the window.
+    """
+
+    def __init__(self, units, *, every: int = 1):
+        units = list(units)
+        if not units:
+            raise ValueError("NormRecorder needs at least one unit, got an empty list")
+        for u in units:
+            if not isinstance(u, nn.Module):
+                raise ValueError(f"NormRecorder units must be nn.Module instances, got {type(u).__name__}")
+        if len({id(u) for u in units}) != len(units):
+            raise ValueError("NormRecorder units must be distinct modules (one appears twice)")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        self.units = units
+        self.every = every
+        self.steps_seen = 0  # training steps observed since construction
+        self.steps_recorded = 0  # recorded steps in the current window (since reset())
+        self._step: _Step | None = None
+        self._sum: Tensor | None = None
+        self._count: Tensor | None = None
+        self._warned_compile = False
+        pre = torch.compiler.disable(self._pre_hook)
+        post = torch.compiler.disable(self._post_hook)
+        self._handles = []
+        for i, u in enumerate(units):
+            # The outer lambdas are what torch.compile traces: they pass whether we are being
+            # compiled into the (disabled, hence eager) hook bodies.
+            self._handles.append(u.register_forward_pre_hook(
+                lambda m, args, i=i: pre(i, m, args, torch.compiler.is_compiling())))
+            self._handles.append(u.register_forward_hook(
+                lambda m, args, out, i=i: post(i, m, out, torch.compiler.is_compiling())))
+
+    # -- hooks
+    def _pre_hook(self, i: int, module: nn.Module, args, compiling: bool):
+        if not (module.training and torch.is_grad_enabled()):
+            return None
+        if compiling:
+            self._warn_compiled()
+        if i == 0:
+            self._finish_step()
+            self._step = _Step(len(self.units)) if self.steps_seen % self.every == 0 else None
+            self.steps_seen += 1
+        if self._step is not None:
+            x = args[0] if args else None
+            self._step.fwd["in"][i] = self._note(i, "in", x, module)
+        return None
+
+    def _post_hook(self, i: int, module: nn.Module, out, compiling: bool):
+        if self._step is not None and module.training and torch.is_grad_enabled():
+            self._step.fwd["out"][i] = self._note(i, "out", out, module)
+        return None
+
+    def _note(self, i: int, role: str, x, module: nn.Module) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise ValueError(f"NormRecorder: unit {i} ({type(module).__name__}) has a non-tensor "
+                             f"{'first input' if role == 'in' else 'output'} ({type(x).__name__})")
+        entry = self._step.tensor(x)
+        entry.roles.append((i, role))
+        return entry.fwd
+
+    def _warn_compiled(self):
+        if not self._warned_compile:
+            self._warned_compile = True
+            warnings.warn("NormRecorder: the units run inside torch.compile; the recorder's hooks run "
+                          "eagerly and force a graph break at every unit (slower). Remove the recorder "
+                          "for full compiled speed, or compile each unit separately.", stacklevel=3)
+
+    # -- aggregation
+    def _finish_step(self):
+        step, self._step = self._step, None
+        if step is None:
+            return
+        step.close()
+        values = step.values()
+        if values is None:
+            return
+        finite = torch.isfinite(values)
+        if self._sum is None:
+            self._sum = torch.zeros_like(values)
+            self._count = torch.zeros_like(values)
+        self._sum += torch.where(finite, values, torch.zeros_like(values))
+        self._count += finite
+        self.steps_recorded += 1
+
+    def reset(self):
+        """Start a new aggregation window; everything recorded so far is discarded."""
+        self._finish_step()
+        self._sum = self._count = None
+        self.steps_recorded = 0
+
+    def summary(self, *, reduce: bool = False) -> dict:
+        """Means over the recorded steps of the window: ``{field: [one float per unit], ...}``.
+
+        Keys: ``ratio``, ``grad_in``, ``grad_out``, ``fwd_in``, ``fwd_out``, ``ratio_min``,
+        ``ratio_max``, ``ratio_mean`` and ``steps_recorded`` (int, this rank).  NaN where a unit
+        has no value (written as ``NaN`` by :mod:`json`).  Call it after the backward pass: it
+        closes the step in progress.  ``reduce=True`` averages over all ranks with
+        ``torch.distributed.all_reduce`` when a process group is initialised (a collective:
+        every rank must call it); otherwise values are this rank's.  One host sync.
+        """
+        self._finish_step()
+        n = len(self.units)
+        distributed = reduce and torch.distributed.is_available() and torch.distributed.is_initialized()
+        if self._sum is not None:
+            stats = torch.stack([self._sum, self._count])
+        else:
+            if self.steps_seen == 0 and any(p.grad is not None for u in self.units for p in u.parameters()):
+                warnings.warn("NormRecorder recorded nothing although the units have gradients: were "
+                              "the hooks bypassed (e.g. by a compiled graph or a forward that does not "
+                              "call the units as modules)?", stacklevel=2)
+            device = "cpu"
+            if distributed and torch.distributed.get_backend() == "nccl":
+                device = torch.device("cuda", torch.cuda.current_device())
+            stats = torch.zeros(2, n, len(FIELDS), dtype=torch.float64, device=device)
+        if distributed:
+            stats = stats.clone()
+            torch.distributed.all_reduce(stats)
+        mean = (stats[0] / stats[1]).T.tolist()  # 0/0 -> NaN for never-seen values
+        out = {f: mean[j] for j, f in enumerate(FIELDS)}
+        out["steps_recorded"] = self.steps_recorded
+        return out
+
+    # -- lifetime
+    def remove(self):
+        """Remove every hook; the window's values stay available to :meth:`summary`."""
+        self._finish_step()
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "NormRecorder":
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+
+# ---------------------------------------------------------------- Jacobian spectra
+class JacobianSpectrum(NamedTuple):
+    """Extreme singular values of a Jacobian J (m x n, m = output size, n = input size).
+
+    ``largest``: the k largest, descending; ``smallest``: the k smallest of the min(m, n)
+    singular values, ascending (``None`` when not asked for); ``iterations``: Lanczos steps
+    (0 for dense); ``converged``: whether every requested value met the tolerance.
+    """
+
+    largest: Tensor | None
+    smallest: Tensor | None
+    iterations: int
+    converged: bool
+
+
+class _FrozenBatchNormStats:
+    """Within the block, BatchNorm layers in training mode use batch statistics without
+    updating their running statistics (``torch.func`` transforms refuse that in-place update,
+    and a diagnostic must not change the model)."""
+
+    def __init__(self, fn):
+        mods = fn.modules() if isinstance(fn, nn.Module) else ()
+        self.bns = [m for m in mods if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                    and m.training and m.track_running_stats]
+
+    def __enter__(self):
+        for m in self.bns:
+            m.track_running_stats = False
+
+    def __exit__(self, *exc):
+        for m in self.bns:
+            m.track_running_stats = True
+        return False
+
+
+def jacobian_singular_values(fn: Callable[[Tensor], Tensor], x: Tensor, *, k: int = 6, which: str = "both",
+                             method: str = "lanczos", tol: float = 1e-8, max_iter: int | None = None,
+                             seed: int = 0) -> JacobianSpectrum:
+    """The k largest and/or smallest singular values of the Jacobian of ``fn`` at ``x``.
+
+    ``fn`` maps a tensor shaped like ``x`` (any shape, the batch included: J is the Jacobian of
+    the whole batched map) to one tensor, e.g. a unit in eval mode or a net from input to logits.
+    ``which`` in {"both", "largest", "smallest"}.  ``method="lanczos"`` runs Lanczos with full
+    reorthogonalisation on the smaller Gram matrix, J^T J (n x n) if m >= n else J J^T (m x m),
+    applied as ``vjp(jvp(v))`` or ``jvp(vjp(u))``: J is never formed.  ``max_iter`` (default
+    ``min(dim, 300)``, dim = min(m, n)) bounds the Krylov dimension; see the module docstring
+    for convergence.  ``tol`` is relative to sigma_max**2 and raised to 10 * eps of the dtype.
+    ``method="dense"`` builds J with ``torch.func.jacrev`` and takes its SVD (small inputs only).
+    k is clamped to min(m, n).
+    """
+    if which not in ("both", "largest", "smallest"):
+        raise ValueError(f"which must be 'both', 'largest' or 'smallest', got {which!r}")
+    if method not in ("lanczos", "dense"):
+        raise ValueError(f"method must be 'lanczos' or 'dense', got {method!r}")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if max_iter is not None and max_iter < 1:
+        raise ValueError(f"max_iter must be positive, got {max_iter!r}")
+    x = x.detach()
+    # Outer no_grad: the func transforms ignore it, but parameters are not traced by autograd.
+    with _FrozenBatchNormStats(fn), torch.no_grad():
+        out, vjp_fn = torch.func.vjp(fn, x)
+        if not isinstance(out, Tensor):
+            raise ValueError(f"fn must return one tensor, got {type(out).__name__}")
+        m, n = out.numel(), x.numel()
+        k = min(k, m, n)
+        if method == "dense":
+            jac = torch.func.jacrev(fn)(x).reshape(m, n)
+            s = torch.linalg.svdvals(jac)
+            iterations, converged = 0, True
+        else:
+            def jv(v: Tensor) -> Tensor:
+                return torch.func.jvp(fn, (x,), (v.view_as(x),))[1].reshape(-1)
+
+            def jtv(u: Tensor) -> Tensor:
+                return vjp_fn(u.view_as(out).to(out.dtype))[0].reshape(-1)
+
+            gram, dim = ((lambda v: jtv(jv(v))), n) if m >= n else ((lambda u: jv(jtv(u))), m)
+            steps = min(dim, 300 if max_iter is None else max_iter)
+            theta, iterations, converged = _lanczos(gram, dim, k, which, tol, steps, x.dtype, x.device, seed)
+            s = theta.clamp_min(0).sqrt().flip(0)  # descending singular values
+    if not converged:
+        warnings.warn(f"jacobian_singular_values: Lanczos did not converge in {iterations} iterations "
+                      f"(tol={tol:g}); raise max_iter (at most {min(m, n)} = full Krylov space)", stacklevel=2)
+    largest = s[:k] if which in ("both", "largest") else None
+    smallest = s[-k:].flip(0) if which in ("both", "smallest") else None
+    return JacobianSpectrum(largest, smallest, iterations, converged)
+
+
+def _lanczos(op: Callable[[Tensor], Tensor], dim: int, k: int, which: str, tol: float, steps: int,
+             dtype: torch.dtype, device, seed: int) -> tuple[Tensor, int, bool]:
+    """Ritz values (ascending, float64) of the symmetric PSD operator ``op`` on R^dim.
+
+    Lanczos with full reorthogonalisation; after an invariant subspace (beta ~ 0) it restarts
+    with a fresh random vector orthogonal to the basis, so repeated eigenvalues appear too.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def random_unit() -> Tensor:
+        return torch.randn(dim, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    tol = max(tol, 10 * torch.finfo(dtype).eps)
+    basis = torch.zeros(steps, dim, dtype=dtype, device=device)
+    alphas: list[float] = []
+    betas: list[float] = []  # off-diagonal: betas[j] couples vectors j and j+1
+    q = random_unit()
+    q = q / q.norm()
+    theta = torch.zeros(0, dtype=torch.float64)
+    scale = 0.0
+    for j in range(steps):
+        basis[j] = q
+        w = op(q)
+        alpha = torch.dot(q, w)
+        w = w - alpha * q
+        if j > 0:
+            w = w - betas[-1] * basis[j - 1]
+        for _ in range(2):  # full reorthogonalisation, twice is enough
+            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+        beta = w.norm()
+        alpha, beta = float(alpha), float(beta)  # one sync per iteration; cheap next to op()
+        alphas.append(alpha)
+        scale = max(scale, abs(alpha) + beta)
+        last = j + 1 == steps
+        if j + 1 >= k and (j < 32 or (j + 1) % 8 == 0 or last or beta <= 1e-12 * scale):
+            t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+            if betas:
+                off = torch.tensor(betas, dtype=torch.float64)
+                t = t + torch.diag(off, 1) + torch.diag(off, -1)
+            theta, vecs = torch.linalg.eigh(t)
+            resid = (beta * vecs[-1]).abs()
+            wanted = torch.zeros_like(resid, dtype=torch.bool)
+            if which in ("both", "largest"):
+                wanted[-k:] = True
+            if which in ("both", "smallest"):
+                wanted[:k] = True
+            if bool((resid[wanted] <= tol * theta[-1].clamp_min(1e-300)).all()) or j + 1 == dim:
+                return theta, j + 1, True
+        if last:
+            break
+        if beta <= 1e-12 * scale:  # invariant subspace: restart orthogonally
+            w = random_unit()
+            for _ in range(2):
+                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
+            beta = 0.0
+        q = w / w.norm()
+        betas.append(beta)
+    return theta, steps, False
+
+
+def check_bounds(unit: Callable[[Tensor], Tensor], x: Tensor, grad_out: Tensor, *, method: str = "auto",
+                 rtol: float = 1e-6, tol: float = 1e-8, max_iter: int | None = None) -> dict:
+    """The gradient-norm ratio of one unit against the bounds given by its Jacobian J at ``x``.
+
+    ``x``: the unit's input (batch included); ``grad_out``: an upstream gradient dE/dx_{l+1},
+    shaped like ``unit(x)``.  Returns a dict of floats / bools:
+
+    - ``r`` = ||J^T g|| / ||g|| (g = grad_out), from one backward pass;
+    - ``sigma_min``, ``sigma_max``: extreme singular values of J (min(m, n) of them);
+    - ``lower``: sigma_min when J^T is injective (output size m <= input size n), else 0;
+    - ``holds``: lower <= r <= sigma_max, within ``rtol * sigma_max``;
+    - ``delta`` = ||J - I||_2 (the Jacobian of x -> unit(x) - x) and ``holds_delta``:
+      1 - delta <= r <= 1 + delta within ``rtol``; both ``None`` unless input and output
+      shapes match (identity-skip units; for those J - I is the branch Jacobian J_F);
+    - ``method``: "dense" or "lanczos" (``method="auto"``: dense when m * n <= 2**20).
+
+    The unit runs in its current mode; BatchNorm in training mode uses batch statistics
+    (J then couples the samples) and its running statistics are left untouched.
+    """
+    if method not in ("auto", "dense", "lanczos"):
+        raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
+    x, g = x.detach(), grad_out.detach()
+    with _FrozenBatchNormStats(unit), torch.enable_grad():
+        xr = x.clone().requires_grad_(True)
+        out = unit(xr)
+        if out.shape != g.shape:
+            raise ValueError(f"grad_out has shape {tuple(g.shape)} but the unit's output has shape {tuple(out.shape)}")
+        (gx,) = torch.autograd.grad(out, xr, g)
+    m, n = out.numel(), x.numel()
+    if method == "auto":
+        method = "dense" if m * n <= 2**20 else "lanczos"
+    r = float(gx.norm() / g.norm())
+    kw = dict(k=1, method=method, tol=tol, max_iter=max_iter)
+    spec = jacobian_singular_values(unit, x, which="both", **kw)
+    sigma_max, sigma_min = float(spec.largest[0]), float(spec.smallest[0])
+    lower = sigma_min if m <= n else 0.0
+    slack = rtol * sigma_max
+    result = dict(r=r, sigma_min=sigma_min, sigma_max=sigma_max, lower=lower,
+                  holds=bool(lower - slack <= r <= sigma_max + slack), delta=None, holds_delta=None,
+                  method=method)
+    if out.shape == x.shape:
+        with _FrozenBatchNormStats(unit):  # the lambda would hide the module from the helper
+            branch = jacobian_singular_values(lambda z: unit(z) - z, x, which="largest", **kw)
+        delta = float(branch.largest[0])
+        result.update(delta=delta, holds_delta=bool(1 - delta - rtol <= r <= 1 + delta + rtol))
+    return result
+
+
+# ---------------------------------------------------------------- depth study
+def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.05, momentum: float = 0.9,
+                weight_decay: float = 0.0, batch_size: int = 32, measure_batches: int = 4, seed: int = 0,
+                device="cpu") -> dict:
+    """r_l per unit at initialisation and after ``steps`` SGD steps, for each depth and family.
+
+    ``model_factory``: ``{family: callable(depth) -> model}`` (e.g. ``{"residual":
+    lambda d: resnet(d, ...), "plain": lambda d: plain(d, ...)}``) or one callable (family
+    ``"model"``); each model has ``.blocks`` (its units) and, optionally, ``.block_kinds``.
+    ``data = (x, y)``: float inputs (N, C, H, W), already normalised, and int64 labels (N,).
+
+    For each family and depth: the model is built under ``torch.manual_seed(seed)`` (the
+    global RNG is restored afterwards); ``measure_batches`` fixed batches (the same for every
+    model) give the "init" ratios (forward + backward in training mode, no update); then
+    ``steps`` steps of SGD (cross-entropy, seeded batches) and the same batches give "trained".
+
+    Returns a dict for ``json.dump`` whose ``depths``/``results``/``block_kinds`` keys are the
+    ``depth_study.json`` layout that :mod:`procres.plots` reads (per-depth lists follow
+    ``depths``)::
+
+        {"depths": [...], "steps", "lr", "batch_size", "seed",
+         "results":     {family: {"init": [[r_l per unit] per depth], "trained": [...]}},
+         "block_kinds": {family: [[kind per unit] per depth]},
+         "spread":      {family: {phase: [{"max_abs_log10", "mean_abs_log10", "std_log10"} per depth]}},
+         "summaries":   {family: {phase: [NormRecorder.summary() per depth]}},
+         "loss":        {family: {"first": [...], "last": [...]}},   # first step, mean of last 5
+         "seconds":     {family: [...]}}
+    """
+    factories = model_factory if isinstance(model_factory, dict) else {"model": model_factory}
+    for family, factory in factories.items():
+        if not callable(factory):
+            raise ValueError(f"model_factory[{family!r}] must be callable(depth) -> model, got {type(factory).__name__}")
+    depths = list(depths)
+    if not depths or not all(isinstance(d, int) and d > 0 for d in depths):
+        raise ValueError(f"depths must be a non-empty list of positive ints, got {depths!r}")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+    x, y = data
+    if not torch.is_floating_point(x):
+        raise ValueError(f"data x must be a float tensor (normalised images), got dtype {x.dtype}")
+    if len(x) != len(y) or len(x) == 0:
+        raise ValueError(f"data x and y must have the same non-zero length, got {len(x)} and {len(y)}")
+    batch_size = min(batch_size, len(x))
+    x, y = x.to(device), y.to(device=device, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    measure = [torch.randint(len(x), (batch_size,), generator=gen) for _ in range(measure_batches)]
+    train_idx = [torch.randint(len(x), (batch_size,), generator=gen) for _ in range(steps)]
+
+    out = {"depths": depths, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
+           "results": {}, "block_kinds": {}, "spread": {}, "summaries": {}, "loss": {}, "seconds": {}}
+    for family, factory in factories.items():
+        res = {"init": [], "trained": []}
+        summ = {"init": [], "trained": []}
+        kinds, loss_first, loss_last, seconds = [], [], [], []
+        for depth in depths:
+            start = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = factory(depth)
+            if not hasattr(model, "blocks"):
+                raise ValueError(f"model_factory[{family!r}]({depth}) returned a model without .blocks")
+            model = model.to(device).train()
+            kinds.append(list(getattr(model, "block_kinds", ["unknown"] * len(model.blocks))))
+            summ["init"].append(_measure_ratios(model, x, y, measure))
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+            losses = []
+            for idx in train_idx:
+                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.detach())
+            losses = torch.stack(losses).tolist() if losses else [math.nan]
+            loss_first.append(losses[0])
+            loss_last.append(sum(losses[-5:]) / len(losses[-5:]))
+            summ["trained"].append(_measure_ratios(model, x, y, measure))
+            for phase in res:
+                res[phase].append(summ[phase][-1]["ratio"])
+            seconds.append(time.perf_counter() - start)
+        out["results"][family] = res
+        out["block_kinds"][family] = kinds
+        out["summaries"][family] = summ
+        out["spread"][family] = {phase: [log_ratio_spread(r) for r in res[phase]] for phase in res}
+        out["loss"][family] = {"first": loss_first, "last": loss_last}
+        out["seconds"][family] = seconds
+    return out
+
+
+def _measure_ratios(model: nn.Module, x: Tensor, y: Tensor, batches: list[Tensor]) -> dict:
+    """NormRecorder summary over forward + backward passes on ``batches`` (no parameter update)."""
+    with NormRecorder(model.blocks) as rec:
+        for idx in batches:
+            model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+    model.zero_grad(set_to_none=True)
+    return rec.summary()
+
+
+def log_ratio_spread(ratios: list[float]) -> dict:
+    """Spread of the ratios around 1: max and mean of |log10 r_l| and the std of log10 r_l
+    (over the finite, positive r_l; NaN if none)."""
+    logs = [math.log10(r) for r in ratios if math.isfinite(r) and r > 0]
+    if not logs:
+        return {"max_abs_log10": math.nan, "mean_abs_log10": math.nan, "std_log10": math.nan}
+    mean = sum(logs) / len(logs)
+    return {"max_abs_log10": max(abs(v) for v in logs), "mean_abs_log10": sum(abs(v) for v in logs) / len(logs),
+            "std_log10": math.sqrt(sum((v - mean) ** 2 for v in logs) / len(logs))}
+

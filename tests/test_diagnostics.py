@@ -1,0 +1,349 @@
+"""Tests for procres.diagnostics: recorder vs retain_grad, Lanczos vs dense SVD, the bounds.
+
+References are independent: the recorder is checked against ``retain_grad()`` on the unit
+inputs/outputs, the Lanczos spectra against the SVD of ``torch.autograd.functional.jacobian``,
+all in float64 on tiny inputs.
+"""
+
+import gc
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from procres.diagnostics import FIELDS, NormRecorder, check_bounds, depth_study, jacobian_singular_values
+
+F64 = torch.float64
+
+
+# ---------------------------------------------------------------- tiny units
+class Residual(nn.Module):
+    """x + eps * conv(tanh(conv(x))): an identity-skip unit whose branch is scaled by eps."""
+
+    def __init__(self, channels: int, eps: float = 1.0):
+        super().__init__()
+        self.eps = eps
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return x + self.eps * self.conv2(torch.tanh(self.conv1(x)))
+
+
+class Scale(nn.Module):
+    def __init__(self, c: float):
+        super().__init__()
+        self.c = c
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return self.c * x + 0 * self.dummy
+
+
+def tiny_units() -> nn.Sequential:
+    return nn.Sequential(Residual(3), nn.Sequential(nn.Conv2d(3, 4, 1, stride=2), nn.BatchNorm2d(4)),
+                         Residual(4, 0.5), nn.ReLU(), Residual(4)).to(F64)
+
+
+def reference_norms(units, x, loss_fn):
+    """All FIELDS per unit from retain_grad() on each unit's input and output (one step)."""
+    seen = []
+
+    def keep(module, args, out):
+        if args[0].requires_grad:
+            args[0].retain_grad()
+        out.retain_grad()
+        seen.append((args[0], out))
+
+    handles = [u.register_forward_hook(keep) for u in units]
+    loss_fn(x).backward()
+    for h in handles:
+        h.remove()
+    ref = {f: [] for f in FIELDS}
+    for a, b in seen:
+        gi = a.grad if a.grad is not None else torch.full_like(a, math.nan)
+        ps_in, ps_out = gi.flatten(1).norm(dim=1), b.grad.flatten(1).norm(dim=1)
+        per = ps_in / ps_out
+        vals = dict(grad_in=gi.norm(), grad_out=b.grad.norm(), fwd_in=a.norm(), fwd_out=b.norm(),
+                    ratio=gi.norm() / b.grad.norm(), ratio_min=per.min(), ratio_max=per.max(), ratio_mean=per.mean())
+        for f in FIELDS:
+            ref[f].append(float(vals[f].detach()))
+    return ref
+
+
+def assert_close_lists(got, want, rel=1e-6):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        if math.isnan(w):
+            assert math.isnan(g)
+        else:
+            assert g == pytest.approx(w, rel=rel), (got, want)
+
+
+# ---------------------------------------------------------------- recorder vs retain_grad
+def test_recorder_matches_retain_grad_tiny_units_and_averages_steps():
+    units = tiny_units().train()
+    xs = [torch.randn(5, 3, 8, 8, dtype=F64) for _ in range(2)]
+    g = torch.randn(5, 4, 4, 4, dtype=F64)
+    loss = lambda x: (units(x) * g).sum()  # noqa: E731
+    refs = [reference_norms(units, x, loss) for x in xs]
+    with NormRecorder(units) as rec:
+        for x in xs:
+            loss(x).backward()
+        s = rec.summary()
+    assert s["steps_recorded"] == 2 == rec.steps_recorded
+    for f in FIELDS:
+        assert_close_lists(s[f], [(a + b) / 2 for a, b in zip(refs[0][f], refs[1][f])])
+    assert math.isnan(s["ratio"][0]) and math.isnan(s["grad_in"][0])  # raw data input: no gradient
+    assert s["fwd_in"][1] == s["fwd_out"][0]  # the shared tensor is reduced once
+    json.loads(json.dumps(s))  # plain JSON (NaN allowed by Python's json)
+
+
+@pytest.mark.parametrize("family", ["resnet20", "procresnet13"])
+def test_recorder_matches_retain_grad_on_models(family):
+    models = pytest.importorskip("procres.models")
+    torch.manual_seed(0)
+    if family == "resnet20":
+        model = models.resnet(20, in_channels=1, image_size=16)
+    else:
+        model = models.procresnet(13, in_channels=1, image_size=16)
+    model = model.to(F64).train()
+    x, y = torch.randn(4, 1, 16, 16, dtype=F64), torch.tensor([0, 1, 2, 3])
+    loss = lambda x: nn.functional.cross_entropy(model(x), y)  # noqa: E731
+    ref = reference_norms(model.blocks, x, loss)
+    model.zero_grad()
+    with NormRecorder(model.blocks) as rec:
+        loss(x).backward()
+    s = rec.summary()
+    for f in FIELDS:
+        assert_close_lists(s[f], ref[f])
+    assert len(s["ratio"]) == len(model.block_kinds)
+
+
+def test_orthogonal_unit_ratio_is_one_and_scaling_unit_ratio_is_two():
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=F64))
+    lin = nn.Linear(8, 8, bias=False).to(F64)
+    with torch.no_grad():
+        lin.weight.copy_(q)
+    units = nn.Sequential(nn.Linear(6, 8).to(F64), lin, Scale(2.0))
+    with NormRecorder(units) as rec:
+        x = torch.randn(7, 6, dtype=F64)
+        (units(x) * torch.randn(7, 8, dtype=F64)).sum().backward()
+    s = rec.summary()
+    for f in ("ratio", "ratio_min", "ratio_max", "ratio_mean"):
+        assert s[f][1] == pytest.approx(1.0, abs=1e-12)
+        assert s[f][2] == pytest.approx(2.0, abs=1e-12)
+    assert s["fwd_out"][2] == pytest.approx(2 * s["fwd_in"][2], rel=1e-12)
+    assert s["fwd_out"][1] == pytest.approx(s["fwd_in"][1], rel=1e-12)
+
+
+def test_every_counts_training_steps_and_ignores_eval_and_no_grad():
+    units = tiny_units()
+    rec = NormRecorder(units, every=2)
+    x = torch.randn(2, 3, 8, 8, dtype=F64)
+    for _ in range(5):  # steps 0, 2, 4 are recorded
+        units.train()
+        units(x).sum().backward()
+        units.eval()
+        units(x)
+        with torch.no_grad():
+            units.train()
+            units(x)
+    assert rec.steps_seen == 5
+    assert rec.summary()["steps_recorded"] == 3
+    rec.reset()
+    assert rec.summary()["steps_recorded"] == 0 and all(math.isnan(v) for v in rec.summary()["ratio"])
+    rec.remove()
+
+
+def test_channels_last_gives_the_same_numbers():
+    units = nn.Sequential(Residual(3), nn.Conv2d(3, 5, 3, padding=1), Residual(5)).to(F64)
+    x = torch.randn(3, 3, 6, 6, dtype=F64)
+    g = torch.randn(3, 5, 6, 6, dtype=F64)
+    out = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        units.to(memory_format=fmt)
+        with NormRecorder(units) as rec:
+            (units(x.to(memory_format=fmt)) * g).sum().backward()
+        out[fmt] = rec.summary()
+    for f in FIELDS:
+        assert_close_lists(out[torch.channels_last][f], out[torch.contiguous_format][f], rel=1e-10)
+
+
+def n_tensors() -> int:
+    return sum(1 for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
+
+
+def test_hooks_removed_and_no_growth_over_100_steps():
+    units = nn.Sequential(Residual(2), Residual(2), nn.Conv2d(2, 2, 1)).to(F64)
+    x = torch.randn(2, 2, 4, 4, dtype=F64, requires_grad=True)
+    with NormRecorder(units) as rec:
+        for u in units:
+            assert len(u._forward_hooks) == 1 and len(u._forward_pre_hooks) == 1
+        for _ in range(10):
+            units(x).sum().backward()
+        gc.collect()
+        before = n_tensors()
+        for _ in range(100):
+            units(x).sum().backward()
+        gc.collect()
+        after = n_tensors()
+        assert after == before  # nothing accumulates per step
+        assert rec.summary()["steps_recorded"] == 110
+        assert not x._backward_hooks  # the leaf input does not collect one hook per step
+    for u in units.modules():
+        assert not u._forward_hooks and not u._forward_pre_hooks
+    units(x).sum().backward()  # no hook fires after removal
+    assert rec.summary()["steps_recorded"] == 110
+    assert rec.summary()["grad_in"][0] == pytest.approx(rec.summary()["grad_in"][0])
+
+
+def test_recorder_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="every"):
+        NormRecorder([nn.Identity()], every=0)
+    with pytest.raises(ValueError, match="at least one"):
+        NormRecorder([])
+    u = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="distinct"):
+        NormRecorder([u, u])
+
+
+def test_compiled_model_warns_and_still_matches():
+    units = tiny_units().train()
+    x = torch.randn(2, 3, 8, 8, dtype=F64)
+    with NormRecorder(units) as rec:
+        units(x).sum().backward()
+    want = rec.summary()
+    compiled = torch.compile(units, backend="eager")
+    with NormRecorder(units) as rec:
+        with pytest.warns(UserWarning, match="torch.compile"):
+            compiled(x).sum().backward()
+    for f in FIELDS:
+        assert_close_lists(rec.summary()[f], want[f], rel=1e-10)
+    torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------- Jacobian spectra
+def dense_singular_values(fn, x):
+    jac = torch.autograd.functional.jacobian(fn, x)
+    out_numel = jac.numel() // x.numel()
+    return torch.linalg.svdvals(jac.reshape(out_numel, x.numel()))
+
+
+@pytest.mark.parametrize("case", ["square", "wide", "tall"])
+def test_lanczos_matches_dense_svd(case):
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 5, 5, dtype=F64)
+    if case == "square":  # a residual unit, J is 150 x 150
+        fn = Residual(3, 0.5).to(F64)
+    elif case == "wide":  # input to 10 outputs: J J^T is the smaller Gram matrix
+        fn = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(0), nn.Linear(200, 10)).to(F64)
+    else:  # 1x1 conv 3 -> 7 channels: more outputs than inputs
+        fn = nn.Sequential(nn.Conv2d(3, 7, 1), nn.Tanh()).to(F64)
+    s = dense_singular_values(fn, x)
+    k = 4
+    spec = jacobian_singular_values(fn, x, k=k)
+    assert spec.converged
+    torch.testing.assert_close(spec.largest, s[:k], rtol=1e-6, atol=0)
+    torch.testing.assert_close(spec.smallest, s[-k:].flip(0), rtol=1e-6, atol=0)
+    dense = jacobian_singular_values(fn, x, k=k, method="dense")
+    torch.testing.assert_close(dense.largest, s[:k], rtol=1e-10, atol=0)
+    torch.testing.assert_close(dense.smallest, s[-k:].flip(0), rtol=1e-10, atol=0)
+
+
+def test_lanczos_repeated_singular_values_and_which():
+    q, _ = torch.linalg.qr(torch.randn(12, 12, dtype=F64))
+    fn = lambda z: 3.0 * z @ q.T  # noqa: E731  all singular values 3
+    spec = jacobian_singular_values(fn, torch.randn(2, 12, dtype=F64), k=5, which="largest")
+    torch.testing.assert_close(spec.largest, torch.full((5,), 3.0, dtype=F64))
+    assert spec.smallest is None
+    with pytest.raises(ValueError, match="which"):
+        jacobian_singular_values(fn, torch.randn(2, 12), which="middle")
+    with pytest.raises(ValueError, match="method"):
+        jacobian_singular_values(fn, torch.randn(2, 12), method="power")
+
+
+# ---------------------------------------------------------------- bounds
+def test_scaled_branch_ratio_tends_to_one_and_bounds_hold():
+    torch.manual_seed(2)
+    x = torch.randn(2, 2, 5, 5, dtype=F64)
+    g = torch.randn(2, 2, 5, 5, dtype=F64)
+    unit = Residual(2).to(F64)
+    deviations, deltas = [], []
+    for eps in (1.0, 0.1, 0.01, 0.001):
+        unit.eps = eps
+        with NormRecorder([unit]) as rec:
+            (unit(x.clone().requires_grad_(True)) * g).sum().backward()
+        b = check_bounds(unit, x, g)
+        assert b["r"] == pytest.approx(rec.summary()["ratio"][0], rel=1e-10)
+        assert b["holds"] and b["holds_delta"]
+        assert b["sigma_min"] <= b["r"] <= b["sigma_max"]
+        assert 1 - b["delta"] <= b["r"] <= 1 + b["delta"]
+        deviations.append(abs(b["r"] - 1))
+        deltas.append(b["delta"])
+    assert all(a > b for a, b in zip(deviations, deviations[1:]))
+    assert deviations[-1] < 1e-3
+    # delta = eps * ||J_F||: exactly linear in eps
+    assert deltas[1] == pytest.approx(deltas[0] * 0.1, rel=1e-8)
+    assert deltas[3] == pytest.approx(deltas[0] * 0.001, rel=1e-8)
+
+
+def test_check_bounds_on_plain_and_growing_units():
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 4, 4, dtype=F64)
+    grow = nn.Conv2d(3, 6, 1).to(F64)  # more outputs than inputs: J^T has a null space
+    b = check_bounds(grow, x, torch.randn(2, 6, 4, 4, dtype=F64))
+    assert b["lower"] == 0.0 and b["holds"] and b["delta"] is None
+    plain = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.Tanh()).to(F64).train()
+    running = plain[1].running_mean.clone()
+    b = check_bounds(plain, x, torch.randn(2, 3, 4, 4, dtype=F64), method="lanczos", max_iter=96)
+    assert b["holds"] and b["holds_delta"] and b["method"] == "lanczos"
+    torch.testing.assert_close(plain[1].running_mean, running)  # the model is not changed
+    with pytest.raises(ValueError, match="shape"):
+        check_bounds(plain, x, torch.randn(2, 5, 4, 4, dtype=F64))
+
+
+def test_check_bounds_on_a_resnet_unit():
+    models = pytest.importorskip("procres.models")
+    model = models.resnet(20, in_channels=1, image_size=8).to(F64).eval()
+    unit = model.blocks[1]
+    x = torch.relu(torch.randn(1, 16, 6, 6, dtype=F64))
+    b = check_bounds(unit, x, torch.randn(1, 16, 6, 6, dtype=F64))
+    assert b["method"] == "dense" and b["holds"] and b["holds_delta"]
+
+
+# ---------------------------------------------------------------- depth study
+class TinyNet(nn.Module):
+    def __init__(self, depth: int, residual: bool):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.blocks = nn.Sequential(*[Residual(4, 1.0) if residual else nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh())
+                                      for _ in range(depth)])
+        self.block_kinds = ["identity" if residual else "plain"] * depth
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def test_depth_study_layout_and_determinism():
+    data = (torch.randn(40, 1, 6, 6), torch.randint(0, 3, (40,)))
+    factories = {"residual": lambda d: TinyNet(d, True), "plain": lambda d: TinyNet(d, False)}
+    state = torch.random.get_rng_state()
+    out = depth_study(factories, [2, 4], data, steps=3, batch_size=8, measure_batches=2)
+    assert torch.equal(state, torch.random.get_rng_state())  # the global RNG is untouched
+    json.loads(json.dumps(out))
+    assert out["depths"] == [2, 4] and set(out["results"]) == {"residual", "plain"}
+    for family in ("residual", "plain"):
+        for phase in ("init", "trained"):
+            assert [len(r) for r in out["results"][family][phase]] == [2, 4]
+            assert len(out["spread"][family][phase]) == 2
+        assert [len(k) for k in out["block_kinds"][family]] == [2, 4]
+    again = depth_study(factories, [2, 4], data, steps=3, batch_size=8, measure_batches=2)
+    assert again["results"] == out["results"]
+    with pytest.raises(ValueError, match="depths"):
+        depth_study(factories, [], data, steps=1)
+    with pytest.raises(ValueError, match="float"):
+        depth_study(factories, [2], (torch.zeros(4, 1, 6, 6, dtype=torch.uint8), torch.zeros(4)), steps=1)
