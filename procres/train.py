@@ -13,8 +13,10 @@ Each step, in order: learning rate from ``lr_at`` -> forward (bf16 autocast on C
 backward -> optimizer step, after which the Procrustes hook (``procres.procrustes.attach_procrustes``,
 only for models whose ``transitions()`` is non-empty and ``projection_p > 0``) projects each
 transition conv with probability p. A :class:`procres.diagnostics.NormRecorder` on ``model.blocks``
-records per-unit gradient-norm ratios on every ``record_every``-th training forward; its summary
-goes into the epoch's history record and is then reset.
+records per-unit gradient-norm ratios on every ``record_every``-th training step; its summary
+goes into the epoch's history record and is then reset. With ``compile`` the recorder's hooks
+would break the compiled graph at every unit, so the norms are measured instead at each epoch end
+on the same few batches as epoch 0.
 
 History record keys: epoch, step, lr, train_loss, train_acc, val_loss, val_acc, test_loss,
 test_acc, epoch_time (s, training + evaluation), images_per_sec (training only), norms
@@ -44,7 +46,8 @@ It needs the same thread count in both runs (``threads``).
 A NaN or infinite loss stops the run with FloatingPointError naming the epoch and step; no
 checkpoint is written after it. On CPU every step is checked before the backward pass; on CUDA
 the check runs every ``_NAN_CHECK_EVERY`` steps and before every checkpoint, because it costs a
-host-device synchronisation.
+host-device synchronisation. A finite loss can still overflow the gradients, so before every
+checkpoint the weights are checked too: a saved checkpoint is always finite.
 
 DDP: launch with ``torchrun --nproc_per_node N -m procres train ...``. NCCL on CUDA, gloo on CPU.
 ``batch_size`` is the global batch (split evenly over ranks); every rank reads its own shard of
@@ -196,7 +199,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             record = {"epoch": 0, "step": 0, "lr": lr_at(cfg, 0, 0), "train_loss": None, "train_acc": None}
             record.update(_eval_record(evaluate(val_loader), evaluate(test_loader)))
             record.update(epoch_time=None, images_per_sec=None, block_kinds=model.block_kinds,
-                          norms=_init_norms(model, data, cfg, device, memory_format, amp))
+                          norms=_probe_norms(model, data, cfg, device, amp))
             history.append(record)
             if main:
                 _append_jsonl(run_dir / "history.jsonl", record)
@@ -209,10 +212,11 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
 
         # ---------------------------------------------------------------- the loop
         recorder = None
-        if cfg.record_every:
+        if cfg.record_every and not cfg.compile:
             from procres.diagnostics import NormRecorder
 
             recorder = NormRecorder(model.blocks, every=cfg.record_every)
+            recorder.steps_seen = step  # record the same global steps after a resume
         last_checkpoint = time.monotonic()
         bad = torch.zeros((), dtype=torch.int64, device=device)  # non-finite losses since the last check
         model.train()
@@ -236,7 +240,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                     out = net(x)
                     loss = F.cross_entropy(out, y)
                 if not cuda:  # free on CPU: stop before a bad step touches the weights
-                    _check_finite(torch.isfinite(loss).logical_not().long(), world, epoch, step + 1)
+                    _check_finite(torch.isfinite(loss).logical_not(), None, world, epoch, step + 1, exact=True)
                 else:
                     bad += torch.isfinite(loss).logical_not().long()
                 optimizer.zero_grad(set_to_none=True)
@@ -248,10 +252,9 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                 correct += (out.argmax(1) == y).sum()
                 seen += len(y)
                 if cuda and step % _NAN_CHECK_EVERY == 0:
-                    _check_finite(bad, world, epoch, step)
+                    _check_finite(bad, None, world, epoch, step, exact=False)
                 if epoch_step < steps_per_epoch and _checkpoint_due(cfg, step, last_checkpoint, world, device):
-                    if cuda:
-                        _check_finite(bad, world, epoch, step)
+                    _check_finite(bad, model, world, epoch, step, exact=False)
                     sums = _reduced([loss_sum.item(), correct.item(), seen], world, device)
                     state = {"epoch_step": epoch_step, "loss_sum": sums[0], "correct": int(sums[1]),
                              "seen": int(sums[2]), "train_time": time.monotonic() - started}
@@ -260,8 +263,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                         save_checkpoint(run_dir, _state(model, optimizer, hook, loader_states, epoch, step, state,
                                                         history, cfg, cuda))
                     last_checkpoint = time.monotonic()
-            if cuda:
-                _check_finite(bad, world, epoch, step)
+            _check_finite(bad, model, world, epoch, step, exact=False)
             train_time = time.monotonic() - started
             if world > 1:
                 for buffer in model.buffers():  # BN running statistics: rank 0's, as DDP's forward does
@@ -273,7 +275,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                       "train_acc": correct_total / seen_total}
             record.update(_eval_record(evaluate(val_loader), evaluate(test_loader)))
             record.update(epoch_time=time.monotonic() - started, images_per_sec=seen_total / train_time,
-                          block_kinds=model.block_kinds, norms=recorder.summary() if recorder else {})
+                          block_kinds=model.block_kinds,
+                          norms=recorder.summary() if recorder else _probe_norms(model, data, cfg, device, amp))
             if recorder:
                 recorder.reset()
             history.append(record)
@@ -295,6 +298,9 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                  + (f", at the best validation epoch {result['best_val_epoch']}: {100 * best:.2f}%" if best is not None
                     else " (no validation split)") + f"; run folder {run_dir}")
         return {**result, "history": history, "model": model}
+    except FloatingPointError as err:
+        log.error(str(err))
+        raise
     finally:
         torch.use_deterministic_algorithms(saved_flags[0])
         torch.set_num_threads(saved_flags[1])
@@ -479,14 +485,25 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_finite(bad: torch.Tensor, world: int, epoch: int, step: int) -> None:
+def _check_finite(bad: torch.Tensor, model, world: int, epoch: int, step: int, *, exact: bool) -> None:
+    """Raise FloatingPointError if any rank saw a non-finite loss (``bad`` counts them) or, when
+    ``model`` is given, holds a non-finite parameter or buffer (a finite loss can still give
+    overflowing gradients). Called before every checkpoint, so a saved checkpoint is always finite."""
+    flags = [bad.reshape(1).long()]
+    if model is not None:
+        tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+        flags.append(torch.stack([torch.isfinite(t).all().logical_not() for t in tensors]).sum().reshape(1).long())
+    flags = torch.cat(flags)
     if world > 1:
-        bad = bad.clone()
-        dist.all_reduce(bad)
-    if bad.item():
-        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, step {step} (on CUDA: at or up to "
-                                 f"{_NAN_CHECK_EVERY} steps before it): training stopped, no checkpoint written "
-                                 "after it; the last good checkpoint is kept")
+        dist.all_reduce(flags)
+    loss_bad, weights_bad = (flags.tolist() + [0])[:2]
+    stop = "training stopped; no checkpoint was written after it, the last good one is kept"
+    if loss_bad:
+        when = f"step {step}" if exact else f"one of the {_NAN_CHECK_EVERY} steps up to step {step}"
+        raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}, {when}: {stop}")
+    if weights_bad:
+        raise FloatingPointError(f"non-finite weights in epoch {epoch + 1}, step {step} (found at a checkpoint; the "
+                                 f"loss was finite, the gradients overflowed): {stop}")
 
 
 def _checkpoint_due(cfg, step, last, world, device) -> bool:
@@ -519,16 +536,21 @@ def _reduced(values, world, device) -> list[float]:
     return t.tolist()
 
 
-def _init_norms(model, data, cfg, device, memory_format, amp) -> dict:
-    """Norm summary of a few un-augmented training batches at initialisation; leaves the model as it was."""
-    if not cfg.init_norm_batches:
+def _probe_norms(model, data, cfg, device, amp) -> dict:
+    """NormRecorder summary of the first ``init_norm_batches`` un-augmented training batches.
+
+    Forward + backward in training mode without an optimizer step; gradients are cleared and the
+    BN running statistics restored, so the model is left as it was. Used for epoch 0 and, with
+    ``compile`` (where per-unit hooks would break the compiled graph), at the end of every epoch.
+    """
+    if not cfg.init_norm_batches or (cfg.compile and not cfg.record_every):
         return {}
     from procres.data import DeviceLoader
     from procres.diagnostics import NormRecorder
 
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     loader = DeviceLoader(data.train_x, data.train_y, batch_size=cfg.batch_size, train=False, mean=data.mean,
-                          std=data.std, device=device, channels_last=memory_format is torch.channels_last)
+                          std=data.std, device=device, channels_last=bool(cfg.channels_last))
     model.train()
     with NormRecorder(model.blocks, every=1) as recorder:
         for i, (x, y) in enumerate(loader):

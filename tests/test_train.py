@@ -1,0 +1,239 @@
+"""The training loop on the digits set with tiny nets: run files, result reporting, kill -9 + resume
+bit-identity, corrupt checkpoints, NaN stop, DDP with 2 gloo ranks, the multi-seed CLI."""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from procres.cli import build_parser, main
+from procres.config import TrainConfig, config_from_args
+import procres.train as train_module
+from procres.train import _result, build_model, load_checkpoint, train
+
+HISTORY_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                "epoch_time", "images_per_sec", "norms", "block_kinds"}
+TINY = dict(recipe="demo", epochs=2, batch_size=32, max_steps_per_epoch=4, init_norm_batches=1, record_every=2,
+            threads=1)
+
+
+def _tiny(tmp_path, name="run", **changes) -> TrainConfig:
+    values = {**TINY, "model": "resnet8", "out": str(tmp_path / name), **changes}
+    return TrainConfig.from_recipe(values.pop("recipe"), **values)
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def _assert_identical(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finished")
+    config = _tiny(tmp, model="procresnet13", checkpoint_every_steps=3)
+    return config, train(config, quiet=True)
+
+
+def test_run_folder_history_and_result(finished_run):
+    config, result = finished_run
+    run = Path(config.out)
+    assert {"config.json", "history.jsonl", "checkpoint.pt", "model.pt", "train.log", "result.json"} <= {
+        p.name for p in run.iterdir()}
+    assert TrainConfig.from_json((run / "config.json").read_text()) == config.resolved()
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1, 2]
+    for h in history:
+        assert HISTORY_KEYS <= set(h)
+        kinds = h["block_kinds"]
+        assert "transition" in kinds and len(h["norms"]["ratio"]) == len(kinds)
+    assert history[0]["train_loss"] is None and history[0]["norms"]["steps_recorded"] == 1
+    assert history[2]["norms"]["steps_recorded"] == 2  # record_every=2 over 4 steps
+    assert history[2]["step"] == 8 and history[2]["lr"] == config.lr
+    assert 0 <= history[2]["train_acc"] <= 1 and history[2]["images_per_sec"] > 0
+    assert result["final_test_error"] == pytest.approx(1 - history[2]["test_acc"])
+    assert json.loads((run / "result.json").read_text())["final_test_error"] == result["final_test_error"]
+    _assert_identical(_weights(run / "model.pt"), result["model"].state_dict())
+    assert "final test error" in (run / "train.log").read_text()
+
+
+def test_result_uses_best_validation_epoch_never_best_test():
+    def rec(epoch, val_acc, test_acc):
+        return {"epoch": epoch, "val_acc": val_acc, "test_acc": test_acc}
+
+    # epoch 0 (initialisation) is never selected; best test (epoch 1) is not the best validation (epoch 2)
+    history = [rec(0, 0.99, 0.1), rec(1, 0.5, 0.9), rec(2, 0.8, 0.6), rec(3, 0.8, 0.7), rec(4, 0.7, 0.65)]
+    result = _result(history, "r")
+    assert result["best_val_epoch"] == 2  # ties go to the earlier epoch
+    assert result["test_error_at_best_val"] == pytest.approx(0.4)
+    assert result["final_test_error"] == pytest.approx(0.35)
+    no_val = _result([{"epoch": e, "val_acc": None, "test_acc": 0.5} for e in range(3)], "r")
+    assert no_val["best_val_epoch"] is None and no_val["test_error_at_best_val"] is None
+
+
+def test_existing_run_needs_resume(finished_run, tmp_path):
+    config, result = finished_run
+    with pytest.raises(ValueError, match="--resume"):
+        train(config, quiet=True)
+    again = train(config.replace(resume=True), quiet=True)  # already finished: nothing left to train
+    assert again["final_test_error"] == result["final_test_error"]
+
+
+def test_corrupt_checkpoint_gives_clear_error_and_keeps_previous(finished_run, tmp_path):
+    config, _ = finished_run
+    run = tmp_path / "copy"
+    shutil.copytree(config.out, run)
+    prev = (run / "checkpoint.prev.pt").read_bytes()
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(ValueError, match=r"(?s)checkpoint.pt is unreadable.*checkpoint.prev.pt is kept"):
+        train(config.replace(out=str(run), resume=True), quiet=True)
+    assert (run / "checkpoint.prev.pt").read_bytes() == prev
+    assert load_checkpoint(run.parent / "nothing-here") is None
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    def nan_on_third_training_forward(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        calls = []
+
+        def hook(module, inputs, out):
+            if module.training and torch.is_grad_enabled():
+                calls.append(1)
+                return out * float("nan") if len(calls) == 3 else out
+
+        model.head.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(train_module, "build_model", nan_on_third_training_forward)
+    config = _tiny(tmp_path, init_norm_batches=0, checkpoint_every_steps=1)
+    with pytest.raises(FloatingPointError, match="non-finite loss in epoch 1, step 3"):
+        train(config, quiet=True)
+    assert load_checkpoint(config.out)["step"] == 2
+    assert "non-finite loss" in (Path(config.out) / "train.log").read_text()
+
+
+def test_diverging_run_stops_and_its_checkpoint_is_finite(tmp_path):
+    config = _tiny(tmp_path, lr=1e6, epochs=3, max_steps_per_epoch=10, checkpoint_every_steps=1)
+    with pytest.raises(FloatingPointError, match=r"non-finite (loss|weights) in epoch \d+, step \d+") as info:
+        train(config, quiet=True)
+    bad_step = int(re.search(r"step (\d+)", str(info.value)).group(1))
+    checkpoint = load_checkpoint(config.out)
+    assert checkpoint["step"] < bad_step
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------- kill -9 and resume
+KILL_ARGV = ["train", "--model", "procresnet13", "--recipe", "demo", "--epochs", "2", "--batch-size", "32",
+             "--max-steps-per-epoch", "8", "--checkpoint-every-steps", "2", "--init-norm-batches", "1",
+             "--record-every", "3", "--threads", "1", "--quiet"]
+
+
+def _start(argv):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "procres", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _kill_after_checkpoints(proc, run: Path, count: int, timeout=120.0):
+    """SIGKILL ``proc`` once checkpoint.pt has been replaced ``count`` times (polled by inode)."""
+    seen, last, t0 = 0, None, time.monotonic()
+    while seen < count:
+        assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()}"
+        assert time.monotonic() - t0 < timeout
+        try:
+            inode = os.stat(run / "checkpoint.pt").st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode is not None and inode != last:
+            seen, last = seen + 1, inode
+        time.sleep(0.002)
+    proc.kill()
+    assert proc.wait() == -9
+    assert not (run / "model.pt").exists()  # really killed mid-run
+
+
+def test_sigkill_and_resume_give_bit_identical_weights(tmp_path):
+    run = tmp_path / "killed"
+    proc = _start([*KILL_ARGV, "--out", str(run)])
+    _kill_after_checkpoints(proc, run, 1)  # in epoch 1
+    proc = _start([*KILL_ARGV, "--out", str(run), "--resume"])
+    _kill_after_checkpoints(proc, run, 5)  # the old file + 4 new ones: in epoch 2
+    assert subprocess.run([sys.executable, "-m", "procres", *KILL_ARGV, "--out", str(run), "--resume"],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True).returncode == 0
+
+    reference = config_from_args(build_parser().parse_args([*KILL_ARGV, "--out", str(tmp_path / "straight")]))
+    train(reference, quiet=True)
+    _assert_identical(_weights(run / "model.pt"), _weights(tmp_path / "straight" / "model.pt"))
+    killed = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in killed] == [0, 1, 2]
+    assert [h["train_loss"] for h in killed] == [h["train_loss"] for h in straight]
+    assert [h["test_acc"] for h in killed] == [h["test_acc"] for h in straight]
+
+
+# ---------------------------------------------------------------- DDP
+DDP_WORKER = textwrap.dedent("""
+    import sys, torch
+    from procres.config import TrainConfig
+    from procres.train import train
+    result = train(TrainConfig.from_json(open(sys.argv[1]).read()), quiet=True)
+    torch.save({"model": result["model"].state_dict()}, sys.argv[2])
+""")
+
+
+def test_ddp_two_gloo_ranks_agree_and_follow_the_single_process_curve(tmp_path):
+    config = _tiny(tmp_path, name="ddp", epochs=3, batch_size=64, max_steps_per_epoch=6, record_every=0,
+                   init_norm_batches=0, checkpoint_every_steps=4)
+    (tmp_path / "config.json").write_text(config.to_json())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-c", DDP_WORKER, str(tmp_path / "config.json"),
+                                       str(tmp_path / f"rank{rank}.pt")], env=env, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    _assert_identical(_weights(tmp_path / "rank0.pt"), _weights(tmp_path / "rank1.pt"))
+    _assert_identical(_weights(tmp_path / "rank0.pt"), _weights(tmp_path / "ddp" / "model.pt"))
+
+    single = train(config.replace(out=str(tmp_path / "single")), quiet=True)["history"]
+    ddp = [json.loads(line) for line in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in ddp] == [0, 1, 2, 3]
+    # same global batch and steps; BN batch statistics (per rank of 32 vs 64) and augmentation draws
+    # differ, so the curves are close, not equal
+    for d, s in zip(ddp[1:], single[1:]):
+        assert abs(d["train_loss"] - s["train_loss"]) < 0.15 * s["train_loss"], (d["train_loss"], s["train_loss"])
+    assert ddp[-1]["train_loss"] < ddp[1]["train_loss"]
+    # evaluation is sharded and all-reduced: it counts each test image once (270 digits)
+    assert ddp[0]["test_acc"] == pytest.approx(single[0]["test_acc"])  # same initial weights
+    assert round(ddp[0]["test_acc"] * 270, 6) == int(round(ddp[0]["test_acc"] * 270))
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_seeds_summarise_mean_and_std(tmp_path, capsys):
+    argv = ["train", "--model", "resnet8", "--recipe", "demo", "--epochs", "1", "--max-steps-per-epoch", "2",
+            "--init-norm-batches", "0", "--threads", "1", "--quiet", "--out", str(tmp_path), "--seeds", "0", "1"]
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    values = [json.loads((tmp_path / f"seed{s}" / "result.json").read_text())["final_test_error"] for s in (0, 1)]
+    assert summary["final_test_error"]["values"] == values
+    assert summary["final_test_error"]["mean"] == pytest.approx(sum(values) / 2)
+    assert summary["final_test_error"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert "+-" in capsys.readouterr().out
