@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 FAMILY_COLORS = {"residual": "#1f77b4", "procrustes": "#2ca02c", "plain": "#d62728"}
 FAMILY_ORDER = ("residual", "procrustes", "plain")
@@ -212,6 +213,7 @@ def plot_ratio_per_block(runs: list[Run], path, *, epochs: list[int] | None = No
         ax.set_yscale("log")
         ax.set_ylim(*ylim)
         ax.set_xlim(0.5, max(len(kinds), max(len(records[e]["norms"]["ratio"]) for e in chosen)) + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(run.label, color=FAMILY_COLORS[run.family], fontsize=11)
         ax.set_ylabel(r"$r_l = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$")
         ax.legend(loc="upper right", fontsize=8, ncol=3)
@@ -245,6 +247,7 @@ def plot_ratio_heatmap(runs: list[Run], path) -> Path:
                        extent=(0.5, grid.shape[1] + 0.5, -0.5, len(epochs) - 0.5))
         ticks = np.unique(np.linspace(0, len(epochs) - 1, min(6, len(epochs))).round().astype(int))
         ax.set_yticks(ticks, [str(epochs[i]) for i in ticks])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         for i, kind in enumerate(run.block_kinds(), start=1):
             if kind in MARKED_KINDS:
                 ax.plot([i], [len(epochs) - 0.5], marker="v", ms=7, color=_KIND_COLORS[kind],

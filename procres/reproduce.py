@@ -1,0 +1,325 @@
+"""Recipes for the paper's experiments: exact commands, seeds, published numbers, GPU-hours.
+
+``procres reproduce --list`` shows the recipes; ``procres reproduce NAME --data PATH [--gpus N]
+[--seeds ...]`` prints the plan (the ``procres train`` / ``torchrun`` commands, then the plot
+and summary commands) with the expected GPU-hours; ``--run`` executes it; ``--summary`` reads
+the finished run folders and prints mean +- std of the final-epoch test error next to the
+published number; ``--smoke`` runs the whole plan end to end in a minute or two on CPU, on a
+synthetic archive in the official CIFAR format, with tiny depths and a few steps.
+
+Recipes (published numbers: REFERENCE.md section 7; training recipe: section 6):
+
+``figure``          ResNet-164 vs ProcResNet-166 on CIFAR-10, seed 0: the authors' README
+                    animation (per-block gradient-norm ratio through training) as our
+                    per-epoch figure and block x epoch heat map.
+``cifar10-preact``  the CIFAR-10 table rows of pre-activation ResNet 164/272/632/1001 vs
+                    ProcResNet 166/274/634/1003, paper recipe, seeds 0 1 2.
+``cifar10-he2016``  ResNet-20/32/44/56/110/1202 (He et al. 2016a recipe, warm-up for 110/1202).
+``cifar100``        ResNet-164 vs ProcResNet-166 on CIFAR-100 (no ProcResNet number was published;
+                    He et al. 2016b report 24.33% for pre-act ResNet-164).
+
+Reporting (REFERENCE.md section 7 / STYLE.md): the final-epoch test error, the test error at
+the best validation epoch (5,000 held-out training images, ``--val-size 5000``; the published
+single runs trained on all 50,000 images, which is ``--val-size 0``), mean +- std over seeds.
+
+GPU-hours: ``EPOCH_SECONDS`` holds the seconds one training epoch (45k images, batch 128,
+bf16 autocast, channels_last, projection p=0.5, norm recording every 10 steps) plus evaluation
+takes on one GPU, timed with ``benchmarks/reproduce_cost.py`` on the card named in
+``EPOCH_SECONDS_SOURCE``; models not timed are scaled from the nearest timed one by forward
+multiply-accumulates. The training loop's own overheads (norm recording, augmentation,
+checkpoints) are not in them: count ~10% more. With N GPUs under DDP the global batch of 128
+is split (128/N per GPU), so small nets scale poorly: the wall time is at best GPU-hours / N.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# forward multiply-accumulates per 32x32 image (millions), counted with forward hooks on
+# procres.models; used to scale epoch times between models.
+FORWARD_MMACS = {
+    "resnet20": 40.6, "resnet32": 68.9, "resnet44": 97.2, "resnet56": 125.5, "resnet110": 252.9,
+    "resnet1202": 2829.2, "preresnet164": 247.6, "procresnet166": 246.6, "preresnet272": 408.1,
+    "procresnet274": 407.0, "preresnet632": 942.9, "procresnet634": 941.8, "preresnet1001": 1491.0,
+    "procresnet1003": 1490.0,
+}
+# Seconds per epoch (train 45k + evaluate 10k + 5k) on one GPU; see the module docstring.
+# Measured 2026-11-27 with benchmarks/reproduce_cost.py (20 timed steps after 3 warm-up steps).
+# ProcResNets pay ~90 ms per step for the p=0.5 projection (batched SVDs on the GPU).
+EPOCH_SECONDS_SOURCE = "measured on one NVIDIA H200, torch 2.11 + CUDA 13, bf16, batch 128"
+EPOCH_SECONDS: dict[str, float] = {
+    "resnet20": 3.2, "resnet56": 9.2, "resnet110": 18.0, "resnet1202": 167.3,
+    "preresnet164": 27.7, "procresnet166": 59.9, "preresnet272": 38.0, "procresnet274": 77.4,
+    "preresnet632": 105.7, "procresnet634": 135.7, "preresnet1001": 145.8, "procresnet1003": 194.6,
+}
+
+
+def epoch_seconds(model: str) -> float:
+    """Seconds per epoch on one GPU: measured when available, else scaled by forward MACs."""
+    if model in EPOCH_SECONDS:
+        return EPOCH_SECONDS[model]
+    if EPOCH_SECONDS:
+        # scale from the measured model closest in compute
+        ref = min(EPOCH_SECONDS, key=lambda m: abs(FORWARD_MMACS[m] - FORWARD_MMACS[model]))
+        return EPOCH_SECONDS[ref] * FORWARD_MMACS[model] / FORWARD_MMACS[ref]
+    return 0.05 * FORWARD_MMACS[model]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One experiment of the paper: which nets, which data and recipe, which seeds."""
+
+    name: str
+    title: str
+    dataset: str  # cifar10 | cifar100
+    models: tuple[str, ...]
+    train_recipe: str  # a procres.config recipe: paper | he2016
+    seeds: tuple[int, ...]
+    epochs: int
+    published: dict = field(default_factory=dict)  # model -> published test error %
+    source: str = ""
+    plot: bool = False  # draw the per-block ratio figures after training
+    notes: str = ""
+
+    def gpu_hours(self, seeds=None) -> float:
+        n = len(self.seeds if seeds is None else seeds)
+        return n * sum(epoch_seconds(m) for m in self.models) * self.epochs / 3600
+
+
+RECIPES = {r.name: r for r in (
+    Recipe("figure", "ResNet-164 vs ProcResNet-166 gradient-norm ratios through training (README animation)",
+           "cifar10", ("preresnet164", "procresnet166"), "paper", (0,), 300,
+           published={"preresnet164": 5.46, "procresnet166": 4.75}, source="Chainer README", plot=True,
+           notes="ratios recorded every 10 steps and averaged per epoch; compare with REFERENCE.md section 2"),
+    Recipe("cifar10-preact", "CIFAR-10 table: pre-act ResNet vs ProcResNet, 164-1003 layers",
+           "cifar10", ("preresnet164", "procresnet166", "preresnet272", "procresnet274",
+                       "preresnet632", "procresnet634", "preresnet1001", "procresnet1003"),
+           "paper", (0, 1, 2), 300,
+           published={"preresnet164": 5.46, "procresnet166": 4.75, "preresnet272": 4.73, "procresnet274": 4.20,
+                      "preresnet632": 4.59, "procresnet634": 3.78, "preresnet1001": 4.52, "procresnet1003": 3.84},
+           source="He 2016b, Chainer README (164/166), PyTorch README (272-1003)",
+           notes="He 2016b trained ResNet-1001 with batch 64 (4.62%); the PyTorch README used batch 128"),
+    Recipe("cifar10-he2016", "CIFAR-10 table: original ResNet-20..1202 (He et al. 2016a)",
+           "cifar10", ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"),
+           "he2016", (0, 1, 2), 164,
+           published={"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
+                      "resnet110": 6.43, "resnet1202": 7.93}, source="He 2016a",
+           notes="ResNet-110/1202 warm up at lr 0.01 for 400 iterations, then return to 0.1"),
+    Recipe("cifar100", "CIFAR-100: pre-act ResNet-164 vs ProcResNet-166",
+           "cifar100", ("preresnet164", "procresnet166"), "paper", (0, 1, 2), 300,
+           published={"preresnet164": 24.33}, source="He 2016b (no ProcResNet number was published)"),
+)}
+
+# smallest depth of each family, for --smoke
+_TINY = {"resnet": 8, "plain": 8, "preresnet": 11, "plainpre": 11, "procresnet": 13, "plainproc": 13}
+_NAME = re.compile(r"^(resnet|plain|preresnet|plainpre|procresnet|plainproc)(\d+)$")
+
+
+def tiny_model(name: str) -> str:
+    m = _NAME.match(name)
+    if m is None:
+        raise ValueError(f"cannot shrink model {name!r} for a smoke run")
+    return f"{m.group(1)}{_TINY[m.group(1)]}"
+
+
+def _seeds(recipe: Recipe, seeds) -> tuple[int, ...]:
+    return tuple(recipe.seeds if seeds is None else seeds)
+
+
+def run_dir(out: str, recipe: Recipe, model: str, seed: int) -> str:
+    return f"{out}/{recipe.name}/{model}-seed{seed}"
+
+
+def commands(name: str, *, data: str = "DATA", gpus: int = 1, seeds=None, out: str = "runs/reproduce",
+             extra: tuple[str, ...] = ()) -> list[list[str]]:
+    """The plan as argv lists: one training command per model and seed, then plot/summary."""
+    recipe = get_recipe(name)
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, got {gpus}")
+    launch = (["procres"] if gpus == 1 else
+              ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "procres"])
+    plan = []
+    for seed in _seeds(recipe, seeds):
+        for model in recipe.models:
+            plan.append(launch + ["train", "--model", model, "--dataset", recipe.dataset, "--data", data,
+                                  "--recipe", recipe.train_recipe, "--seed", str(seed),
+                                  "--out", run_dir(out, recipe, model, seed), *extra])
+    if recipe.plot:
+        seed = _seeds(recipe, seeds)[0]
+        plan.append(["procres", "plot", *(run_dir(out, recipe, m, seed) for m in recipe.models),
+                     "--out", f"{out}/{recipe.name}/figures"])
+    plan.append(["procres", "reproduce", name, "--summary", "--out", out,
+                 "--seeds", *map(str, _seeds(recipe, seeds))])
+    return plan
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def describe(name: str, *, data="DATA", gpus=1, seeds=None, out="runs/reproduce") -> str:
+    """Human-readable plan: what, recipe, seeds, expected GPU-hours, commands."""
+    r = get_recipe(name)
+    s = _seeds(r, seeds)
+    hours = r.gpu_hours(s)
+    lines = [f"{r.name}: {r.title}",
+             f"  data {r.dataset} ({data}), recipe '{r.train_recipe}' ({r.epochs} epochs), seeds {' '.join(map(str, s))}",
+             f"  expected cost: {hours:.1f} GPU-hours"
+             + (f" (at best {hours / gpus:.1f} h wall on {gpus} GPUs, batch {128 // gpus} per GPU)" if gpus > 1 else "")
+             + f"; per-epoch times {EPOCH_SECONDS_SOURCE}"]
+    if r.published:
+        pub = ", ".join(f"{m} {e:.2f}%" for m, e in r.published.items())
+        lines.append(f"  published test error ({r.source}): {pub}")
+    if r.notes:
+        lines.append(f"  note: {r.notes}")
+    lines.append("  commands:")
+    lines += ["    " + shlex.join(c) for c in commands(name, data=data, gpus=gpus, seeds=seeds, out=out)]
+    return "\n".join(lines)
+
+
+def list_recipes() -> str:
+    rows = [f"{'name':16s} {'GPU-h':>7s}  {'runs':>4s}  what"]
+    for r in RECIPES.values():
+        rows.append(f"{r.name:16s} {r.gpu_hours():7.1f}  {len(r.models) * len(r.seeds):4d}  {r.title}")
+    rows.append(f"(GPU-hours for the default seeds; per-epoch times: {EPOCH_SECONDS_SOURCE})")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- results
+def summarize(name: str, *, out: str = "runs/reproduce", seeds=None) -> tuple[str, dict]:
+    """Mean +- std over seeds of the final-epoch test error (and at the best val epoch), from files."""
+    from procres.plots import read_history
+
+    recipe = get_recipe(name)
+    rows, data = [f"{'model':16s} {'seeds':>5s}  {'final test err %':>18s}  {'at best val %':>15s}  published"], {}
+    for model in recipe.models:
+        final, at_best = [], []
+        for seed in _seeds(recipe, seeds):
+            path = Path(run_dir(out, recipe, model, seed)) / "history.jsonl"
+            if not path.is_file():
+                continue
+            hist = [h for h in read_history(path) if h.get("epoch", 0) > 0] or read_history(path)
+            if hist[-1].get("test_acc") is None:
+                continue
+            final.append(100 * (1 - hist[-1]["test_acc"]))
+            with_val = [h for h in hist if h.get("val_acc") is not None]
+            if with_val:
+                best = max(with_val, key=lambda h: (h["val_acc"], -h["epoch"]))
+                at_best.append(100 * (1 - best["test_acc"]))
+        data[model] = {"final": final, "at_best_val": at_best}
+        fmt = lambda v: "-" if not v else (f"{v[0]:.2f}" if len(v) == 1 else  # noqa: E731
+                                           f"{statistics.mean(v):.2f} +- {statistics.stdev(v):.2f}")
+        pub = recipe.published.get(model)
+        rows.append(f"{model:16s} {len(final):5d}  {fmt(final):>18s}  {fmt(at_best):>15s}  "
+                    f"{'-' if pub is None else f'{pub:.2f}'}")
+    return "\n".join(rows), data
+
+
+# ---------------------------------------------------------------- synthetic CIFAR for --smoke
+def synthetic_cifar(folder, *, dataset: str = "cifar10", per_batch: int = 20, test: int = 40, seed: int = 0) -> Path:
+    """Write a tiny archive in the official python format (tar.gz of protocol-2 pickles, bytes keys).
+
+    CIFAR-10: ``cifar-10-python.tar.gz`` with ``cifar-10-batches-py/data_batch_1..5, test_batch,
+    batches.meta``; CIFAR-100: ``cifar-100-python.tar.gz`` with ``cifar-100-python/train, test,
+    meta``. Images are class-dependent colour blobs plus noise, so a net can learn something.
+    """
+    rng = np.random.default_rng(seed)
+    classes = {"cifar10": 10, "cifar100": 100}.get(dataset)
+    if classes is None:
+        raise ValueError(f"dataset {dataset!r} is not cifar10 or cifar100")
+    means = rng.integers(30, 225, size=(classes, 3))
+
+    def batch(n, label_key, extra=None):
+        y = rng.integers(0, classes, size=n)
+        img = means[y][:, :, None, None] + rng.normal(0, 40, size=(n, 3, 32, 32))
+        d = {b"batch_label": b"synthetic", b"data": np.clip(img, 0, 255).astype(np.uint8).reshape(n, 3072),
+             label_key: [int(v) for v in y], b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        if extra:
+            d[extra] = [int(v) % 20 for v in y]
+        return pickle.dumps(d, protocol=2)
+
+    if dataset == "cifar10":
+        root, archive = "cifar-10-batches-py", "cifar-10-python.tar.gz"
+        files = {f"data_batch_{i}": batch(per_batch, b"labels") for i in range(1, 6)}
+        files["test_batch"] = batch(test, b"labels")
+        files["batches.meta"] = pickle.dumps({b"label_names": [f"class{i}".encode() for i in range(10)],
+                                              b"num_cases_per_batch": per_batch, b"num_vis": 3072}, protocol=2)
+    else:
+        root, archive = "cifar-100-python", "cifar-100-python.tar.gz"
+        files = {"train": batch(5 * per_batch, b"fine_labels", b"coarse_labels"),
+                 "test": batch(test, b"fine_labels", b"coarse_labels"),
+                 "meta": pickle.dumps({b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+                                       b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]},
+                                      protocol=2)}
+    path = Path(folder) / archive
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for fname, raw in files.items():
+            info = tarfile.TarInfo(f"{root}/{fname}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+SMOKE_OVERRIDES = ("--epochs", "2", "--max-steps-per-epoch", "2", "--batch-size", "16", "--eval-batch-size", "64",
+                   "--val-size", "20", "--device", "cpu", "--record-every", "1", "--init-norm-batches", "1",
+                   "--checkpoint-minutes", "0", "--milestones", "1")
+
+
+def smoke(name: str, workdir, *, quiet: bool = True) -> dict:
+    """Run the recipe's whole plan in this process on a synthetic archive, tiny depths, few steps.
+
+    The same commands as the real plan (first seed, one process), with each model replaced by the
+    smallest depth of its family (``procres train`` builds any ``<family><depth>``) and
+    ``SMOKE_OVERRIDES`` appended. Returns the summary data.
+    """
+    from procres.cli import main
+
+    recipe = get_recipe(name)
+    workdir = Path(workdir)
+    archive = synthetic_cifar(workdir / "data", dataset=recipe.dataset)
+    out = str(workdir / "runs")
+    small = Recipe(**{**recipe.__dict__, "name": name + "-smoke", "seeds": recipe.seeds[:1],
+                      "models": tuple(dict.fromkeys(tiny_model(m) for m in recipe.models))})
+    RECIPES[small.name] = small
+    try:
+        extra = SMOKE_OVERRIDES + (("--quiet",) if quiet else ())
+        plan = commands(small.name, data=str(archive), gpus=1, out=out, extra=extra)
+        t0 = time.perf_counter()
+        for argv in plan:
+            if not quiet:
+                print("$", shlex.join(argv), flush=True)
+            code = main(argv[1:])
+            if code:
+                raise RuntimeError(f"smoke step failed with exit code {code}: {shlex.join(argv)}")
+        if not quiet:
+            print(f"smoke run of {name} finished in {time.perf_counter() - t0:.1f} s")
+        return summarize(small.name, out=out)[1]
+    finally:
+        RECIPES.pop(name + "-smoke", None)
+
+
+def execute(name: str, *, data: str, gpus: int = 1, seeds=None, out: str = "runs/reproduce") -> int:
+    """Run the plan for real, one command after another (stops at the first failure)."""
+    for argv in commands(name, data=data, gpus=gpus, seeds=seeds, out=out):
+        print("$", shlex.join(argv), flush=True)
+        if argv[0] == "procres":
+            argv = [sys.executable, "-m", "procres", *argv[1:]]
+        code = subprocess.call(argv)
+        if code:
+            return code
+    return 0
