@@ -102,12 +102,45 @@ def _run_plot(args):
 
 # ---------------------------------------------------------------- reproduce
 def _add_reproduce(sub):
-    p = sub.add_parser("reproduce", help="the paper's experiments as ready recipes")
+    p = sub.add_parser("reproduce", help="the paper's experiments as ready recipes",
+                       description="Without --run/--smoke/--summary: print the plan (commands, seeds, GPU-hours).")
+    p.add_argument("name", nargs="?", help="recipe name (see --list)")
+    p.add_argument("--list", action="store_true", help="list the recipes with their expected GPU-hours")
+    p.add_argument("--data", default="DATA", help="CIFAR archive (.tar.gz) or extracted folder")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs per run (>1: torchrun + DDP)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the recipe's seeds")
+    p.add_argument("--out", default="runs/reproduce", help="root folder of the run folders")
+    p.add_argument("--run", action="store_true", help="execute the plan (days of GPU time for most recipes)")
+    p.add_argument("--smoke", action="store_true",
+                   help="run the plan end to end on CPU on a synthetic CIFAR-format archive (tiny depths, few steps)")
+    p.add_argument("--summary", action="store_true", help="mean +- std test error of finished runs vs published")
     return p
 
 
 def _run_reproduce(args):
-    raise NotImplementedError("reproduce subcommand: issue 6")
+    from procres import reproduce
+
+    if args.list:
+        print(reproduce.list_recipes())
+        return 0
+    if args.name is None:
+        raise ValueError("give a recipe name or --list")
+    if args.summary:
+        table, _ = reproduce.summarize(args.name, out=args.out, seeds=args.seeds)
+        print(table)
+        return 0
+    if args.smoke:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="procres-smoke-") as tmp:
+            reproduce.smoke(args.name, args.out if args.out != "runs/reproduce" else tmp, quiet=False)
+        return 0
+    print(reproduce.describe(args.name, data=args.data, gpus=args.gpus, seeds=args.seeds, out=args.out))
+    if args.run:
+        if args.data == "DATA":
+            raise ValueError("--run needs --data PATH (the CIFAR archive or folder)")
+        return reproduce.execute(args.name, data=args.data, gpus=args.gpus, seeds=args.seeds, out=args.out)
+    return 0
 
 
 # ---------------------------------------------------------------- entry point
