@@ -21,7 +21,24 @@ def _add_models(sub):
 
 
 def _run_models(args):
-    raise NotImplementedError("models subcommand: issue 3")
+    import torch
+
+    from procres.models import create_model, list_models
+
+    names = [name for name in list_models() if args.filter in name]
+    if not names:
+        raise ValueError(f"no registered model name contains {args.filter!r}")
+    print(f"{'name':<17} {'depth':>5} {'parameters':>11} {'blocks':>6}  transitions (kernel/stride input->grid)")
+    for name in names:
+        with torch.device("meta"):  # shapes only: no memory, no init cost, no forward
+            model = create_model(name, image_size=args.image_size)
+        params = sum(p.numel() for p in model.parameters())
+        trans = ", ".join(
+            f"{c.kernel_size[0]}x{c.kernel_size[1]}/{c.stride[0]} {size}->{size // c.stride[0]}"
+            for c, size in model.transitions()
+        )
+        print(f"{name:<17} {model.depth:>5} {params:>11,} {len(model.blocks):>6}  {trans or '-'}")
+    return 0
 
 
 # ---------------------------------------------------------------- spectrum
