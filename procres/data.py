@@ -34,7 +34,6 @@ Spec (issue 5; recipe in ``REFERENCE.md`` section 6):
 
 from __future__ import annotations
 
-import codecs
 import io
 import pickle
 import posixpath
@@ -164,10 +163,15 @@ _SPECS = {
 }
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 def _latin1_encode(text, encoding="latin1"):
     # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1").
-    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError("_codecs.encode is only allowed for latin-1 text")
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "iso-8859-1", "iso8859-1"):
+        raise _Refused(f"refused _codecs.encode({type(text).__name__}, {encoding!r}): only latin-1 text "
+                       "is allowed (nothing from the file was executed)")
     return text.encode("latin1")
 
 
@@ -183,10 +187,6 @@ def _allowed_globals():
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
         allowed[(module, "scalar")] = multiarray.scalar
     return allowed
-
-
-class _Refused(pickle.UnpicklingError):
-    pass
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -222,6 +222,8 @@ def _locate(spec, path):
     if not p.exists():
         raise DatasetError(f"{spec.name}: {p} does not exist; expected {spec.describe()}")
     if p.is_file():
+        if p.name in spec.files:  # one file of the extracted folder: use the folder
+            return _locate(spec, p.parent)
         return "archive", p
     present = [f for f in spec.files if (p / f).is_file()]
     if len(present) == len(spec.files):

@@ -147,7 +147,8 @@ def test_cifar10_reads_official_layout_pixels_and_channels(cifar10):
 
 def test_cifar10_archive_folder_and_parents_agree(cifar10, tmp_path):
     root, *_ = cifar10
-    paths = [root / "cifar-10-python.tar.gz", root / "cifar-10-batches-py", root]
+    paths = [root / "cifar-10-python.tar.gz", root / "cifar-10-batches-py", root,
+             root / "cifar-10-batches-py" / "data_batch_1"]  # a file of the folder: the folder
     lone = tmp_path / "only_tar"
     lone.mkdir()
     (lone / "cifar-10-python.tar.gz").write_bytes((root / "cifar-10-python.tar.gz").read_bytes())
@@ -301,6 +302,9 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
         _cifar10_files(folder, test_batch=raw)
         with pytest.raises(DatasetError, match=r"test_batch: refused to load global (posix|os|nt|__builtin__|builtins)\.(system|eval)"):
             load_dataset("cifar10", folder)
+    rot13 = b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R."
+    with pytest.raises(DatasetError, match=r"batches.meta: refused _codecs.encode\(str, 'rot13'\)"):
+        load_dataset("cifar10", _cifar10_files(tmp_path, **{"batches.meta": rot13}))
     # the same archive member path is refused too
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
         for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
