@@ -178,14 +178,15 @@ def _latin1_encode(text, encoding="latin1"):
 @lru_cache(maxsize=1)
 def _allowed_globals():
     try:
-        from numpy._core import multiarray
+        from numpy._core import multiarray, numeric
     except ImportError:  # numpy < 2
-        from numpy.core import multiarray
+        from numpy.core import multiarray, numeric
     allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
                ("_codecs", "encode"): _latin1_encode}
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = multiarray._reconstruct
-        allowed[(module, "scalar")] = multiarray.scalar
+    for core in ("numpy.core", "numpy._core"):  # files pickled under numpy 1.x or 2.x
+        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer  # protocol 5 arrays
     return allowed
 
 
@@ -303,7 +304,7 @@ def _load_cifar(spec, path, val_size, seed):
     tr, va = _split(len(x), val_size, seed, spec.name)
     return DataSplits(
         name=spec.name, train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va],
-        test_x=torch.from_numpy(np.ascontiguousarray(test_x)), test_y=torch.from_numpy(test_y),
+        test_x=torch.from_numpy(test_x.copy()), test_y=torch.from_numpy(test_y),  # copy: may be read-only
         num_classes=spec.num_classes, in_channels=3, image_size=32,
         mean=CIFAR10_MEAN, std=CIFAR10_STD, flip=True, pad=4, classes=classes,
         train_coarse_y=None if c is None else c[tr], val_coarse_y=None if c is None else c[va],

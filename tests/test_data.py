@@ -6,6 +6,7 @@ import os
 import pickle
 import struct
 import tarfile
+import warnings
 
 import numpy as np
 import pytest
@@ -178,13 +179,18 @@ def test_cifar100_fine_and_coarse_labels(cifar100):
         assert coarse[row].item() == cs[k]
 
 
-def test_python3_protocol2_pickles_are_accepted(tmp_path):
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_python3_pickles_are_accepted(tmp_path, protocol):
     rng = np.random.default_rng(1)
-    img = _images(rng, 2)
-    raw = pickle.dumps({"data": img.reshape(2, 3072), "labels": np.array([4, 5])}, protocol=2)
-    folder = _cifar10_files(tmp_path, data_batch_3=raw)
-    d = load_dataset("cifar10", folder, val_size=0)
+    img, timg = _images(rng, 2), _images(rng, 3)
+    raw = pickle.dumps({"data": img.reshape(2, 3072), "labels": np.array([4, 5])}, protocol=protocol)
+    test = pickle.dumps({"data": timg.reshape(3, 3072), "labels": [1, 2, 3]}, protocol=protocol)
+    folder = _cifar10_files(tmp_path, data_batch_3=raw, test_batch=test)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's warning about a read-only numpy array
+        d = load_dataset("cifar10", folder, val_size=0)
     assert torch.equal(d.train_x[4:6], torch.from_numpy(img)) and d.train_y[4:6].tolist() == [4, 5]
+    assert torch.equal(d.test_x, torch.from_numpy(timg)) and d.test_y.tolist() == [1, 2, 3]
 
 
 def test_validation_split_sizes_disjoint_and_seeded(cifar10):
