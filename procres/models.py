@@ -90,7 +90,8 @@ once at construction so training starts norm-preserving.
 
 Small nets for CPU work come from the depth factories, e.g.
 ``procresnet(13, num_classes=10, in_channels=1, image_size=16)``; the registered names are thin
-wrappers over them. Sources: He et al. 2016a (arXiv 1512.03385), 2016b (arXiv 1603.05027);
+wrappers over them, and ``create_model`` also builds any unregistered ``<family><depth>[k2]``
+name (``procresnet13``, ``plain8``, ``procresnet22k2``) so configs can name small nets. Sources: He et al. 2016a (arXiv 1512.03385), 2016b (arXiv 1603.05027);
 Zaeemzadeh, Rahnavard & Shah, TPAMI 2020 (arXiv 1805.07477) and their released code.
 """
 
@@ -98,6 +99,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from typing import Callable
 
 import torch.nn as nn
@@ -418,18 +420,32 @@ def register_model(name: str | Callable | None = None):
 def create_model(
     name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32
 ) -> nn.Module:
-    """Build the registered model ``name`` (see :func:`list_models`)."""
-    if name not in _MODELS:
-        close = difflib.get_close_matches(str(name), list(_MODELS), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)} names)")
-    return _MODELS[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    """Build the registered model ``name`` (see :func:`list_models`).
+
+    Any other ``<family><depth>`` name (``procresnet13``, ``plain8``, ``procresnet22k2``) builds
+    that depth with the family's factory, so small CPU nets can be named in configs; a depth the
+    family does not have raises the factory's ValueError.
+    """
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    if name in _MODELS:
+        return _MODELS[name](**kwargs)
+    match = _FAMILY_DEPTH.fullmatch(name) if isinstance(name, str) else None
+    if match and (match[3] is None or match[1] in ("procresnet", "plainproc")):
+        if match[3]:
+            kwargs["transition_kernel"] = 2
+        return _FAMILIES[match[1]](int(match[2]), **kwargs)
+    close = difflib.get_close_matches(str(name), list(_MODELS), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)} names)")
 
 
 def list_models() -> list[str]:
     """Registered names, family by family, shallow to deep."""
     return list(_MODELS)
 
+
+_FAMILIES = {f.__name__: f for f in (resnet, preresnet, procresnet, plain, plainpre, plainproc)}
+_FAMILY_DEPTH = re.compile(r"(resnet|plain|preresnet|plainpre|procresnet|plainproc)(\d+)(k2)?")
 
 for _factory, _depths in (
     (resnet, (20, 32, 44, 56, 110, 1202)),

@@ -122,9 +122,19 @@ def test_registry_has_every_required_name():
 
 def test_unknown_name_lists_close_matches():
     with pytest.raises(ValueError, match="resnet20"):
-        create_model("resnet21")
+        create_model("resnt20")
     with pytest.raises(ValueError, match="'nonsense'"):
         create_model("nonsense")
+
+
+def test_unregistered_family_depth_names():
+    model = create_model("procresnet22k2", num_classes=4, in_channels=1, image_size=16)
+    assert (model.depth, model.family, model.transitions()[1][0].kernel_size) == (22, "procresnet", (2, 2))
+    assert create_model("plain8").block_kinds == ["plain"] * 3
+    with pytest.raises(ValueError, match="14"):
+        create_model("procresnet14")
+    with pytest.raises(ValueError, match="unknown model 'resnet8k2'"):
+        create_model("resnet8k2")
 
 
 def test_register_model_refuses_duplicates():
