@@ -95,6 +95,11 @@ class DataSplits:
     val_coarse_y: torch.Tensor | None = None
     test_coarse_y: torch.Tensor | None = None
 
+    def __repr__(self):
+        c, h = self.in_channels, self.image_size
+        return (f"DataSplits({self.name!r}, train={len(self.train_y)}, val={len(self.val_y)}, "
+                f"test={len(self.test_y)}, images {c}x{h}x{h}, {self.num_classes} classes)")
+
     def loader(self, split, *, batch_size, train=None, **kwargs):
         """A :class:`DeviceLoader` over ``split`` ("train" | "val" | "test") with this data set's
         mean, std, flip and pad filled in; ``train`` defaults to ``split == "train"``."""
@@ -426,6 +431,8 @@ class DeviceLoader:
             raise ValueError(f"pad must be an int in [0, {min(H, W)}) for {H}x{W} images, got {pad!r}")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         if len(mean) != C or len(std) != C or min(std) <= 0:
             raise ValueError(f"mean and std need {C} entries (std > 0), got mean={mean}, std={std}")
@@ -436,6 +443,9 @@ class DeviceLoader:
         self.flip, self.seed, self.rank, self.world_size = bool(flip), int(seed), rank, world_size
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.channels_last = bool(channels_last)
+        if self.drop_last and 0 < self._samples() < batch_size:  # an epoch would silently be empty
+            raise ValueError(f"batch_size={batch_size} exceeds the {self._samples()} samples of rank {rank} "
+                             "and drop_last would leave no batch; lower batch_size or pass drop_last=False")
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, C, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, C, 1, 1)
         self._scale, self._shift = 1.0 / (255.0 * std_t), -mean_t / std_t  # (x/255 - mean)/std

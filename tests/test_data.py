@@ -550,6 +550,9 @@ def test_loader_lengths_and_empty_split():
     (dict(rank=2, world_size=2), "rank"),
     (dict(mean=(0.5,)), "mean and std"),
     (dict(std=(0.5, 0.0, 0.5)), "std > 0"),
+    (dict(seed=-1), "seed"),
+    (dict(batch_size=5), "batch_size=5 exceeds the 4 samples"),
+    (dict(batch_size=3, world_size=2, rank=1), "batch_size=3 exceeds the 2 samples of rank 1"),
 ])
 def test_loader_rejects_bad_arguments(kw, message):
     x, y = _tiny(n=4)
@@ -565,6 +568,7 @@ def test_loader_rejects_bad_arguments(kw, message):
 def test_splits_loader_helper_uses_dataset_settings():
     d = load_dataset("digits")
     loader = d.loader("train", batch_size=32)
+    assert repr(d) == "DataSplits('digits', train=1257, val=270, test=270, images 1x16x16, 10 classes)"
     assert loader.flip is False and loader.pad == 2 and loader.train
     xb, _ = next(iter(loader))
     assert xb.shape == (32, 1, 16, 16)
