@@ -12,8 +12,9 @@ Spec (issue 5; recipe in ``REFERENCE.md`` section 6):
   ``fine_labels`` + ``coarse_labels`` (CIFAR-100).  The pickles are unpickled with an allow-list
   that admits only what the official files need (dicts/lists/bytes and numpy array
   reconstruction); anything else, e.g. a pickle that would call ``os.system``, is refused before
-  it can run.  Every missing, truncated or malformed input raises :class:`DatasetError` (a
-  ``ValueError``) naming the path and the files expected there.
+  it can run.  Every missing, truncated, malformed or refused input raises :class:`DatasetError`
+  (a ``ValueError``, also for missing files, so callers catch one type) naming the path and the
+  files expected there.
 * Validation split: ``val_size`` training images (default 5,000 for CIFAR, as He et al. 2016's
   45k/5k) are held out by a permutation seeded with ``seed``; ``val_size=0`` trains on all
   50,000 (the paper's protocol).

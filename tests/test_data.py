@@ -143,6 +143,8 @@ def test_cifar10_reads_official_layout_pixels_and_channels(cifar10):
     assert np.array_equal(d.test_x.numpy(), tx) and np.array_equal(d.test_y.numpy(), ty)
     assert (d.num_classes, d.in_channels, d.image_size, d.flip, d.name) == (10, 3, 32, True, "cifar10")
     assert d.mean == CIFAR10_MEAN and d.std == CIFAR10_STD
+    assert np.allclose(np.array(CIFAR10_MEAN) * 255, [125.3, 123.0, 113.9], atol=1e-9)  # REFERENCE.md s. 6
+    assert np.allclose(np.array(CIFAR10_STD) * 255, [63.0, 62.1, 66.7], atol=1e-9)
     assert d.classes == tuple(f"c{k}" for k in range(10))
 
 
