@@ -1,0 +1,256 @@
+"""GPU epoch time: our training pipeline vs a re-implementation of the authors' pipeline, same card.
+
+Self-contained: the data are random CIFAR-shaped uint8 images (50,000 x 3 x 32 x 32, 10 classes);
+no CIFAR files, PIL or torchvision are needed. For preresnet164 and procresnet166, at batch 128:
+
+  ours       procres.data.DeviceLoader (uint8 data resident on the GPU, batched crop/flip/normalise
+             on the device, channels_last), bf16 autocast, channels_last weights, SGD momentum 0.9
+             and weight decay 1e-4, a NormRecorder recording every 10th step (the ``procres train``
+             default; left out with --compile), and for procresnet166 the exact Procrustes projection hook with p = 0.5;
+             ``--compile`` adds torch.compile (off by default, as in ``procres train``).
+  authors'   torch.utils.data.DataLoader(num_workers=4, shuffle, pin_memory) over a Dataset whose
+             __getitem__ does the per-sample transforms of torchvision's RandomCrop(32, padding=4,
+             padding_mode="reflect") + RandomHorizontalFlip + ToTensor + Normalize, written in
+             numpy; fp32 (PyTorch defaults: cuDNN may use TF32 for convolutions), contiguous
+             (NCHW) memory, the same optimizer; for procresnet166 the authors' projection
+             (``faithful=True``: 10 Newton-Schulz iterations) with p = 0.5.
+
+Both run ``--warmup`` steps, then ``--steps`` timed steps (one device sync at each end of the
+window); the epoch time is extrapolated to 390 steps (50,000 images, batch 128, last partial
+batch dropped). Evaluation is not included. cudnn.benchmark is on for both. Then the peak GPU
+memory of one forward/backward/step of procresnet1003 at batch 128 (torch.cuda.max_memory_allocated),
+bf16 autocast + channels_last and fp32.
+
+Results are printed and, when the environment variable OUT is set, written to
+``$OUT/gpu_epoch.json`` after every measurement (a timeout keeps what was measured).
+
+    python benchmarks/gpu_epoch.py                 # on a GPU: about 3-4 minutes on an H100
+    python benchmarks/gpu_epoch.py --smoke         # tiny nets and data, CPU or GPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from procres.data import DeviceLoader
+from procres.diagnostics import NormRecorder
+from procres.models import preresnet, procresnet
+from procres.procrustes import attach_procrustes
+
+MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+
+
+class AuthorsCifar(torch.utils.data.Dataset):
+    """Per-sample transforms as in the authors' torchvision pipeline, in numpy (HWC uint8 in)."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, pad: int = 4):
+        self.images, self.labels, self.pad = images_hwc, labels, pad
+        self.mean = np.asarray(MEAN, dtype=np.float32)[:, None, None]
+        self.std = np.asarray(STD, dtype=np.float32)[:, None, None]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = self.images[i]
+        h, w = img.shape[:2]
+        p = self.pad
+        img = np.pad(img, ((p, p), (p, p), (0, 0)), mode="reflect")  # RandomCrop(padding=4, reflect)
+        top, left = np.random.randint(0, 2 * p + 1, size=2)
+        img = img[top:top + h, left:left + w]
+        if np.random.rand() < 0.5:  # RandomHorizontalFlip
+            img = img[:, ::-1]
+        img = img.transpose(2, 0, 1).astype(np.float32) / 255.0  # ToTensor
+        img = (img - self.mean) / self.std  # Normalize
+        return torch.from_numpy(np.ascontiguousarray(img)), int(self.labels[i])
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(batches, step, warmup: int, steps: int, device) -> float:
+    """Seconds per step over ``steps`` steps after ``warmup``; ``batches`` yields (x, y) forever."""
+    for _ in range(warmup):
+        step(*next(batches))
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(*next(batches))
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def forever(make_iter):
+    while True:
+        yield from make_iter()
+
+
+def make_model(name, depth, device, channels_last):
+    torch.manual_seed(0)
+    factory = {"preresnet": preresnet, "procresnet": procresnet}[name]
+    model = factory(depth).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def sgd(model):
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+def ours(name, depth, data, args, device):
+    x, y = data
+    model = make_model(name, depth, device, channels_last=True)
+    opt = sgd(model)
+    if model.transitions():
+        attach_procrustes(model, opt, p=0.5, seed=0)
+    # as in procres.train: with compile the recorder's hooks would split the graph, so it is left out
+    recorder = None if args.compile else NormRecorder(model.blocks, every=10)
+    net = torch.compile(model) if args.compile else model
+    loader = DeviceLoader(x, y, batch_size=args.batch_size, train=True, mean=MEAN, std=STD, device=device,
+                          channels_last=True, seed=0)
+
+    def step(xb, yb):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(net(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sec = time_steps(forever(lambda: iter(loader)), step, args.warmup, args.steps, device)
+    if recorder is not None:
+        recorder.remove()
+    return sec
+
+
+def authors(name, depth, data, args, device):
+    x, y = data
+    model = make_model(name, depth, device, channels_last=False)
+    opt = sgd(model)
+    if model.transitions():
+        attach_procrustes(model, opt, p=0.5, seed=0, faithful=True, method="newton_schulz")
+    dataset = AuthorsCifar(x.permute(0, 2, 3, 1).contiguous().numpy(), y.numpy())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+                                         num_workers=args.workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=args.workers > 0)
+
+    def step(xb, yb):
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return time_steps(forever(lambda: iter(loader)), step, args.warmup, args.steps, device)
+
+
+def peak_memory(depth, args, device, bf16: bool):
+    """Peak bytes of one forward/backward/step of procresnet(depth) at batch_size (CUDA only)."""
+    model = make_model("procresnet", depth, device, channels_last=bf16)
+    opt = sgd(model)
+    x = torch.randn(args.batch_size, 3, 32, 32, device=device)
+    if bf16:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del model, opt, x, y, loss
+    torch.cuda.empty_cache()
+    return peak
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny nets and data: checks the script runs (CPU ok)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our model")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per pipeline (default 100; smoke 3)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20; smoke 1)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the authors' pipeline")
+    parser.add_argument("--budget", type=float, default=330.0, help="seconds; later sections are skipped after it")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.smoke:
+        n, nets, mem_depth = 512, [("preresnet", 11), ("procresnet", 13)], 13
+        args.steps, args.warmup, args.batch_size = args.steps or 3, args.warmup or 1, min(args.batch_size, 32)
+        args.workers = min(args.workers, 2)
+    else:
+        n, nets, mem_depth = 50_000, [("preresnet", 164), ("procresnet", 166)], 1003
+        args.steps, args.warmup = args.steps or 100, args.warmup or 20
+    torch.backends.cudnn.benchmark = True
+    start = time.perf_counter()
+    out_path = os.path.join(os.environ["OUT"], "gpu_epoch.json") if os.environ.get("OUT") else None
+    steps_per_epoch = 50_000 // args.batch_size
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "smoke": args.smoke, "compile": args.compile, "batch_size": args.batch_size,
+        "steps_timed": args.steps, "warmup": args.warmup, "workers": args.workers,
+        "epoch_steps": steps_per_epoch, "epoch": {}, "peak_memory_gib": {},
+    }
+
+    def save():
+        report["elapsed_s"] = round(time.perf_counter() - start, 1)
+        if out_path:
+            with open(out_path, "w") as f:
+                json.dump(report, f, indent=2)
+
+    gen = torch.Generator().manual_seed(0)
+    data = (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen),
+            torch.randint(0, 10, (n,), generator=gen))
+    print(f"{report['device']}, torch {torch.__version__}, batch {args.batch_size}, {args.warmup}+{args.steps} steps "
+          f"per pipeline, epoch = {steps_per_epoch} steps", flush=True)
+    for name, depth in nets:
+        label = f"{name}{depth}"
+        row = report["epoch"].setdefault(label, {})
+        for pipeline, fn in (("ours", ours), ("authors", authors)):
+            if time.perf_counter() - start > args.budget:
+                print(f"  {label} {pipeline}: skipped (budget {args.budget:.0f} s spent)", flush=True)
+                continue
+            sec = fn(name, depth, data, args, device)
+            row[pipeline] = {"step_ms": 1000 * sec, "images_per_sec": args.batch_size / sec,
+                             "epoch_s": steps_per_epoch * sec}
+            print(f"  {label:<15} {pipeline:<8} {1000 * sec:8.1f} ms/step {args.batch_size / sec:9.0f} img/s "
+                  f"epoch {steps_per_epoch * sec:7.1f} s", flush=True)
+            save()
+        if "ours" in row and "authors" in row:
+            row["speedup"] = row["authors"]["epoch_s"] / row["ours"]["epoch_s"]
+            print(f"  {label:<15} speed-up ours vs authors' pipeline: {row['speedup']:.2f}x  (target >= 4x)", flush=True)
+            save()
+    if device.type == "cuda":
+        for kind, bf16 in (("bf16", True), ("fp32", False)):
+            if time.perf_counter() - start > args.budget:
+                print(f"  peak memory procresnet{mem_depth} {kind}: skipped (budget spent)", flush=True)
+                continue
+            try:
+                peak = peak_memory(mem_depth, args, device, bf16) / 2**30
+            except torch.cuda.OutOfMemoryError:
+                peak = None
+                torch.cuda.empty_cache()
+            report["peak_memory_gib"][f"procresnet{mem_depth}_{kind}"] = peak
+            shown = "out of memory" if peak is None else f"{peak:.2f} GiB"
+            print(f"  peak memory procresnet{mem_depth} batch {args.batch_size} {kind}: {shown}", flush=True)
+            save()
+    save()
+    print(f"done in {time.perf_counter() - start:.0f} s" + (f"; wrote {out_path}" if out_path else ""), flush=True)
+
+
+if __name__ == "__main__":
+    main()
