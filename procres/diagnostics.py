@@ -115,11 +115,11 @@ class _Step:
         device = present[0].device
         dtype = torch.float32 if device.type == "mps" else torch.float64
         nan = torch.full((), math.nan, device=device, dtype=dtype)
-        fwd_in, fwd_out = (torch.stack([nan if t is None else t.to(dtype) for t in self.fwd[r]]) for r in ("in", "out"))
+        fwd_in, fwd_out = (torch.stack([nan if t is None else t for t in self.fwd[r]]) for r in ("in", "out"))
         sizes = {t.numel() for ts in self.grad.values() for t in ts if t is not None}
         if len(sizes) == 1:  # the usual case: one batch size -> a few vectorised kernels
             rows = {r: torch.stack([torch.full(tuple(sizes), math.nan, device=device, dtype=dtype) if t is None
-                                    else t.to(dtype) for t in self.grad[r]]) for r in ("in", "out")}
+                                    else t for t in self.grad[r]]) for r in ("in", "out")}
             grad_in, grad_out = (torch.linalg.vector_norm(rows[r], dim=1) for r in ("in", "out"))
             per = rows["in"] / rows["out"]
             rmin, rmax, rmean = per.amin(dim=1), per.amax(dim=1), per.mean(dim=1)
@@ -150,7 +150,8 @@ class NormRecorder:
     When it records. A *step* is a forward pass of ``units[0]`` in training mode with grad
     enabled; steps 0, every, 2*every, ... (counted since construction) are recorded.  Eval-mode
     or ``no_grad`` forwards are ignored and not counted.  With gradient accumulation each
-    micro-batch forward is a step.  Each unit should run once per forward pass.
+    micro-batch forward is a step.  Each unit should run once per forward pass, and a step's
+    backward must finish before the next training forward (which closes the step).
 
     What it records, per unit and recorded step: ``fwd_in`` = ||x_l||, ``fwd_out`` = ||x_{l+1}||,
     ``grad_in`` = ||dE/dx_l||, ``grad_out`` = ||dE/dx_{l+1}|| (Frobenius over the batch),
@@ -159,10 +160,13 @@ class NormRecorder:
     include any loss scaling (AMP GradScaler); ratios do not depend on it.  A unit whose input
     does not require grad (e.g. raw data) gets NaN for ``grad_in`` and the ratios.
 
-    Cost: a forward pre-hook and a forward hook per unit, one norm per activation tensor (a
-    tensor shared by two units is hooked and reduced once), nothing retained beyond the
+    Cost: a forward hook per unit (plus a pre-hook on ``units[0]`` that opens the step), one
+    norm and one tensor hook per activation tensor (in an ``nn.Sequential`` the output of
+    unit l is the input of unit l+1: hooked and reduced once), nothing retained beyond the
     per-sample norm vectors.  Values stay on the activations' device and are accumulated there:
-    no host synchronisation until :meth:`summary`.
+    no host synchronisation until :meth:`summary`.  The input of a unit other than
+    ``units[0]`` that is not the previous unit's output is noted after the unit's forward, so
+    a unit must not modify its input in place.
 
     ``torch.compile``: the hooks run eagerly (``torch.compiler.disable``), which forces a graph
     break at every unit; a warning says so the first time.  Compiling each unit separately and
@@ -191,35 +195,49 @@ class NormRecorder:
         self._sum: Tensor | None = None
         self._count: Tensor | None = None
         self._warned_compile = False
-        pre = torch.compiler.disable(self._pre_hook)
-        post = torch.compiler.disable(self._post_hook)
-        self._handles = []
+        self._grads_at_start = self._grad_state()
+        # Hook bodies wrapped by torch.compiler.disable: used only inside a compiled graph, where
+        # the call forces a graph break and the body runs eagerly (the wrapper costs time, so
+        # eager forwards call the bodies directly).
+        self._eager_pre = torch.compiler.disable(self._pre_hook)
+        self._eager_post = torch.compiler.disable(self._post_hook)
+        self._handles = [units[0].register_forward_pre_hook(self._traced_pre)]
         for i, u in enumerate(units):
-            # The outer lambdas are what torch.compile traces: they pass whether we are being
-            # compiled into the (disabled, hence eager) hook bodies.
-            self._handles.append(u.register_forward_pre_hook(
-                lambda m, args, i=i: pre(i, m, args, torch.compiler.is_compiling())))
             self._handles.append(u.register_forward_hook(
-                lambda m, args, out, i=i: post(i, m, out, torch.compiler.is_compiling())))
+                lambda m, args, out, i=i: self._traced_post(i, m, args, out)))
 
-    # -- hooks
-    def _pre_hook(self, i: int, module: nn.Module, args, compiling: bool):
+    # -- hooks: a pre-hook on units[0] opens a step; a forward hook per unit notes its tensors
+    def _traced_pre(self, module: nn.Module, args):
+        if torch.compiler.is_compiling():
+            return self._eager_pre(module, args, True)
+        return self._pre_hook(module, args, False)
+
+    def _traced_post(self, i: int, module: nn.Module, args, out):
+        if torch.compiler.is_compiling():
+            return self._eager_post(i, module, args, out, True)
+        return self._post_hook(i, module, args, out, False)
+
+    def _pre_hook(self, module: nn.Module, args, compiling: bool):
         if not (module.training and torch.is_grad_enabled()):
             return None
         if compiling:
             self._warn_compiled()
-        if i == 0:
-            self._finish_step()
-            self._step = _Step(len(self.units)) if self.steps_seen % self.every == 0 else None
-            self.steps_seen += 1
-        if self._step is not None:
-            x = args[0] if args else None
-            self._step.fwd["in"][i] = self._note(i, "in", x, module)
+        self._finish_step()
+        self._step = _Step(len(self.units)) if self.steps_seen % self.every == 0 else None
+        self.steps_seen += 1
+        if self._step is not None:  # before the forward: the input as the unit receives it
+            self._step.fwd["in"][0] = self._note(0, "in", args[0] if args else None, module)
         return None
 
-    def _post_hook(self, i: int, module: nn.Module, out, compiling: bool):
-        if self._step is not None and module.training and torch.is_grad_enabled():
-            self._step.fwd["out"][i] = self._note(i, "out", out, module)
+    def _post_hook(self, i: int, module: nn.Module, args, out, compiling: bool):
+        step = self._step
+        if step is None or not (module.training and torch.is_grad_enabled()):
+            return None
+        if compiling:
+            self._warn_compiled()
+        if step.fwd["in"][i] is None:  # usually the previous unit's output, already hooked
+            step.fwd["in"][i] = self._note(i, "in", args[0] if args else None, module)
+        step.fwd["out"][i] = self._note(i, "out", out, module)
         return None
 
     def _note(self, i: int, role: str, x, module: nn.Module) -> Tensor:
@@ -248,8 +266,9 @@ class NormRecorder:
             return
         finite = torch.isfinite(values)
         if self._sum is None:
-            self._sum = torch.zeros_like(values)
-            self._count = torch.zeros_like(values)
+            dtype = torch.float32 if values.device.type == "mps" else torch.float64
+            self._sum = torch.zeros(values.shape, dtype=dtype, device=values.device)
+            self._count = torch.zeros(values.shape, dtype=dtype, device=values.device)
         self._sum += torch.where(finite, values, torch.zeros_like(values))
         self._count += finite
         self.steps_recorded += 1
@@ -276,10 +295,10 @@ class NormRecorder:
         if self._sum is not None:
             stats = torch.stack([self._sum, self._count])
         else:
-            if self.steps_seen == 0 and any(p.grad is not None for u in self.units for p in u.parameters()):
-                warnings.warn("NormRecorder recorded nothing although the units have gradients: were "
-                              "the hooks bypassed (e.g. by a compiled graph or a forward that does not "
-                              "call the units as modules)?", stacklevel=2)
+            if self.steps_seen == 0 and self._grad_state() != self._grads_at_start:
+                warnings.warn("NormRecorder recorded nothing although the units received gradients: "
+                              "were the hooks bypassed (e.g. a traced/scripted model, or a forward that "
+                              "calls unit.forward() instead of unit())?", stacklevel=2)
             device = "cpu"
             if distributed and torch.distributed.get_backend() == "nccl":
                 device = torch.device("cuda", torch.cuda.current_device())
@@ -291,6 +310,11 @@ class NormRecorder:
         out = {f: mean[j] for j, f in enumerate(FIELDS)}
         out["steps_recorded"] = self.steps_recorded
         return out
+
+    def _grad_state(self) -> list:
+        # Which gradient tensor each parameter holds, and its version: changes with every backward.
+        return [None if p.grad is None else (id(p.grad), p.grad._version)
+                for u in self.units for p in u.parameters()]
 
     # -- lifetime
     def remove(self):
@@ -386,9 +410,9 @@ def jacobian_singular_values(fn: Callable[[Tensor], Tensor], x: Tensor, *, k: in
                 return vjp_fn(u.view_as(out).to(out.dtype))[0].reshape(-1)
 
             gram, dim = ((lambda v: jtv(jv(v))), n) if m >= n else ((lambda u: jv(jtv(u))), m)
-            steps = min(dim, 300 if max_iter is None else max_iter)
+            steps = min(dim, max(k, 300 if max_iter is None else max_iter))
             theta, iterations, converged = _lanczos(gram, dim, k, which, tol, steps, x.dtype, x.device, seed)
-            s = theta.clamp_min(0).sqrt().flip(0)  # descending singular values
+            s = theta.clamp_min(0).sqrt().flip(0).to(device=x.device, dtype=x.dtype)  # descending
     if not converged:
         warnings.warn(f"jacobian_singular_values: Lanczos did not converge in {iterations} iterations "
                       f"(tol={tol:g}); raise max_iter (at most {min(m, n)} = full Krylov space)", stacklevel=2)

@@ -8,6 +8,7 @@ all in float64 on tiny inputs.
 import gc
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -180,8 +181,8 @@ def test_hooks_removed_and_no_growth_over_100_steps():
     units = nn.Sequential(Residual(2), Residual(2), nn.Conv2d(2, 2, 1)).to(F64)
     x = torch.randn(2, 2, 4, 4, dtype=F64, requires_grad=True)
     with NormRecorder(units) as rec:
-        for u in units:
-            assert len(u._forward_hooks) == 1 and len(u._forward_pre_hooks) == 1
+        assert [len(u._forward_hooks) for u in units] == [1, 1, 1]
+        assert [len(u._forward_pre_hooks) for u in units] == [1, 0, 0]  # opens a step
         for _ in range(10):
             units(x).sum().backward()
         gc.collect()
@@ -198,6 +199,22 @@ def test_hooks_removed_and_no_growth_over_100_steps():
     units(x).sum().backward()  # no hook fires after removal
     assert rec.summary()["steps_recorded"] == 110
     assert rec.summary()["grad_in"][0] == pytest.approx(rec.summary()["grad_in"][0])
+
+
+def test_warns_when_hooks_were_bypassed():
+    units = tiny_units()
+    (units(torch.randn(2, 3, 8, 8, dtype=F64))).sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with NormRecorder(units) as rec:  # earlier gradients are no reason to warn
+            assert rec.summary()["steps_recorded"] == 0
+    with NormRecorder(units) as rec:
+        x = torch.randn(2, 3, 8, 8, dtype=F64)
+        for u in units:
+            x = u.forward(x)  # bypasses module hooks
+        x.sum().backward()
+        with pytest.warns(UserWarning, match="recorded nothing"):
+            rec.summary()
 
 
 def test_recorder_rejects_bad_arguments():
@@ -259,6 +276,9 @@ def test_lanczos_repeated_singular_values_and_which():
     spec = jacobian_singular_values(fn, torch.randn(2, 12, dtype=F64), k=5, which="largest")
     torch.testing.assert_close(spec.largest, torch.full((5,), 3.0, dtype=F64))
     assert spec.smallest is None
+    spec = jacobian_singular_values(lambda z: 3.0 * z @ q.T.float(), torch.randn(2, 12), k=2, which="smallest")
+    assert spec.largest is None and spec.smallest.dtype == torch.float32
+    torch.testing.assert_close(spec.smallest, torch.full((2,), 3.0))
     with pytest.raises(ValueError, match="which"):
         jacobian_singular_values(fn, torch.randn(2, 12), which="middle")
     with pytest.raises(ValueError, match="method"):
