@@ -86,6 +86,20 @@ def main(argv=None):
           f"{med['proc+hook'] / med['preresnet']:.3f}   (target <= 1.03)")
     print(f"ratio procresnet{args.depth}+projection / procresnet{args.depth} without hook: "
           f"{med['proc+hook'] / med['proc']:.3f}")
+    # the projection alone, with less noise than a difference of two step medians
+    # (a hook with p = 1 on an optimizer whose step has no gradients to apply)
+    layers = proc.transitions()
+    idle = torch.optim.SGD(proc.parameters(), lr=0.0)
+    attach_procrustes(proc, idle, p=1.0, seed=0)
+    costs = []
+    idle.step()  # warm-up
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        idle.step()
+        costs.append(time.perf_counter() - t0)
+    cost = statistics.median(costs)
+    print(f"projection of all {len(layers)} transition convs: {1000 * cost:.1f} ms; expected per step at "
+          f"p = {args.p}: {1000 * args.p * cost:.1f} ms = {100 * args.p * cost / med['proc']:.1f}% of the step")
 
 
 if __name__ == "__main__":
