@@ -62,7 +62,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -115,7 +114,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
     log = _logger(run_dir, main, quiet)
     try:
         checkpoint = load_checkpoint(run_dir) if cfg.resume else None
-        if not cfg.resume and main and (run_dir / "checkpoint.pt").exists():
+        if not cfg.resume and (run_dir / "checkpoint.pt").exists():
             raise ValueError(f"{run_dir} already holds a run (checkpoint.pt): pass resume=True / --resume "
                              "to continue it, or choose another out folder")
         if main:
@@ -179,7 +178,10 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
         epoch, step, history = 0, 0, []
         partial = None
         if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
+            try:
+                model.load_state_dict(checkpoint["model"])
+            except RuntimeError as err:
+                raise ValueError(f"the checkpoint in {run_dir} does not fit model {cfg.model!r}: {err}") from err
             optimizer.load_state_dict(checkpoint["optimizer"])
             if hook is not None:
                 hook.load_state_dict(checkpoint["projection"])
