@@ -219,7 +219,7 @@ def test_ddp_two_gloo_ranks_agree_and_follow_the_single_process_curve(tmp_path):
     # same global batch and steps; BN batch statistics (per rank of 32 vs 64) and augmentation draws
     # differ, so the curves are close, not equal
     for d, s in zip(ddp[1:], single[1:]):
-        assert abs(d["train_loss"] - s["train_loss"]) < 0.15 * s["train_loss"], (d["train_loss"], s["train_loss"])
+        assert abs(d["train_loss"] - s["train_loss"]) < 0.05 * s["train_loss"], (d["train_loss"], s["train_loss"])
     assert ddp[-1]["train_loss"] < ddp[1]["train_loss"]
     # evaluation is sharded and all-reduced: it counts each test image once (270 digits)
     assert ddp[0]["test_acc"] == pytest.approx(single[0]["test_acc"])  # same initial weights
