@@ -16,9 +16,11 @@ from procres.procrustes import (
     attach_procrustes,
     polar,
     project_conv_,
+    project_kernel,
     register_procrustes_hook,
+    symbol_polar,
 )
-from procres.spectral import conv_singular_values
+from procres.spectral import conv_singular_values, polyphase_symbol
 from test_spectral import index_formula_matrix
 
 
@@ -54,6 +56,15 @@ def test_newton_schulz_reports_non_convergence():
     A = torch.diag(torch.tensor([1.0, 1e-3], dtype=torch.float64))
     _, info = polar(A, method="newton_schulz", max_iter=3, return_info=True)
     assert not info["converged"] and info["iterations"] == 3 and info["residual"] > 1e-6
+
+
+@pytest.mark.parametrize("grid", [(4, 4), (5, 6), (3, 4)])
+def test_symbol_polar_matches_polar_of_the_full_spectrum(grid):
+    # one polar factor per conjugate pair, then mirrored: equal to the polar of every frequency
+    w = torch.randn(3, 5, 2, 3, dtype=torch.float64)
+    half = symbol_polar(polyphase_symbol(w, grid), grid)
+    full = polar(torch.fft.fft2(w, s=grid).permute(2, 3, 0, 1))
+    torch.testing.assert_close(half, full[:, : grid[1] // 2 + 1])
 
 
 # ----------------------------------------------------------------------------- projection
@@ -155,6 +166,15 @@ def test_svd_and_newton_schulz_projections_agree():
     rb = project_conv_(b, 8, method="newton_schulz")
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert ra.max_rel_error == pytest.approx(rb.max_rel_error, abs=1e-5)
+
+
+def test_project_kernel_is_pure_and_equals_one_in_place_step():
+    w = torch.randn(6, 3, 3, 3)
+    before = w.clone()
+    new = project_kernel(w, 8, stride=2)
+    assert torch.equal(w, before) and new.dtype == torch.float32 and new.shape == w.shape
+    project_conv_(w, 8, stride=2)
+    torch.testing.assert_close(new, w)
 
 
 def test_projection_in_place_keeps_dtype_device_and_parameter():
