@@ -119,7 +119,8 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path,
         return model
 
     monkeypatch.setattr(train_module, "build_model", nan_on_third_training_forward)
-    config = _tiny(tmp_path, init_norm_batches=0, checkpoint_every_steps=1)
+    # checkpoint_minutes tiny: the time-based mid-epoch checkpoint fires after every step
+    config = _tiny(tmp_path, init_norm_batches=0, checkpoint_minutes=1e-9)
     with pytest.raises(FloatingPointError, match="non-finite loss in epoch 1, step 3"):
         train(config, quiet=True)
     assert load_checkpoint(config.out)["step"] == 2
