@@ -31,11 +31,16 @@ import argparse
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DATASETS = ("cifar10", "cifar100", "digits")
 DEVICES = ("auto", "cpu", "cuda")
 PROJECTION_METHODS = ("svd", "newton_schulz")
+
+
+def _f(default, help: str):
+    """A dataclass field with its ``--flag`` help text."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -43,46 +48,46 @@ class TrainConfig:
     """Every setting of one training run (see the module docstring for recipes and precedence)."""
 
     # what to train, on what
-    model: str = "resnet20"  # a name known to procres.models (e.g. resnet110, preresnet164, procresnet166)
-    dataset: str | None = None  # cifar10 | cifar100 | digits; None: digits without --data, else from the path
-    data: str | None = None  # CIFAR archive (.tar.gz) or its extracted folder
-    val_size: int | None = None  # held-out training images; None: the data set's default; 0: none
-    recipe: str | None = None  # the recipe these values came from (informative once resolved)
+    model: str = _f("resnet20", "registered model (resnet110, preresnet164, procresnet166, ...) or family+depth (procresnet13)")
+    dataset: str | None = _f(None, "cifar10 | cifar100 | digits; None: digits without --data, else from the path")
+    data: str | None = _f(None, "CIFAR archive (.tar.gz) or its extracted folder")
+    val_size: int | None = _f(None, "held-out training images; None: the data set's default; 0: none")
+    recipe: str | None = _f(None, "named recipe applied over the defaults and under explicit flags: paper | he2016 | demo")
     # optimisation
-    epochs: int = 300
-    batch_size: int = 128  # global batch: divided over DDP ranks
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    milestones: tuple[int, ...] = (150, 225)  # epochs at which the lr is multiplied by gamma
-    gamma: float = 0.1
-    warmup_lr: float = 0.01  # lr for the first warmup_iters iterations ...
-    warmup_iters: int = 0  # ... then back to the schedule (0: no warm-up)
+    epochs: int = _f(300, "training epochs")
+    batch_size: int = _f(128, "global batch: divided over DDP ranks")
+    lr: float = _f(0.1, "base learning rate (SGD)")
+    momentum: float = _f(0.9, "SGD momentum")
+    nesterov: bool = _f(False, "Nesterov momentum")
+    weight_decay: float = _f(1e-4, "L2 weight decay on every parameter (as the authors)")
+    milestones: tuple[int, ...] = _f((150, 225), "epochs at which the lr is multiplied by gamma")
+    gamma: float = _f(0.1, "lr factor at each milestone")
+    warmup_lr: float = _f(0.01, "lr for the first warmup_iters iterations, then back to the schedule")
+    warmup_iters: int = _f(0, "warm-up length in iterations (0: no warm-up)")
     # Procrustes projection (acts only on models with transitions(), i.e. ProcResNets)
-    projection_p: float = 0.5
-    projection_method: str = "svd"
-    faithful: bool = False  # reproduce the authors' projection quirks (see procres.procrustes)
+    projection_p: float = _f(0.5, "probability of projecting each transition conv after a step")
+    projection_method: str = _f("svd", "polar factor by svd | newton_schulz")
+    faithful: bool = _f(False, "reproduce the authors' projection quirks (see procres.procrustes)")
     # data pipeline
-    pad: int = 4  # pixels of padding before the random crop
-    pad_mode: str = "reflect"  # reflect | zeros
-    eval_batch_size: int = 1024
-    max_steps_per_epoch: int = 0  # >0: cut every epoch short (tests, smoke runs)
+    pad: int = _f(4, "pixels of padding before the random crop")
+    pad_mode: str = _f("reflect", "reflect | zeros")
+    eval_batch_size: int = _f(1024, "batch for validation / test evaluation")
+    max_steps_per_epoch: int = _f(0, ">0: cut every epoch short (tests, smoke runs)")
     # diagnostics
-    record_every: int = 10  # record per-block norm ratios on every k-th training step (0: never)
-    init_norm_batches: int = 4  # batches measured for the epoch-0 (initialisation) norms
+    record_every: int = _f(10, "record per-block norm ratios on every k-th training step (0: never)")
+    init_norm_batches: int = _f(4, "batches measured for the epoch-0 (initialisation) norms")
     # run, device and speed
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    out: str | None = None  # run folder; None: runs/<model>-<dataset>-seed<seed>
-    resume: bool = False  # continue from out/checkpoint.pt when it exists
-    amp: bool | None = None  # bf16 autocast; None: on for CUDA, off for CPU
-    channels_last: bool | None = None  # None: on (CUDA and CPU)
-    compile: bool = False  # torch.compile the model (CUDA only: on CPU it compiles slowly and gains nothing)
-    deterministic: bool | None = None  # None: on for CPU, off for CUDA
-    threads: int = 0  # torch CPU threads (0: leave torch's default)
-    checkpoint_minutes: float = 10.0  # also checkpoint mid-epoch this often (0: only at epoch ends)
-    checkpoint_every_steps: int = 0  # also checkpoint every N steps (0: off; used by the tests)
+    seed: int = _f(0, "seeds init, split, data order, augmentation and projection draws")
+    device: str = _f("auto", "auto | cpu | cuda")
+    out: str | None = _f(None, "run folder; None: runs/<model>-<dataset>-seed<seed>")
+    resume: bool = _f(False, "continue from out/checkpoint.pt when it exists")
+    amp: bool | None = _f(None, "bf16 autocast; None: on for CUDA, off for CPU")
+    channels_last: bool | None = _f(None, "channels_last memory format; None: on (CUDA and CPU)")
+    compile: bool = _f(False, "torch.compile the model (CUDA only: on CPU it compiles slowly and gains nothing)")
+    deterministic: bool | None = _f(None, "deterministic algorithms (bit-exact resume); None: on for CPU, off for CUDA")
+    threads: int = _f(0, "torch CPU threads (0: leave torch's default)")
+    checkpoint_minutes: float = _f(10.0, "also checkpoint mid-epoch this often (0: only at epoch ends)")
+    checkpoint_every_steps: int = _f(0, "also checkpoint every N steps (0: off; used by the tests)")
 
     def __post_init__(self):
         self.milestones = tuple(int(m) for m in self.milestones)
@@ -237,7 +242,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, skip: typing.Iterab
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), kind) if optional else kind
         default = f.default
-        help_text = f"default {default!r}"
+        help_text = f"{f.metadata.get('help', '')} (default {default!r})".lstrip()
         kwargs: dict = dict(default=argparse.SUPPRESS, dest=f.name)
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
