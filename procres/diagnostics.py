@@ -530,7 +530,7 @@ def check_bounds(unit: Callable[[Tensor], Tensor], x: Tensor, grad_out: Tensor, 
 
 
 # ---------------------------------------------------------------- depth study
-def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.05, momentum: float = 0.9,
+def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.02, momentum: float = 0.9,
                 weight_decay: float = 0.0, batch_size: int = 32, measure_batches: int = 4, seed: int = 0,
                 device="cpu") -> dict:
     """r_l per unit at initialisation and after ``steps`` SGD steps, for each depth and family.

@@ -19,6 +19,15 @@ from procres.diagnostics import FIELDS, NormRecorder, check_bounds, depth_study,
 F64 = torch.float64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_threaded():
+    """Tiny operators: one torch thread (thread pools spin against other jobs on 2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- tiny units
 class Residual(nn.Module):
     """x + eps * conv(tanh(conv(x))): an identity-skip unit whose branch is scaled by eps."""
