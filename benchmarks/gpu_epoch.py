@@ -232,7 +232,8 @@ def main(argv=None):
             save()
         if "ours" in row and "authors" in row:
             row["speedup"] = row["authors"]["epoch_s"] / row["ours"]["epoch_s"]
-            print(f"  {label:<15} speed-up ours vs authors' pipeline: {row['speedup']:.2f}x  (target >= 4x)", flush=True)
+            print(f"  {label:<15} speed-up ours vs authors' pipeline: {row['speedup']:.2f}x  (target >= 4x)",
+                  flush=True)
             save()
     if device.type == "cuda":
         for kind, bf16 in (("bf16", True), ("fp32", False)):

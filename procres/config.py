@@ -48,11 +48,13 @@ class TrainConfig:
     """Every setting of one training run (see the module docstring for recipes and precedence)."""
 
     # what to train, on what
-    model: str = _f("resnet20", "registered model (resnet110, preresnet164, procresnet166, ...) or family+depth (procresnet13)")
+    model: str = _f("resnet20", "registered model (resnet110, preresnet164, procresnet166, ...) or "
+                                "family+depth (procresnet13)")
     dataset: str | None = _f(None, "cifar10 | cifar100 | digits; None: digits without --data, else from the path")
     data: str | None = _f(None, "CIFAR archive (.tar.gz) or its extracted folder")
     val_size: int | None = _f(None, "held-out training images; None: the data set's default; 0: none")
-    recipe: str | None = _f(None, "named recipe applied over the defaults and under explicit flags: paper | he2016 | demo")
+    recipe: str | None = _f(None, "named recipe applied over the defaults, under explicit flags: "
+                                  "paper | he2016 | demo")
     # optimisation
     epochs: int = _f(300, "training epochs")
     batch_size: int = _f(128, "global batch: divided over DDP ranks")
@@ -224,7 +226,8 @@ def _optional(kind):
     return parse
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, skip: typing.Iterable[str] = ()) -> argparse.ArgumentParser:
+def add_config_arguments(parser: argparse.ArgumentParser, *,
+                         skip: typing.Iterable[str] = ()) -> argparse.ArgumentParser:
     """Add one ``--field-name`` option per TrainConfig field (except ``skip``).
 
     Options default to ``argparse.SUPPRESS``, so only flags the user actually gave reach

@@ -27,17 +27,15 @@ evaluation metrics; its train_* are null. val_* are null without a validation sp
 The result is the final-epoch test error and the test error at the epoch with the best validation
 accuracy (earliest on ties) -- never the best test epoch. Errors are fractions in [0, 1].
 
-Checkpoints are written atomically (temporary file in the same folder, flush, fsync, rename, fsync
-of the folder) at the end of every epoch, every ``checkpoint_minutes`` and every
-``checkpoint_every_steps`` steps. They hold the model, the optimizer (momentum buffers), the
-projection hook's generator, the data loader's position, the partial epoch sums, the history so
-far, and the Python / numpy / torch / CUDA RNG states stored as plain lists and tensors so that
-``torch.load(weights_only=True)`` reads them. There is no LR-scheduler object (``lr_at`` is a pure
-function of epoch and step) and no grad scaler (bf16 needs no loss scaling). The norm recorder's
-partial window is not saved: after a resume the current epoch's norms cover the resumed part only.
-On a resume ``history.jsonl`` is rewritten from the checkpoint, so it never holds an epoch twice.
-Before ``checkpoint.pt`` is replaced the old one is renamed ``checkpoint.prev.pt``; an unreadable
-checkpoint raises ValueError naming it and the previous one, which is left untouched.
+Checkpoints (``procres.checkpoint``: atomic writes, ``weights_only`` loading) are saved at the end
+of every epoch, every ``checkpoint_minutes`` and every ``checkpoint_every_steps`` steps. They hold
+the model, the optimizer (momentum buffers), the projection hook's generator, each rank's data
+loader position, the partial epoch sums, the history so far and the Python / numpy / torch / CUDA
+RNG states. There is no LR-scheduler object (``lr_at`` is a pure function of epoch and step) and
+no grad scaler (bf16 needs no loss scaling). The norm recorder's partial window is not saved:
+after a resume the current epoch's norms cover the resumed part only. On a resume
+``history.jsonl`` is rewritten from the checkpoint, so it never holds an epoch twice. An
+unreadable checkpoint raises ValueError naming it and ``checkpoint.prev.pt``, which is kept.
 
 With ``deterministic`` on a CPU, a run killed at any point (SIGKILL included) and resumed with
 ``resume=True`` ends with weights bit-identical to an uninterrupted run (``tests/test_train.py``).
@@ -54,7 +52,8 @@ DDP: launch with ``torchrun --nproc_per_node N -m procres train ...``. NCCL on C
 each batch order (DeviceLoader rank/world_size); the projection hook is seeded identically on
 every rank so it projects the same layers the same way; BN running statistics are broadcast from
 rank 0 at the end of each epoch; training and evaluation sums are all-reduced; only rank 0 writes
-files. Resuming needs the run folder on a file system every rank can read.
+files. Resuming needs the same number of ranks and the run folder on a file system every rank
+can read.
 """
 
 from __future__ import annotations
@@ -74,12 +73,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from procres.checkpoint import (append_jsonl, atomic_save, atomic_write_text, load_checkpoint, rng_state,
+                                save_checkpoint, set_rng_state)
 from procres.config import TrainConfig, lr_at
 
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
 
-__all__ = ["train", "train_seeds", "save_checkpoint", "load_checkpoint", "build_model"]
+__all__ = ["train", "train_seeds", "build_model"]
 
 
 def train(config: TrainConfig, *, quiet: bool = False) -> dict:
@@ -118,7 +119,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             raise ValueError(f"{run_dir} already holds a run (checkpoint.pt): pass resume=True / --resume "
                              "to continue it, or choose another out folder")
         if main:
-            _atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+            atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
 
         # ---------------------------------------------------------------- data, model, optimizer
         _seed_everything(cfg.seed)
@@ -185,7 +186,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             optimizer.load_state_dict(checkpoint["optimizer"])
             if hook is not None:
                 hook.load_state_dict(checkpoint["projection"])
-            _set_rng_state(checkpoint["rng"], cuda)
+            set_rng_state(checkpoint["rng"], cuda)
             epoch, step = checkpoint["epoch"], checkpoint["step"]
             history = json.loads(checkpoint["history"])
             partial = checkpoint["partial"]
@@ -193,18 +194,18 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                 train_loader.set_epoch(epoch)
                 train_loader.load_state_dict(checkpoint["loader"][rank])
             if main:
-                _atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+                atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
             log.info(f"resumed from {run_dir / 'checkpoint.pt'} at epoch {epoch}, step {step}")
         else:
             if main:
-                _atomic_write_text(run_dir / "history.jsonl", "")
+                atomic_write_text(run_dir / "history.jsonl", "")
             record = {"epoch": 0, "step": 0, "lr": lr_at(cfg, 0, 0), "train_loss": None, "train_acc": None}
             record.update(_eval_record(evaluate(val_loader), evaluate(test_loader)))
             record.update(epoch_time=None, images_per_sec=None, block_kinds=model.block_kinds,
                           norms=_probe_norms(model, data, cfg, device, amp))
             history.append(record)
             if main:
-                _append_jsonl(run_dir / "history.jsonl", record)
+                append_jsonl(run_dir / "history.jsonl", record)
         log.info(f"{cfg.model} on {cfg.dataset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
                  f"{len(data.train_y)} training images, {steps_per_epoch} steps/epoch, device {device}, "
                  f"{world} rank(s), projection {'on' if hook else 'off'}")
@@ -284,7 +285,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             history.append(record)
             if main:
                 save_checkpoint(run_dir, _state(model, optimizer, hook, None, epoch, step, None, history, cfg, cuda))
-                _append_jsonl(run_dir / "history.jsonl", record)
+                append_jsonl(run_dir / "history.jsonl", record)
             last_checkpoint = time.monotonic()
             log.info(_row(record))
         if recorder:
@@ -293,8 +294,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
         # ---------------------------------------------------------------- result
         result = _result(history, run_dir)
         if main:
-            _atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, run_dir / "model.pt")
-            _atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+            atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, run_dir / "model.pt")
+            atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
         best = result["test_error_at_best_val"]
         log.info(f"final test error {100 * result['final_test_error']:.2f}%"
                  + (f", at the best validation epoch {result['best_val_epoch']}: {100 * best:.2f}%" if best is not None
@@ -335,7 +336,7 @@ def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
         summary[key] = {"values": values, "mean": float(np.mean(values)),
                         "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
     if not dist.is_initialized() or dist.get_rank() == 0:
-        _atomic_write_text(base / "summary.json", json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(base / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -354,118 +355,20 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
         return getattr(models, family)(int(match.group(2)), **kwargs)
 
 
-# ---------------------------------------------------------------- checkpoints
-def save_checkpoint(run_dir, state: dict) -> Path:
-    """Atomically write ``run_dir/checkpoint.pt``; the one it replaces becomes checkpoint.prev.pt."""
-    run_dir = Path(run_dir)
-    path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
-    tmp = _write_tmp(state, path)
-    if path.exists():
-        os.replace(path, prev)
-    os.replace(tmp, path)
-    _fsync_dir(run_dir)
-    return path
-
-
-def load_checkpoint(run_dir) -> dict | None:
-    """The latest checkpoint in ``run_dir`` (None when there is none), read with weights_only=True.
-
-    Falls back to checkpoint.prev.pt only when checkpoint.pt is *missing* (a kill between the two
-    renames of :func:`save_checkpoint`); an unreadable checkpoint.pt raises ValueError.
-    """
-    run_dir = Path(run_dir)
-    path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
-    if not path.exists():
-        if not prev.exists():
-            return None
-        path = prev
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        missing = {"model", "optimizer", "rng", "epoch", "step", "history"} - set(state)
-        if missing:
-            raise KeyError(f"missing {sorted(missing)}")
-    except Exception as err:  # truncated zip, unpickling error, wrong content: all the same to the user
-        keep = (f"the previous checkpoint {prev} is kept untouched: move it to {path} to resume one save earlier"
-                if prev.exists() and prev != path else "there is no previous checkpoint")
-        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); {keep}") from err
-    return state
-
-
+# ---------------------------------------------------------------- checkpoint contents
 def _state(model, optimizer, hook, loader_state, epoch, step, partial, history, cfg, cuda) -> dict:
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "projection": hook.state_dict() if hook is not None else None,
         "loader": loader_state,  # list of DeviceLoader.state_dict(), one per rank (None at an epoch end)
-        "rng": _rng_state(cuda),
+        "rng": rng_state(cuda),
         "epoch": epoch,  # epochs completed
         "step": step,  # optimizer steps taken
         "partial": partial,  # None at an epoch end, else the position and sums within epoch `epoch`
         "history": json.dumps(history),
         "config": cfg.to_json(),
     }
-
-
-def _rng_state(cuda: bool) -> dict:
-    version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(internal), gauss],
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if cuda else [],
-    }
-
-
-def _set_rng_state(state: dict, cuda: bool) -> None:
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if cuda and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_tmp(obj, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    return tmp
-
-
-def _atomic_save(obj, path: Path) -> None:
-    os.replace(_write_tmp(obj, path), path)
-    _fsync_dir(path.parent)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- pieces of the loop

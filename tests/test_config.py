@@ -105,7 +105,8 @@ def test_warmup_returns_to_the_base_lr_and_milestones_apply():
 
 def test_resolved_fills_automatic_fields():
     cpu = TrainConfig(model="resnet8").resolved(cuda_available=False)
-    assert (cpu.dataset, cpu.device, cpu.amp, cpu.deterministic, cpu.channels_last) == ("digits", "cpu", False, True, True)
+    resolved = (cpu.dataset, cpu.device, cpu.amp, cpu.deterministic, cpu.channels_last)
+    assert resolved == ("digits", "cpu", False, True, True)
     assert cpu.out == "runs/resnet8-digits-seed0"
     gpu = TrainConfig(data="/data/cifar-100-python.tar.gz").resolved(cuda_available=True)
     assert (gpu.dataset, gpu.device, gpu.amp, gpu.deterministic) == ("cifar100", "cuda", True, False)

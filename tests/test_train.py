@@ -18,7 +18,8 @@ import torch
 from procres.cli import build_parser, main
 from procres.config import TrainConfig, config_from_args
 import procres.train as train_module
-from procres.train import _result, build_model, load_checkpoint, train
+from procres.checkpoint import load_checkpoint
+from procres.train import _result, build_model, train
 
 HISTORY_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                 "epoch_time", "images_per_sec", "norms", "block_kinds"}

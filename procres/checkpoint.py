@@ -1,0 +1,127 @@
+"""Training checkpoints and run files written so that a kill at any moment leaves them usable.
+
+Every file is written atomically: a temporary file in the same folder, flush, ``os.fsync``,
+``os.replace`` onto the final name, then an fsync of the folder so that the rename itself is
+durable. ``save_checkpoint`` first renames the checkpoint it replaces to ``checkpoint.prev.pt``;
+``load_checkpoint`` reads with ``torch.load(weights_only=True)`` (no arbitrary unpickling), uses
+``checkpoint.prev.pt`` only when ``checkpoint.pt`` is missing (a kill between the two renames) and
+turns an unreadable ``checkpoint.pt`` into a ValueError that names it and the previous one, which
+it leaves untouched. RNG states are stored as lists, ints and tensors so that ``weights_only``
+loading accepts them (Python's ``random.getstate()`` tuple becomes a list and back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_save",
+           "atomic_write_text", "append_jsonl"]
+
+
+def save_checkpoint(run_dir, state: dict) -> Path:
+    """Atomically write ``run_dir/checkpoint.pt``; the one it replaces becomes checkpoint.prev.pt."""
+    run_dir = Path(run_dir)
+    path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+    tmp = _write_tmp(state, path)
+    if path.exists():
+        os.replace(path, prev)
+    os.replace(tmp, path)
+    _fsync_dir(run_dir)
+    return path
+
+
+def load_checkpoint(run_dir) -> dict | None:
+    """The latest checkpoint in ``run_dir`` (None when there is none), read with weights_only=True.
+
+    Falls back to checkpoint.prev.pt only when checkpoint.pt is *missing* (a kill between the two
+    renames of :func:`save_checkpoint`); an unreadable checkpoint.pt raises ValueError.
+    """
+    run_dir = Path(run_dir)
+    path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"
+    if not path.exists():
+        if not prev.exists():
+            return None
+        path = prev
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = {"model", "optimizer", "rng", "epoch", "step", "history"} - set(state)
+        if missing:
+            raise KeyError(f"missing {sorted(missing)}")
+    except Exception as err:  # truncated zip, unpickling error, wrong content: all the same to the user
+        keep = (f"the previous checkpoint {prev} is kept untouched: move it to {path} to resume one save earlier"
+                if prev.exists() and prev != path else "there is no previous checkpoint")
+        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); {keep}") from err
+    return state
+
+
+def rng_state(cuda: bool) -> dict:
+    """Python, numpy, torch (and, with ``cuda``, every CUDA device's) RNG states, weights_only-safe."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if cuda else [],
+    }
+
+
+def set_rng_state(state: dict, cuda: bool) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if cuda and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_tmp(obj, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def atomic_save(obj, path: Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically."""
+    os.replace(_write_tmp(obj, path), path)
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line and fsync it (a torn last line is repaired by the resume's rewrite)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
