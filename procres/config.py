@@ -50,7 +50,8 @@ class TrainConfig:
     # what to train, on what
     model: str = _f("resnet20", "registered model (resnet110, preresnet164, procresnet166, ...) or "
                                 "family+depth (procresnet13)")
-    dataset: str | None = _f(None, "cifar10 | cifar100 | digits; None: digits without --data, else from the path")
+    dataset: str | None = _f(None, "cifar10 | cifar100 | digits; None: digits without --data, else cifar100 if the path "
+                                  "names cifar-100, otherwise cifar10")
     data: str | None = _f(None, "CIFAR archive (.tar.gz) or its extracted folder")
     val_size: int | None = _f(None, "held-out training images; None: the data set's default; 0: none")
     recipe: str | None = _f(None, "named recipe applied over the defaults, under explicit flags: "
@@ -143,7 +144,9 @@ class TrainConfig:
         """Fill every automatic (None / "auto") field with what it means on this machine."""
         dataset = self.dataset
         if dataset is None:
-            dataset = "digits" if self.data is None else ("cifar100" if "100" in str(self.data) else "cifar10")
+            path = str(self.data).lower()
+            dataset = "digits" if self.data is None else ("cifar100" if "cifar-100" in path or "cifar100" in path
+                                                          else "cifar10")
         device = self.device
         if device == "auto":
             device = "cuda" if cuda_available else "cpu"

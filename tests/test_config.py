@@ -110,3 +110,4 @@ def test_resolved_fills_automatic_fields():
     assert cpu.out == "runs/resnet8-digits-seed0"
     gpu = TrainConfig(data="/data/cifar-100-python.tar.gz").resolved(cuda_available=True)
     assert (gpu.dataset, gpu.device, gpu.amp, gpu.deterministic) == ("cifar100", "cuda", True, False)
+    assert TrainConfig(data="/runs100/cifar-10-batches-py").resolved().dataset == "cifar10"
