@@ -152,6 +152,7 @@ class NormRecorder:
     or ``no_grad`` forwards are ignored and not counted.  With gradient accumulation each
     micro-batch forward is a step.  Each unit should run once per forward pass, and a step's
     backward must finish before the next training forward (which closes the step).
+    ``steps_seen`` may be set, e.g. to the global step after a resume, to keep the cadence.
 
     What it records, per unit and recorded step: ``fwd_in`` = ||x_l||, ``fwd_out`` = ||x_{l+1}||,
     ``grad_in`` = ||dE/dx_l||, ``grad_out`` = ||dE/dx_{l+1}|| (Frobenius over the batch),
@@ -560,7 +561,8 @@ def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.02, mo
     factories = model_factory if isinstance(model_factory, dict) else {"model": model_factory}
     for family, factory in factories.items():
         if not callable(factory):
-            raise ValueError(f"model_factory[{family!r}] must be callable(depth) -> model, got {type(factory).__name__}")
+            raise ValueError(f"model_factory[{family!r}] must be callable(depth) -> model, "
+                             f"got {type(factory).__name__}")
     depths = list(depths)
     if not depths or not all(isinstance(d, int) and d > 0 for d in depths):
         raise ValueError(f"depths must be a non-empty list of positive ints, got {depths!r}")

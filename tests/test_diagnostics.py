@@ -205,9 +205,9 @@ def test_hooks_removed_and_no_growth_over_100_steps():
         assert not x._backward_hooks  # the leaf input does not collect one hook per step
     for u in units.modules():
         assert not u._forward_hooks and not u._forward_pre_hooks
+    kept = rec.summary()
     units(x).sum().backward()  # no hook fires after removal
-    assert rec.summary()["steps_recorded"] == 110
-    assert rec.summary()["grad_in"][0] == pytest.approx(rec.summary()["grad_in"][0])
+    assert rec.summary() == kept and rec.steps_seen == 110
 
 
 def test_warns_when_hooks_were_bypassed():
@@ -348,8 +348,8 @@ class TinyNet(nn.Module):
     def __init__(self, depth: int, residual: bool):
         super().__init__()
         self.stem = nn.Conv2d(1, 4, 3, padding=1)
-        self.blocks = nn.Sequential(*[Residual(4, 1.0) if residual else nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh())
-                                      for _ in range(depth)])
+        plain = lambda: nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh())  # noqa: E731
+        self.blocks = nn.Sequential(*[Residual(4, 1.0) if residual else plain() for _ in range(depth)])
         self.block_kinds = ["identity" if residual else "plain"] * depth
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
 
