@@ -18,8 +18,8 @@ no CIFAR files, PIL or torchvision are needed. For preresnet164 and procresnet16
 Both run ``--warmup`` steps, then ``--steps`` timed steps (one device sync at each end of the
 window); the epoch time is extrapolated to 390 steps (50,000 images, batch 128, last partial
 batch dropped). Evaluation is not included. cudnn.benchmark is on for both. Then the peak GPU
-memory of one forward/backward/step of procresnet1003 at batch 128 (torch.cuda.max_memory_allocated),
-bf16 autocast + channels_last and fp32.
+memory of one forward/backward/step of procresnet1003 at batch 128 (torch.cuda.max_memory_allocated,
+cudnn.benchmark off so that algorithm trials do not count), bf16 autocast + channels_last and fp32.
 
 Results are printed and, when the environment variable OUT is set, written to
 ``$OUT/gpu_epoch.json`` after every measurement (a timeout keeps what was measured).
@@ -166,12 +166,14 @@ def peak_memory(depth, args, device, bf16: bool):
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
+    benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, False  # no trial workspaces
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         loss = F.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device)
+    torch.backends.cudnn.benchmark = benchmark
     del model, opt, x, y, loss
     torch.cuda.empty_cache()
     return peak
