@@ -287,8 +287,9 @@ class NormRecorder:
         ``ratio_max``, ``ratio_mean`` and ``steps_recorded`` (int, this rank).  NaN where a unit
         has no value (written as ``NaN`` by :mod:`json`).  Call it after the backward pass: it
         closes the step in progress.  ``reduce=True`` averages over all ranks with
-        ``torch.distributed.all_reduce`` when a process group is initialised (a collective:
-        every rank must call it); otherwise values are this rank's.  One host sync.
+        ``torch.distributed.all_reduce`` of the sums and counts (so weighted by the steps each
+        rank recorded) when a process group is initialised (a collective: every rank must call
+        it); otherwise values are this rank's.  One host sync.
         """
         self._finish_step()
         n = len(self.units)
@@ -375,6 +376,8 @@ def jacobian_singular_values(fn: Callable[[Tensor], Tensor], x: Tensor, *, k: in
 
     ``fn`` maps a tensor shaped like ``x`` (any shape, the batch included: J is the Jacobian of
     the whole batched map) to one tensor, e.g. a unit in eval mode or a net from input to logits.
+    It is evaluated many times, so it must be deterministic (no dropout in training mode);
+    BatchNorm in training mode uses batch statistics and its running statistics are not updated.
     ``which`` in {"both", "largest", "smallest"}.  ``method="lanczos"`` runs Lanczos with full
     reorthogonalisation on the smaller Gram matrix, J^T J (n x n) if m >= n else J J^T (m x m),
     applied as ``vjp(jvp(v))`` or ``jvp(vjp(u))``: J is never formed.  ``max_iter`` (default

@@ -17,6 +17,8 @@ from torch import nn
 from procres.diagnostics import FIELDS, NormRecorder, check_bounds, depth_study, jacobian_singular_values
 
 F64 = torch.float64
+# torch's own first use of forward-mode AD (torch.func.jvp) scripts decompositions with torch.jit
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
 
 @pytest.fixture(autouse=True, scope="module")
