@@ -279,7 +279,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             record.update(_eval_record(evaluate(val_loader), evaluate(test_loader)))
             record.update(epoch_time=time.monotonic() - started, images_per_sec=seen_total / train_time,
                           block_kinds=model.block_kinds,
-                          norms=recorder.summary() if recorder else _probe_norms(model, data, cfg, device, amp))
+                          norms=_epoch_norms(recorder, model, data, cfg, device, amp))
             if recorder:
                 recorder.reset()
             history.append(record)
@@ -441,6 +441,13 @@ def _reduced(values, world, device) -> list[float]:
     return t.tolist()
 
 
+def _epoch_norms(recorder, model, data, cfg, device, amp) -> dict:
+    """The epoch's norm summary: the recorder's window, or with ``compile`` a probe (see module doc)."""
+    if recorder is not None:
+        return recorder.summary()
+    return _probe_norms(model, data, cfg, device, amp) if cfg.compile and cfg.record_every else {}
+
+
 def _probe_norms(model, data, cfg, device, amp) -> dict:
     """NormRecorder summary of the first ``init_norm_batches`` un-augmented training batches.
 
@@ -448,7 +455,7 @@ def _probe_norms(model, data, cfg, device, amp) -> dict:
     BN running statistics restored, so the model is left as it was. Used for epoch 0 and, with
     ``compile`` (where per-unit hooks would break the compiled graph), at the end of every epoch.
     """
-    if not cfg.init_norm_batches or (cfg.compile and not cfg.record_every):
+    if not cfg.init_norm_batches:
         return {}
     from procres.data import DeviceLoader
     from procres.diagnostics import NormRecorder

@@ -85,6 +85,21 @@ def test_result_uses_best_validation_epoch_never_best_test():
     assert no_val["best_val_epoch"] is None and no_val["test_error_at_best_val"] is None
 
 
+def test_norm_probe_measures_every_unit_and_leaves_the_model_as_it_was():
+    from procres.data import load_dataset
+
+    data = load_dataset("digits")
+    model = build_model("procresnet13", num_classes=10, in_channels=1, image_size=16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    amp = dict(device_type="cpu", dtype=torch.bfloat16, enabled=False)
+    config = TrainConfig(compile=True, init_norm_batches=2, batch_size=16, channels_last=False)
+    norms = train_module._epoch_norms(None, model, data, config, torch.device("cpu"), amp)
+    assert norms["steps_recorded"] == 2 and len(norms["ratio"]) == len(model.block_kinds)
+    _assert_identical(model.state_dict(), before)  # BN running statistics restored
+    assert all(p.grad is None for p in model.parameters())
+    assert train_module._epoch_norms(None, model, data, config.replace(compile=False), torch.device("cpu"), amp) == {}
+
+
 def test_existing_run_needs_resume(finished_run, tmp_path):
     config, result = finished_run
     with pytest.raises(ValueError, match="--resume"):
