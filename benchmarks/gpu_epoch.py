@@ -24,7 +24,7 @@ cudnn.benchmark off so that algorithm trials do not count), bf16 autocast + chan
 Results are printed and, when the environment variable OUT is set, written to
 ``$OUT/gpu_epoch.json`` after every measurement (a timeout keeps what was measured).
 
-    python benchmarks/gpu_epoch.py                 # on a GPU: about 3-4 minutes on an H100
+    python benchmarks/gpu_epoch.py                 # on a GPU: ~1-3 min (sections after --budget 330 s are skipped)
     python benchmarks/gpu_epoch.py --smoke         # tiny nets and data, CPU or GPU, seconds
 """
 
