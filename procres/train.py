@@ -7,7 +7,7 @@
     checkpoint.pt       the latest full training state (checkpoint.prev.pt: the one before it)
     model.pt            final weights: {"model": state_dict, "config": dict}
     result.json         final-epoch test error and test error at the best validation epoch
-    train.log           what was printed, plus resume / checkpoint events
+    train.log           what was printed (timestamped), plus resume events and errors
 
 Each step, in order: learning rate from ``lr_at`` -> forward (bf16 autocast on CUDA) -> loss ->
 backward -> optimizer step, after which the Procrustes hook (``procres.procrustes.attach_procrustes``,
