@@ -24,7 +24,7 @@ cudnn.benchmark off so that algorithm trials do not count), bf16 autocast + chan
 Results are printed and, when the environment variable OUT is set, written to
 ``$OUT/gpu_epoch.json`` after every measurement (a timeout keeps what was measured).
 
-    python benchmarks/gpu_epoch.py                 # on a GPU: ~1-3 min (sections after --budget 330 s are skipped)
+    python benchmarks/gpu_epoch.py                 # on a GPU: ~1-3 min (sections after --budget 240 s are skipped)
     python benchmarks/gpu_epoch.py --smoke         # tiny nets and data, CPU or GPU, seconds
 """
 
@@ -187,7 +187,7 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 20; smoke 1)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=4, help="DataLoader workers of the authors' pipeline")
-    parser.add_argument("--budget", type=float, default=330.0, help="seconds; later sections are skipped after it")
+    parser.add_argument("--budget", type=float, default=240.0, help="seconds; later sections are skipped after it")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.smoke:
