@@ -276,43 +276,65 @@ def spread(ratios, kinds: list[str] | None = None, *, only: tuple[str, ...] | No
     return {"max": float(d.max()), "mean": float(d.mean())}
 
 
+# the units whose ratios the depth study compares: the residual net's identity-skip units
+# (the theorem's blocks) and the plain twin's skip-less units; transition units are left out
+STUDY_KINDS = {"residual": ("identity",), "plain": ("plain",), "procrustes": ("identity",)}
+
+
+def study_spread(study: dict, family: str, phase: str) -> list[dict]:
+    """:func:`spread` per depth of a depth study, over the family's own units (STUDY_KINDS)
+    when ``block_kinds`` are recorded, else over all units."""
+    kinds = (study.get("block_kinds") or {}).get(family)
+    only = STUDY_KINDS.get(family)
+    per_depth = study["results"][family][phase]
+    return [spread(r, kinds[i] if kinds else None, only=only if kinds else None) for i, r in enumerate(per_depth)]
+
+
 def plot_depth_study(study: dict, path) -> Path:
     """Spread of r_l against depth: residual vs plain, initialisation and after training."""
     if "depths" not in study or "results" not in study:
         raise ValueError("depth study needs keys 'depths' and 'results' (see procres.plots docstring)")
     depths = list(study["depths"])
-    fig = Figure(figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
     styles = {"init": dict(ls="--", mfc="white"), "trained": dict(ls="-")}
     phase_label = {"init": "initialisation", "trained": "after training"}
-    top = 0.0
+    tops = [0.0, 0.0]
     for family, phases in study["results"].items():
-        for phase, per_depth in phases.items():
-            stats = [spread(r) for r in per_depth]
-            for ax, key in zip(axes, ("max", "mean")):
+        for phase in phases:
+            stats = study_spread(study, family, phase)
+            for i, (ax, key) in enumerate(zip(axes, ("max", "mean"))):
                 values = [s[key] for s in stats]
-                top = max([top] + [v for v in values if np.isfinite(v)])
+                tops[i] = max([tops[i]] + [v for v in values if np.isfinite(v)])
                 ax.plot(depths[: len(values)], values, marker="o", color=FAMILY_COLORS[family],
                         label=f"{FAMILY_LABELS[family]}, {phase_label.get(phase, phase)}",
                         **styles.get(phase, {}))
-    for ax, key in zip(axes, ("max", "mean")):
+    for ax, key, top in zip(axes, ("max", "mean"), tops):
         ax.set_xlabel("depth (layers)")
-        ax.set_ylabel(rf"{key}$_l$ $|\log_{{10}} r_l|$  (0 = all blocks preserve the norm)")
+        ax.set_ylabel(rf"{key} over units of $|\log_{{10}} r_l|$  (0 = norm preserved)")
         ax.set_xticks(depths)
         ax.grid(True, alpha=0.3)
         if top > 5:
             ax.set_yscale("symlog", linthresh=0.1)
         ax.set_ylim(bottom=0)
-    axes[0].set_title("largest deviation over blocks")
-    axes[1].set_title("mean deviation over blocks")
+    note = " (identity units of the residual nets, skip-less units of the plain nets)" if study.get("block_kinds") else ""
+    axes[0].set_title("largest deviation" + ("" if not note else " over units"), fontsize=10)
+    axes[1].set_title("mean deviation" + ("" if not note else " over units"), fontsize=10)
     axes[0].legend(fontsize=8)
     steps = study.get("steps")
     extra = f", {steps} training steps" if steps else ""
-    fig.suptitle(f"Depth study: spread of the gradient-norm ratio vs depth{extra}", fontsize=12)
+    fig.suptitle(f"Depth study: spread of the gradient-norm ratio vs depth{extra}\n{note.strip(' ()')}",
+                 fontsize=11)
     return _save(fig, path)
 
 
 # ---------------------------------------------------------------- figure 4
+def _nonzero(values) -> np.ndarray:
+    """Non-zero singular values (a strided operator's structural null space is left out)."""
+    v = np.asarray(values, dtype=float)
+    return v[v > 1e-6 * v.max()] if v.size else v
+
+
 def plot_spectra(spectra: dict, path) -> Path:
     """Singular-value histograms per layer: before vs after projection; circular vs zeros."""
     layers = spectra.get("layers") or []
@@ -324,7 +346,7 @@ def plot_spectra(spectra: dict, path) -> Path:
     for (ax_proj, ax_pad), layer in zip(axes, layers):
         target = layer.get("target")
         before, after = layer.get("before", {}), layer.get("after", {})
-        b, a = np.asarray(before.get("circular", [])), np.asarray(after.get("circular", []))
+        b, a = _nonzero(before.get("circular", [])), _nonzero(after.get("circular", []))
         vals = np.concatenate([b, a, [target] if target else []])
         bins = np.linspace(0, max(1e-6, float(vals.max())) * 1.05, 50)
         ax_proj.hist(b, bins=bins, color="0.55", alpha=0.8, label="before projection")
@@ -334,11 +356,11 @@ def plot_spectra(spectra: dict, path) -> Path:
         ax_pad.set_title(title + ": circular vs zero padding", fontsize=10)
         ax_pad.set_xlabel("singular value")
         ax_proj.set_xlabel("singular value")
-        ax_proj.set_ylabel("count")
+        ax_proj.set_ylabel("count (non-zero values)")
         for which, data in (("before", before), ("after", after)):
             if data.get("zeros") is None:
                 continue
-            c, z = np.asarray(data.get("circular", [])), np.asarray(data["zeros"])
+            c, z = _nonzero(data.get("circular", [])), _nonzero(data["zeros"])
             hi = max(float(c.max(initial=0)), float(z.max(initial=0)), target or 0) * 1.05
             pbins = np.linspace(0, max(hi, 1e-6), 50)
             color = "0.45" if which == "before" else proc
@@ -349,6 +371,10 @@ def plot_spectra(spectra: dict, path) -> Path:
         if not ax_pad.has_data():
             ax_pad.text(0.5, 0.5, "zero-padding spectrum not computed\n(operator too large)",
                         ha="center", va="center", transform=ax_pad.transAxes, color="0.4")
+        elif all(np.array_equal(_nonzero(d.get("circular", [])), _nonzero(d.get("zeros", [])))
+                 for d in (before, after) if d.get("zeros") is not None):
+            ax_pad.text(0.02, 0.95, "identical spectra\n(1x1 kernel: no padding)", ha="left", va="top",
+                        transform=ax_pad.transAxes, color="0.3", fontsize=9)
         for ax in (ax_proj, ax_pad):
             if target:
                 ax.axvline(target, color="k", ls=":", lw=1.2, label=f"target {target:.3g}")
@@ -378,7 +404,8 @@ def plot_learning_curves(runs: list[Run], path) -> Path:
                     drew = True
     if not drew:
         raise ValueError("no run has train/val metrics in its history.jsonl")
-    ax_loss.set_ylabel("cross-entropy loss")
+    ax_loss.set_ylabel("cross-entropy loss (log scale)")
+    ax_loss.set_yscale("log")
     ax_acc.set_ylabel("accuracy")
     for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")

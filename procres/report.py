@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from procres.plots import FIGURE_FILES, FAMILY_LABELS, Run, load_run, read_json, spread
+from procres.plots import FIGURE_FILES, FAMILY_LABELS, Run, load_run, read_json, study_spread
 
 NEAR = 0.1  # |log10 r| below this counts as "near 1" (r in [0.79, 1.26])
 CLEAR = 2.0  # "deviates more" needs a factor of at least this between deviations
@@ -97,10 +97,11 @@ def run_summary(run: Run) -> dict:
 
 
 def depth_summary(study: dict) -> dict:
-    """Spread (max / mean |log10 r_l| over blocks) per family, phase and depth."""
+    """Spread (max / mean |log10 r_l|) per family, phase and depth, over the family's own units
+    (identity units of residual nets, skip-less units of plain nets: ``plots.STUDY_KINDS``)."""
     out = {"depths": list(study["depths"]), "steps": study.get("steps")}
     for family, phases in study["results"].items():
-        out[family] = {phase: [spread(r) for r in per_depth] for phase, per_depth in phases.items()}
+        out[family] = {phase: study_spread(study, family, phase) for phase in phases}
     return out
 
 
@@ -161,21 +162,38 @@ def _trend(values: list[float]) -> str:
     return "stays roughly flat"
 
 
-def sentence_depth(depths: list[int], plain: list[float], residual: list[float], *, phase: str) -> Finding:
-    """Claim 2b: with depth the plain spread grows, the residual spread does not (max |log10 r|)."""
+def _chain(values, depths) -> str:
+    return " -> ".join(f"{_fmt(v)} (depth {d})" for v, d in zip(values, depths))
+
+
+def sentence_depth_plain(depths: list[int], plain: list[float], *, phase: str) -> Finding:
+    """Claim 2b: the plain nets' spread (max |log10 r_l|) grows with depth."""
     claim = f"plain nets deviate more with depth ({phase})"
-    if len(depths) < 2 or not plain or not residual:
+    if len(depths) < 2 or len(plain) < 2:
         return Finding(claim, None, f"The depth study ({phase}) has fewer than two depths.")
-    tp, tr = _trend(plain), _trend(residual)
-    nums = (f"max |log10 r_l| of plain nets {' -> '.join(_fmt(x) for x in plain)}, of residual nets "
-            f"{' -> '.join(_fmt(x) for x in residual)} at depths {' -> '.join(map(str, depths))}")
-    holds = tp == "increases" and tr != "increases" and plain[-1] > residual[-1]
-    if holds:
-        text = f"{phase.capitalize()}, the plain nets' deviation grows with depth while the residual nets' {tr} ({nums})."
-    else:
-        text = (f"{phase.capitalize()}, the measurement does not show the claimed depth effect: the plain nets' "
-                f"deviation {tp} and the residual nets' {tr} with depth ({nums}).")
-    return Finding(claim, holds, text)
+    trend = _trend(plain)
+    nums = f"max |log10 r_l| of the plain nets {_chain(plain, depths)}"
+    if trend == "increases":
+        return Finding(claim, True, f"{phase.capitalize()}, the plain nets deviate more the deeper they are ({nums}).")
+    return Finding(claim, False, f"{phase.capitalize()}, contrary to the paper's claim, the plain nets' deviation "
+                                 f"{trend} with depth ({nums}).")
+
+
+def sentence_depth_residual(depths: list[int], residual: list[float], *, phase: str) -> Finding:
+    """Claim 2c (the theorem): the residual nets' identity-unit spread shrinks with depth."""
+    claim = f"residual nets preserve the norm better with depth ({phase})"
+    if len(depths) < 2 or len(residual) < 2:
+        return Finding(claim, None, f"The depth study ({phase}) has fewer than two depths.")
+    trend = _trend(residual)
+    nums = f"max |log10 r_l| over identity units {_chain(residual, depths)}"
+    if trend == "decreases":
+        return Finding(claim, True, f"{phase.capitalize()}, the residual nets' identity units get closer to norm "
+                                    f"preservation as depth grows, as the theorem predicts ({nums}).")
+    if trend == "stays roughly flat":
+        return Finding(claim, False, f"{phase.capitalize()}, the residual nets' identity-unit deviation stays roughly "
+                                     f"flat with depth: no growth, but not the shrinking the theorem predicts ({nums}).")
+    return Finding(claim, False, f"{phase.capitalize()}, contrary to the theorem's prediction, the residual nets' "
+                                 f"identity-unit deviation {trend} with depth ({nums}).")
 
 
 def sentence_transitions(transition: dict, identity: dict, *, where: str) -> Finding:
@@ -308,10 +326,11 @@ def findings(summaries: list[dict], depth: dict | None) -> list[Finding]:
                                   plain_name=plain["model"], residual_name=res["model"]))
     if depth:
         for phase in ("init", "trained"):
+            words = "at initialisation" if phase == "init" else "after training"
             p = [x["max"] for x in (depth.get("plain") or {}).get(phase, [])]
             r = [x["max"] for x in (depth.get("residual") or {}).get(phase, [])]
-            out.append(sentence_depth(depth["depths"], p, r,
-                                      phase="at initialisation" if phase == "init" else "after training"))
+            out.append(sentence_depth_plain(depth["depths"], p, phase=words))
+            out.append(sentence_depth_residual(depth["depths"], r, phase=words))
     if res:
         tr = res["ratios"]["trained"]
         out.append(sentence_transitions(tr.get("transition", {}), tr.get("identity", {}), where=res["model"]))
@@ -362,8 +381,10 @@ def figure_sentences(summaries: list[dict], depth: dict | None, layers: list[dic
         out["depth"] = ("Largest and mean |log10 r_l| over blocks against depth for residual and plain nets, "
                         "at initialisation (dashed) and after brief training (solid); "
                         + said("plain nets deviate more with depth (after training)",
-                               "after training the plain curve rises with depth while the residual one does not.",
-                               "after training the curves do not show the claimed depth effect (see the table)."))
+                               "after training the plain curve rises with depth",
+                               "after training the plain curve does not rise with depth")
+                        + said("residual nets preserve the norm better with depth (after training)",
+                               " and the residual curve falls.", " and the residual curve does not fall.", "."))
     if layers:
         exact = [s["name"] for s in layers if s.get("after_circular") and s["after_circular"]["max_rel_error"] < 1e-4]
         out["spectra"] = ("Histograms of the exact operator singular values of the projected convs before and after one "
@@ -405,7 +426,8 @@ def build_report(folder, *, title: str = "procres demo", what_was_run: str = "",
            "identity skip; transition: projection-shortcut units of the ResNet / stand-alone transition convs of "
            "the Procrustes ResNet; plain: units of the plain twin).", "", table, ""]
     if depth:
-        md += [f"Depth study: max |log10 r_l| over blocks per depth ({depth.get('steps') or '?'} training steps).",
+        md += [f"Depth study: max |log10 r_l| over the identity units (residual) / skip-less units (plain) per "
+               f"depth, at initialisation and after {depth.get('steps') or '?'} SGD steps.",
                "", depth_table(depth), ""]
     if layers:
         md += ["Spectra of the projected convs, exact operator singular values: range (max relative error from the "

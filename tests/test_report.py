@@ -30,14 +30,18 @@ def test_plain_claim_flips():
     assert close.holds is False and "only slightly" in close.sentence
 
 
-def test_depth_claim_flips():
+def test_depth_claims_flip():
     depths = [8, 20, 44]
-    ok = report.sentence_depth(depths, [0.2, 0.5, 0.9], [0.05, 0.05, 0.04], phase="after training")
-    assert ok.holds is True and "grows with depth" in ok.sentence
-    # plain flat / residual growing: the sentence must say the effect is not shown
-    no = report.sentence_depth(depths, [0.5, 0.5, 0.5], [0.05, 0.3, 0.6], phase="after training")
-    assert no.holds is False and "does not show" in no.sentence
-    assert "stays roughly flat" in no.sentence and "increases" in no.sentence
+    grows = report.sentence_depth_plain(depths, [0.2, 0.5, 0.9], phase="after training")
+    assert grows.holds is True and "deviate more the deeper" in grows.sentence
+    flat = report.sentence_depth_plain(depths, [0.5, 0.5, 0.5], phase="after training")
+    assert flat.holds is False and "contrary" in flat.sentence and "stays roughly flat" in flat.sentence
+    shrinks = report.sentence_depth_residual(depths, [0.3, 0.2, 0.1], phase="at initialisation")
+    assert shrinks.holds is True and "as the theorem predicts" in shrinks.sentence
+    grows_r = report.sentence_depth_residual(depths, [0.05, 0.3, 0.6], phase="at initialisation")
+    assert grows_r.holds is False and "contrary" in grows_r.sentence and "increases" in grows_r.sentence
+    flat_r = report.sentence_depth_residual(depths, [0.1, 0.105, 0.1], phase="at initialisation")
+    assert flat_r.holds is False and "roughly flat" in flat_r.sentence
 
 
 def test_transition_claims_flip():
