@@ -43,12 +43,34 @@ def _run_models(args):
 
 # ---------------------------------------------------------------- spectrum
 def _add_spectrum(sub):
-    p = sub.add_parser("spectrum", help="singular values of every conv layer of a model")
+    p = sub.add_parser("spectrum", help="singular values of every conv layer of a model",
+                       description="Per conv layer: sigma_max, smallest non-zero sigma, condition number and the "
+                                   "largest relative distance of the non-zero singular values from the Procrustes "
+                                   "target sqrt(C_out/C_in); circular padding exact, zero padding where affordable.")
+    p.add_argument("--model", help="model name (list: procres models), or <family><depth> e.g. procresnet40; "
+                                   "default: the one saved with --checkpoint")
+    p.add_argument("--checkpoint", help="a run's model.pt or checkpoint.pt (trained weights; loaded with weights_only=True)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="image side the model runs on (default: the checkpoint's data set, else 32)")
+    p.add_argument("--in-channels", type=int, default=None, help="input channels (default: from the checkpoint, else 3)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default: from the checkpoint, else 10)")
+    p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
+                   help="zero-padding spectrum: auto (dense when small, Lanczos extremes otherwise), dense only, off")
+    p.add_argument("--layers", nargs="+", default=None, metavar="NAME", help="only these module names")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
 
 def _run_spectrum(args):
-    raise NotImplementedError("spectrum subcommand: issue 6")
+    import json
+
+    from procres.demo import layer_spectra, load_model, spectrum_table
+
+    model, size, channels = load_model(args.model, checkpoint=args.checkpoint, image_size=args.input_size,
+                                       in_channels=args.in_channels, num_classes=args.num_classes)
+    rows = layer_spectra(model, size, in_channels=channels, zeros=args.zeros, only=args.layers)
+    print(json.dumps(rows, indent=1) if args.json else spectrum_table(rows))
+    return 0
 
 
 # ---------------------------------------------------------------- train
@@ -90,12 +112,26 @@ def _run_train(args):
 
 # ---------------------------------------------------------------- demo
 def _add_demo(sub):
-    p = sub.add_parser("demo", help="the one-command demo on the embedded digits data set (CPU, minutes)")
+    p = sub.add_parser("demo", help="the one-command demo on the embedded digits data set (CPU, minutes)",
+                       description="Trains a pre-act ResNet, its plain twin and a Procrustes ResNet on the embedded "
+                                   "digits, runs a depth study and conv spectra, writes figures and report.md.")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--quick", action="store_true", help="tiny budget (seconds): checks the pipeline, numbers mean little")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the idle cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def _run_demo(args):
-    raise NotImplementedError("demo subcommand: issue 6")
+    from procres.demo import run_demo
+
+    result = run_demo(args.out, quick=args.quick, seed=args.seed, threads=args.threads,
+                      progress=not args.no_progress)
+    print(result["table"])
+    print(f"\nreport: {result['report']}   figures: {result['report'].parent / 'figures'}   "
+          f"({result['seconds']['total']:.0f} s, {result['threads']} thread(s))")
+    return 0
 
 
 # ---------------------------------------------------------------- plot
