@@ -71,7 +71,7 @@ __all__ = [
     "attach_procrustes",
 ]
 
-_METHODS = ("svd", "newton_schulz")
+_METHODS = ("svd", "eigh", "newton_schulz")
 FAITHFUL_ITERATIONS = 10
 
 
@@ -81,7 +81,13 @@ def polar(A, *, method="svd", tol=1e-6, max_iter=100, return_info=False):
 
     ``A (..., m, n)`` real or complex -> ``(..., m, n)``, the nearest matrix with orthonormal
     columns (``m >= n``) or rows (``m < n``).  ``method="svd"``: from the thin SVD; for
-    rank-deficient ``A`` the factor is not unique and the SVD picks one.  ``"newton_schulz"``:
+    rank-deficient ``A`` the factor is not unique and the SVD picks one.  ``"eigh"``:
+    ``A (A^H A)^{-1/2}`` (or ``(A A^H)^{-1/2} A`` for wide ``A``) from the eigendecomposition of the
+    smaller Gram matrix: ~1.3x faster than the SVD on CPU and batched-Jacobi friendly on GPU for
+    small sides (``3 x 3`` Grams for a 3 -> 64 conv), but its error grows like ``eps kappa^2``
+    (5e-10 in float64 for random 3x3 kernels, too much in float32: use float64); eigenvalues below
+    ``n eps lambda_max`` count as zero, so rank-deficient input gives a partial isometry.
+    ``"newton_schulz"``:
     ``X <- 1.5 X - 0.5 X X^H X`` from ``X_0 = A / ||A||_F``; stops when the relative change
     ``||X_{k+1} - X_k||_F / ||X_k||_F`` of every matrix is below ``tol``.  It cannot diverge
     (singular values stay in ``[0, 1]``); zero singular values stay zero (a partial isometry), and
@@ -99,9 +105,23 @@ def polar(A, *, method="svd", tol=1e-6, max_iter=100, return_info=False):
     if method == "svd":
         U, _, Vh = torch.linalg.svd(A, full_matrices=False)
         X, info = U @ Vh, {"iterations": 0, "converged": True, "residual": 0.0}
+    elif method == "eigh":
+        X, info = _polar_eigh(A), {"iterations": 0, "converged": True, "residual": 0.0}
     else:
         X, info = _newton_schulz(A, tol, max_iter)
     return (X, info) if return_info else X
+
+
+def _polar_eigh(A):
+    tall = A.shape[-2] >= A.shape[-1]
+    G = A.mH @ A if tall else A @ A.mH
+    lam, V = torch.linalg.eigh(G)
+    eps = torch.finfo(lam.dtype).eps
+    keep = lam > lam[..., -1:].clamp_min(0) * (G.shape[-1] * eps)
+    inv_sqrt = torch.where(keep, lam.clamp_min(torch.finfo(lam.dtype).tiny).rsqrt(),
+                           torch.zeros_like(lam))
+    S = (V * inv_sqrt[..., None, :].to(V.dtype)) @ V.mH        # G^{-1/2} on its range
+    return A @ S if tall else S @ A
 
 
 def _newton_schulz(A, tol, max_iter):

@@ -295,6 +295,10 @@ def conv_singular_values(weight, input_size, *, stride=1, padding_mode="circular
             conv_matrix(weight, size, stride=stride, padding_mode="zeros"))
     mh, mw = _check_divisible(size, stride)
     symbol = polyphase_symbol(weight, size, stride).flatten(0, 1)
+    if symbol.is_cuda and symbol.dtype == torch.complex64:
+        # cuSOLVER's batched complex64 SVD measured up to 1.6e-4 relative error (H200, torch
+        # 2.11, C = 512); complex128 is accurate and the result is cast back.
+        return conv_singular_values(weight.double(), size, stride=stride).to(weight.dtype)
     real, pair, _, _ = frequency_classes((mh, mw), symbol.device)
     sv_pair = torch.linalg.svdvals(symbol[pair])
     sv = torch.cat([torch.linalg.svdvals(symbol[real].real).flatten(),

@@ -55,12 +55,14 @@ def test_polar_svd_and_newton_schulz_match_numpy(shape, dtype):
     X, info = polar(A, method="newton_schulz", tol=1e-13, max_iter=200, return_info=True)
     assert info["converged"] and info["iterations"] < 200
     np.testing.assert_allclose(X.numpy(), expected, atol=1e-10)
+    np.testing.assert_allclose(polar(A, method="eigh").numpy(), expected, atol=1e-9)
 
 
-def test_newton_schulz_does_not_diverge_on_rank_deficient_input():
+@pytest.mark.parametrize("method", ["newton_schulz", "eigh"])
+def test_rank_deficient_input_gives_a_partial_isometry(method):
     B = torch.randn(4, 6, 2, dtype=torch.complex128)
     A = B @ torch.randn(4, 2, 5, dtype=torch.complex128)            # rank 2, 6 x 5
-    X, info = polar(A, method="newton_schulz", tol=1e-12, return_info=True)
+    X, info = polar(A, method=method, tol=1e-12, return_info=True)
     assert info["converged"] and torch.isfinite(X).all()
     sv = torch.linalg.svdvals(X)
     torch.testing.assert_close(sv[:, :2], torch.ones(4, 2, dtype=torch.float64))
@@ -174,12 +176,13 @@ def test_faithful_is_harmless_for_1x1_kernels():
     torch.testing.assert_close(faithful, exact, atol=1e-6, rtol=0)
 
 
-def test_svd_and_newton_schulz_projections_agree():
+@pytest.mark.parametrize("method", ["newton_schulz", "eigh"])
+def test_svd_and_other_polar_methods_give_the_same_projection(method):
     w = torch.randn(8, 8, 3, 3, dtype=torch.float64)
     project_conv_(w, 8, iterations=3)                          # better conditioned start
     a, b = w.clone(), w.clone()
     ra = project_conv_(a, 8)
-    rb = project_conv_(b, 8, method="newton_schulz")
+    rb = project_conv_(b, 8, method=method)
     torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert ra.max_rel_error == pytest.approx(rb.max_rel_error, abs=1e-5)
 
