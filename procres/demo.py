@@ -319,15 +319,17 @@ def _depth_study(budget: Budget, seed: int, data) -> dict:
 
 
 def _what_was_run(budget: Budget, seed: int, data, seconds: dict, threads: int) -> str:
-    n_train = len(data.train_y)
+    flags = (f"--epochs {budget.epochs} --milestones {' '.join(map(str, budget.milestones))} "
+             f"--record-every {budget.record_every} --seed {seed}")
+    if budget.max_steps_per_epoch:
+        flags += f" --max-steps-per-epoch {budget.max_steps_per_epoch}"
+    every = "on every training step" if budget.record_every == 1 else f"every {budget.record_every} training steps"
     return (
-        f"Data: the embedded digits set ({n_train} training, {len(data.val_y)} validation, {len(data.test_y)} "
-        f"test images, 1x16x16). Seed {seed}, CPU, {threads} torch thread(s).\n\n"
+        f"Data: the embedded digits set ({len(data.train_y)} training, {len(data.val_y)} validation, "
+        f"{len(data.test_y)} test images, 1x16x16). Seed {seed}, CPU, {threads} torch thread(s).\n\n"
         f"- Trained `{budget.residual}` (pre-activation ResNet), `{budget.plain}` (its plain twin: identity "
         f"additions removed) and `{budget.procrustes}` (Procrustes ResNet, projection p=0.5 after every step) "
-        f"with the same recipe (`procres train --recipe demo --epochs {budget.epochs}"
-        + (f" --max-steps-per-epoch {budget.max_steps_per_epoch}" if budget.max_steps_per_epoch else "")
-        + f"`), recording r_l on every {budget.record_every}. training step "
+        f"with the same recipe (`procres train --model NAME --recipe demo {flags}`), recording r_l {every} "
         f"({seconds.get('train', 0):.0f} s).\n"
         f"- Depth study: `{budget.study_residual}` vs `{budget.study_plain}` at depths "
         f"{', '.join(map(str, budget.study_depths))}, r_l at initialisation and after {budget.study_steps} SGD "
@@ -383,7 +385,7 @@ def _run(out: Path, budget: Budget, seed: int, threads: int, progress: bool) -> 
     data = load_dataset("digits", seed=seed)
     nets = (budget.residual, budget.procrustes, budget.plain)
     total = len(nets) * (budget.epochs + 1) + 3
-    with tqdm(total=total, desc="demo", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc="demo", unit="stage", disable=not progress, dynamic_ncols=True) as bar:
         t0 = time.perf_counter()
         for model in nets:
             config = TrainConfig.from_recipe(

@@ -351,7 +351,7 @@ def plot_spectra(spectra: dict, path) -> Path:
         bins = np.linspace(0, max(1e-6, float(vals.max())) * 1.05, 50)
         ax_proj.hist(b, bins=bins, color="0.55", alpha=0.8, label="before projection")
         ax_proj.hist(a, bins=bins, color=proc, alpha=0.8, label="after projection")
-        title = f"{layer['name']}  (grid {layer.get('input_size')}, stride {layer.get('stride', 1)})"
+        title = f"{layer['name']}  (input {layer.get('input_size')}, stride {layer.get('stride', 1)})"
         ax_proj.set_title(title + ": circular padding", fontsize=10)
         ax_pad.set_title(title + ": circular vs zero padding", fontsize=10)
         ax_pad.set_xlabel("singular value")

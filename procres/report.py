@@ -320,10 +320,11 @@ def findings(summaries: list[dict], depth: dict | None) -> list[Finding]:
     for s in (res, proc):
         if s:
             out.append(sentence_identity(s["ratios"]["trained"].get("identity", {}), where=s["model"]))
-    if res and plain:
+    if res and plain:  # the same units with and without their identity skip
         out.append(sentence_plain(plain["ratios"]["trained"].get("plain", {}),
-                                  _all_units(res["ratios"]["trained"]),
-                                  plain_name=plain["model"], residual_name=res["model"]))
+                                  res["ratios"]["trained"].get("identity", {}),
+                                  plain_name=f"the skip-less units of {plain['model']}",
+                                  residual_name=f"the identity units of {res['model']}"))
     if depth:
         for phase in ("init", "trained"):
             words = "at initialisation" if phase == "init" else "after training"
@@ -341,14 +342,6 @@ def findings(summaries: list[dict], depth: dict | None) -> list[Finding]:
         accs = {s["model"]: s["final_test_acc"] for s in summaries if s["final_test_acc"] is not None}
         out.append(sentence_accuracy(accs, proc_name=proc["model"], resnet_name=res["model"]))
     return out
-
-
-def _all_units(groups: dict) -> dict:
-    """Pool the kind statistics of a run (weighted by count) into one mean deviation."""
-    n = sum(g["n"] for g in groups.values())
-    if n == 0:
-        return {}
-    return {"n": n, "dev_mean": sum(g["dev_mean"] * g["n"] for g in groups.values()) / n}
 
 
 def figure_sentences(summaries: list[dict], depth: dict | None, layers: list[dict], found: list[Finding]) -> dict:
@@ -378,7 +371,8 @@ def figure_sentences(summaries: list[dict], depth: dict | None, layers: list[dic
         "curves": f"Train (solid) and validation (dashed) loss and accuracy per epoch for {names}, same seed and budget.",
     }
     if depth:
-        out["depth"] = ("Largest and mean |log10 r_l| over blocks against depth for residual and plain nets, "
+        out["depth"] = ("Largest and mean |log10 r_l| against depth, over the identity units of residual nets and the "
+                        "skip-less units of their plain twins, "
                         "at initialisation (dashed) and after brief training (solid); "
                         + said("plain nets deviate more with depth (after training)",
                                "after training the plain curve rises with depth",
@@ -386,11 +380,14 @@ def figure_sentences(summaries: list[dict], depth: dict | None, layers: list[dic
                         + said("residual nets preserve the norm better with depth (after training)",
                                " and the residual curve falls.", " and the residual curve does not fall.", "."))
     if layers:
-        exact = [s["name"] for s in layers if s.get("after_circular") and s["after_circular"]["max_rel_error"] < 1e-4]
+        done = [s for s in layers if s.get("after_circular")]
+        exact = [s["name"] for s in done if s["after_circular"]["max_rel_error"] < 1e-4]
+        approx = [f"{s['name']} only to within {100 * s['after_circular']['max_rel_error']:.1f}%"
+                  for s in done if s["after_circular"]["max_rel_error"] >= 1e-4]
+        parts = ([f"the non-zero singular values of {', '.join(exact)} sit exactly on the target"] if exact else []) + approx
         out["spectra"] = ("Histograms of the exact operator singular values of the projected convs before and after one "
                           "Procrustes projection (left) and circular vs zero padding for the same kernel (right); "
-                          + (f"after projection the singular values of {', '.join(exact)} sit exactly on the target." if exact else
-                             "no layer reaches its target exactly after one projection."))
+                          "after projection " + ("; ".join(parts) if parts else "nothing was measured") + ".")
     return out
 
 

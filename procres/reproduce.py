@@ -277,7 +277,7 @@ def synthetic_cifar(folder, *, dataset: str = "cifar10", per_batch: int = 20, te
 
 SMOKE_OVERRIDES = ("--epochs", "2", "--max-steps-per-epoch", "2", "--batch-size", "16", "--eval-batch-size", "64",
                    "--val-size", "20", "--device", "cpu", "--record-every", "1", "--init-norm-batches", "1",
-                   "--checkpoint-minutes", "0", "--milestones", "1")
+                   "--checkpoint-minutes", "0", "--milestones", "1", "--threads", "1")
 
 
 def smoke(name: str, workdir, *, quiet: bool = True) -> dict:
