@@ -357,7 +357,7 @@ def auto_threads() -> int:
 
 
 def run_demo(out="runs/demo", *, quick: bool = False, seed: int = 0, threads: int = 0, progress: bool = True) -> dict:
-    """Run the demo into ``out``; returns {"report", "table", "figures", "seconds", "threads"}.
+    """Run the demo into ``out``; returns {"report", "table", "figures", "seconds", "threads", "findings"}.
 
     ``threads``: torch CPU threads (0: :func:`auto_threads`).
     """
@@ -413,4 +413,6 @@ def _run(out: Path, budget: Budget, seed: int, threads: int, progress: bool) -> 
                                           what_was_run=_what_was_run(budget, seed, data, seconds, threads))
         bar.update(1)
     seconds["total"] = time.perf_counter() - t_start
-    return {"report": path, "table": table, "figures": figures, "seconds": seconds, "threads": threads}
+    findings = json.loads((out / "summary.json").read_text())["findings"]
+    return {"report": path, "table": table, "figures": figures, "seconds": seconds, "threads": threads,
+            "findings": findings}

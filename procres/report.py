@@ -127,7 +127,7 @@ def spectrum_summary(layer: dict) -> dict:
 # ---------------------------------------------------------------- verdict sentences
 def sentence_identity(stats: dict, *, where: str) -> Finding:
     """Claim 1 from the identity-block statistics (``kind_stats`` over training)."""
-    claim = "identity blocks keep r near 1"
+    claim = f"identity blocks keep r near 1 ({where})"
     if not stats or stats.get("n", 0) == 0:
         return Finding(claim, None, f"No identity blocks were measured in {where}.")
     span = f"r_l between {_fmt(stats['min'])} and {_fmt(stats['max'])}, 95% of values within a factor {_fmt(10 ** stats['dev_p95'])} of 1"
