@@ -129,6 +129,10 @@ def _run_demo(args):
     result = run_demo(args.out, quick=args.quick, seed=args.seed, threads=args.threads,
                       progress=not args.no_progress)
     print(result["table"])
+    verdict = {True: "holds       ", False: "contradicted", None: "no data     "}
+    print("\nthe paper's claims, checked on these measurements (numbers in the report):")
+    for f in result["findings"]:
+        print(f"  {verdict[f['holds']]}  {f['claim']}")
     print(f"\nreport: {result['report']}   figures: {result['report'].parent / 'figures'}   "
           f"({result['seconds']['total']:.0f} s, {result['threads']} thread(s))")
     return 0
