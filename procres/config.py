@@ -87,6 +87,9 @@ class TrainConfig:
     amp: bool | None = _f(None, "bf16 autocast; None: on for CUDA, off for CPU")
     channels_last: bool | None = _f(None, "channels_last memory format; None: on (CUDA and CPU)")
     compile: bool = _f(False, "torch.compile the model (CUDA only: on CPU it compiles slowly and gains nothing)")
+    cuda_graphs: bool | None = _f(None, "replay forward+backward as CUDA graphs (one process, no compile; falls back "
+                                        "to eager with a warning if capture fails); None: on for CUDA without "
+                                        "compile, off on CPU")
     deterministic: bool | None = _f(None, "deterministic algorithms (bit-exact resume); None: on for CPU, off for CUDA")
     threads: int = _f(0, "torch CPU threads (0: leave torch's default)")
     checkpoint_minutes: float = _f(10.0, "also checkpoint mid-epoch this often (0: only at epoch ends)")
@@ -151,6 +154,11 @@ class TrainConfig:
         if device == "auto":
             device = "cuda" if cuda_available else "cpu"
         cuda = device == "cuda"
+        if self.cuda_graphs and not cuda:
+            raise ValueError(f"cuda_graphs=True needs device 'cuda', but the device is {device!r}")
+        if self.cuda_graphs and self.compile:
+            raise ValueError("cuda_graphs=True and compile=True exclude each other: choose one "
+                             "(torch.compile(mode='reduce-overhead') makes its own CUDA graphs)")
         return dataclasses.replace(
             self,
             dataset=dataset,
@@ -158,6 +166,7 @@ class TrainConfig:
             amp=cuda if self.amp is None else self.amp,
             channels_last=True if self.channels_last is None else self.channels_last,
             deterministic=(not cuda) if self.deterministic is None else self.deterministic,
+            cuda_graphs=(cuda and not self.compile) if self.cuda_graphs is None else self.cuda_graphs,
             out=self.out if self.out is not None else f"runs/{self.model}-{dataset}-seed{self.seed}",
         )
 

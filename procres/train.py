@@ -18,6 +18,25 @@ goes into the epoch's history record and is then reset. With ``compile`` the rec
 would break the compiled graph at every unit, so the norms are measured instead at each epoch end
 on the same few batches as epoch 0.
 
+CUDA graphs (``cuda_graphs``, on by default for a single CUDA process without ``compile``): the
+training forward, the loss and the backward are captured once with
+``torch.cuda.make_graphed_callables`` (:func:`graphed_loss`) and then replayed, so a step costs a
+few launches instead of thousands (a 164-layer net at batch 128 is launch-bound on a large GPU).
+What stays eager: copying each batch into the graph's static input (the train loader drops the
+last partial batch, so every batch has the captured shape; any other shape runs eagerly), the
+optimizer step (fused SGD on CUDA, where torch has it) and the Procrustes hook, which writes
+the projected kernel into the weight's own storage (``copy_``), where the graph reads it. BN runs
+in training mode inside the graph; the running statistics changed by the capture's warm-up
+iterations are restored, so the graph path starts from the same state as the eager one. The
+recorder's hooks cannot run inside a graph, so with graphs the recorded steps (global step a
+multiple of ``record_every``) run eagerly with the recorder, the same forward, loss, backward and
+update on the same batch: the history's norms mean the same with and without graphs (an eager
+step costs a whole eager step; raise ``record_every`` to pay it less often). Evaluation and the
+norm probes are eager (the captured callable wraps the model; the model itself is untouched).
+Not with DDP (the gradient all-reduce would need capturing too) or ``compile``: those train
+eagerly. If capture fails (an operation that cannot be captured, an older torch), a warning is
+logged and the run trains eagerly.
+
 History record keys: epoch, step, lr, train_loss, train_acc, val_loss, val_acc, test_loss,
 test_acc, epoch_time (s, training + evaluation), images_per_sec (training only), norms
 (NormRecorder.summary()), block_kinds. Epoch 0 holds the norms of ``init_norm_batches``
@@ -58,6 +77,7 @@ can read.
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import json
 import logging
@@ -66,6 +86,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +101,7 @@ from procres.config import TrainConfig, lr_at
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
 
-__all__ = ["train", "train_seeds", "build_model"]
+__all__ = ["train", "train_seeds", "build_model", "graphed_loss"]
 
 
 def train(config: TrainConfig, *, quiet: bool = False) -> dict:
@@ -142,8 +163,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                             image_size=data.image_size).to(device)
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = model.to(memory_format=memory_format)
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        optimizer = _sgd(model, cfg, fused=cuda)
         hook = None
         if cfg.projection_p > 0 and model.transitions():
             from procres.procrustes import attach_procrustes
@@ -213,12 +233,29 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
         for h in history:
             log.info(_row(h))
 
+        graphed, static_shape = None, None  # graphed: (x, y) -> (loss, logits) as CUDA graphs; None: eager
+        if cfg.cuda_graphs and world > 1:
+            log.info("cuda_graphs: not used with DDP (several ranks); training eagerly")
+        elif cfg.cuda_graphs:
+            sample = torch.zeros((per_rank, data.in_channels, data.image_size, data.image_size), device=device)
+            sample = sample.contiguous(memory_format=memory_format)
+            try:
+                graphed = graphed_loss(model, sample, torch.zeros(per_rank, dtype=torch.int64, device=device),
+                                       amp=bool(cfg.amp))
+            except Exception as err:  # a beta API on any torch/driver: never lose a run to it
+                message = f"CUDA graph capture failed, training eagerly instead ({type(err).__name__}: {err})"
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                log.warning(message)
+            static_shape = sample.shape  # a batch of another shape (none with drop_last) runs eagerly
+        log.info(f"CUDA graphs {'on' if graphed is not None else 'off'}")
+
         # ---------------------------------------------------------------- the loop
         recorder = None
         if cfg.record_every and not cfg.compile:
             from procres.diagnostics import NormRecorder
 
-            recorder = NormRecorder(model.blocks, every=cfg.record_every)
+            # with graphs only the eager steps reach the hooks, and they are exactly the recorded ones
+            recorder = NormRecorder(model.blocks, every=1 if graphed is not None else cfg.record_every)
             recorder.steps_seen = step  # record the same global steps after a resume
         last_checkpoint = time.monotonic()
         bad = torch.zeros((), dtype=torch.int64, device=device)  # non-finite losses since the last check
@@ -239,9 +276,13 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                 lr = lr_at(cfg, epoch, step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with torch.autocast(**amp):
-                    out = net(x)
-                    loss = F.cross_entropy(out, y)
+                record = recorder is not None and step % cfg.record_every == 0
+                if graphed is not None and not record and x.shape == static_shape:
+                    loss, out = graphed(x, y)  # replays the forward graph; backward() replays the other
+                else:
+                    with torch.autocast(**amp):
+                        out = net(x)
+                        loss = F.cross_entropy(out, y)
                 if not cuda:  # free on CPU: stop before a bad step touches the weights
                     _check_finite(torch.isfinite(loss).logical_not(), None, world, epoch, step + 1, exact=True)
                 else:
@@ -353,6 +394,68 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
         if family not in ("resnet", "preresnet", "procresnet", "plain", "plainpre", "plainproc"):
             raise
         return getattr(models, family)(int(match.group(2)), **kwargs)
+
+
+def graphed_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: bool):
+    """Capture ``model``'s training forward + cross-entropy and its backward as CUDA graphs.
+
+    Returns ``step(x, y) -> (loss, logits)``, a drop-in for the eager
+    ``out = model(x); loss = F.cross_entropy(out, y)`` (under bf16 autocast if ``amp``):
+    ``step`` copies ``x`` (float (B, C, H, W), same shape and memory format as the sample) and
+    ``y`` (int64 (B,)) into the graph's static inputs and replays the forward graph;
+    ``loss.backward()`` replays the backward graph, whose parameter gradients autograd hands to
+    ``p.grad``.  ``loss`` and ``logits`` (detached) live in the graph's memory: the next call
+    overwrites them, so read them before it.  Parameters are read from their storage on every
+    replay, so in-place updates (optimizer steps, ``copy_`` projections) are seen; replacing a
+    parameter tensor is not.  The model is left unchanged and callable eagerly (evaluation, the
+    norm recorder); ``model.train()``/``eval()`` does not affect the graph, which always runs the
+    training-mode forward.  BN running statistics changed by the capture's warm-up iterations are
+    restored.  ``x`` and ``y`` give only shapes, dtypes and layout; they become the static
+    inputs.  Raises ValueError off CUDA, or whatever the capture raises (the caller may fall back
+    to eager steps).
+    """
+    if x.device.type != "cuda" or y.device.type != "cuda":
+        raise ValueError(f"graphed_loss needs CUDA tensors, got x on {x.device} and y on {y.device}")
+    step = _LossStep(model, amp).train()
+    saved = [b.clone() for b in model.buffers()]
+    try:
+        return torch.cuda.make_graphed_callables(step, (x, y), allow_unused_input=True)
+    finally:
+        torch.cuda.synchronize(x.device)
+        with torch.no_grad():
+            for b, v in zip(model.buffers(), saved):
+                b.copy_(v)  # in place: the graph holds these addresses
+
+
+class _LossStep(torch.nn.Module):
+    """(x, y) -> (loss, logits.detach()): the unit that :func:`graphed_loss` captures.
+
+    The model is a submodule, so its parameters are the graph's parameter inputs. Autocast runs
+    inside with its weight-cast cache off, as CUDA graph capture requires; the casts are kernels
+    of the graph."""
+
+    def __init__(self, model: torch.nn.Module, amp: bool):
+        super().__init__()
+        self.model, self.amp = model, bool(amp)
+
+    def forward(self, x, y):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
+            out = self.model(x)
+            loss = F.cross_entropy(out, y)
+        return loss, out.detach()
+
+
+def _sgd(model, cfg, *, fused: bool) -> torch.optim.SGD:
+    """SGD with the config's settings; the fused CUDA kernel where this torch has it (same update,
+    fewer launches: with CUDA graphs the optimizer step is the largest eager part of a step)."""
+    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    params = list(model.parameters())
+    if fused and "fused" in inspect.signature(torch.optim.SGD).parameters:
+        try:
+            return torch.optim.SGD(params, fused=True, **kwargs)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.SGD(params, **kwargs)
 
 
 # ---------------------------------------------------------------- checkpoint contents

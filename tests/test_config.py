@@ -105,9 +105,26 @@ def test_warmup_returns_to_the_base_lr_and_milestones_apply():
 
 def test_resolved_fills_automatic_fields():
     cpu = TrainConfig(model="resnet8").resolved(cuda_available=False)
-    resolved = (cpu.dataset, cpu.device, cpu.amp, cpu.deterministic, cpu.channels_last)
-    assert resolved == ("digits", "cpu", False, True, True)
+    resolved = (cpu.dataset, cpu.device, cpu.amp, cpu.deterministic, cpu.channels_last, cpu.cuda_graphs)
+    assert resolved == ("digits", "cpu", False, True, True, False)
     assert cpu.out == "runs/resnet8-digits-seed0"
     gpu = TrainConfig(data="/data/cifar-100-python.tar.gz").resolved(cuda_available=True)
-    assert (gpu.dataset, gpu.device, gpu.amp, gpu.deterministic) == ("cifar100", "cuda", True, False)
+    assert (gpu.dataset, gpu.device, gpu.amp, gpu.deterministic, gpu.cuda_graphs) == (
+        "cifar100", "cuda", True, False, True)
     assert TrainConfig(data="/runs100/cifar-10-batches-py").resolved().dataset == "cifar10"
+
+
+def test_cuda_graphs_default_explicit_and_conflicts():
+    # automatic: on for CUDA unless compiling (compile makes its own graphs); never on the CPU
+    assert TrainConfig(compile=True).resolved(cuda_available=True).cuda_graphs is False
+    assert TrainConfig(device="cpu").resolved(cuda_available=True).cuda_graphs is False
+    assert TrainConfig(cuda_graphs=False).resolved(cuda_available=True).cuda_graphs is False
+    assert TrainConfig(cuda_graphs=False, compile=True).resolved(cuda_available=True).compile is True
+    assert _parse(["--no-cuda-graphs"]).cuda_graphs is False and _parse(["--cuda-graphs"]).cuda_graphs is True
+    assert _parse(["--cuda-graphs", "--device", "cuda"]).resolved(cuda_available=True).cuda_graphs is True
+    with pytest.raises(ValueError, match="cuda_graphs=True needs device 'cuda'.*'cpu'"):
+        TrainConfig(cuda_graphs=True).resolved(cuda_available=False)
+    with pytest.raises(ValueError, match="cuda_graphs=True and compile=True"):
+        TrainConfig(cuda_graphs=True, compile=True).resolved(cuda_available=True)
+    # configs saved before the field existed still load (resolved as automatic)
+    assert TrainConfig.from_json('{"model": "resnet8"}').cuda_graphs is None
