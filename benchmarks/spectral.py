@@ -152,10 +152,10 @@ def main(argv=None):
         ratio = t["theirs"] / t["ours"]
         projection_ratios.append(ratio)
         ours_worst.append(o_worst)
-        print(f"{c:>4} {n:>3} | {t['theirs']:>10.4f} {t['ours']:>9.4f} {ratio:>5.1f}x | "
+        print(f"{c:>4} {n:>3} | {t['theirs']:>10.4f} {t['ours']:>9.4f} {ratio:>5.2g}x | "
               f"{o_worst:>10.1e} {o_rel:>10.1e} | {t_worst:>12.3f} {t_rel:>12.3f}", flush=True)
     print(f"exact projection faster in {sum(r > 1 for r in projection_ratios)}/{len(sizes)} sizes "
-          f"(median {statistics.median(projection_ratios):.1f}x); worst polar error "
+          f"(median {statistics.median(projection_ratios):.2g}x); worst polar error "
           f"{max(ours_worst):.1e} (target <= 1e-5)")
     return 0
 

@@ -310,38 +310,43 @@ def conv_singular_values(weight, input_size, *, stride=1, padding_mode="circular
 
 
 # ----------------------------------------------------------------------------- iterative
-def _lanczos(matvec, start, *, which, tol, max_iter, zero_tol):
+def _lanczos(matvec, start, *, which, tol, max_iter, zero_tol, block=64):
     """Extreme non-zero eigenvalue of a symmetric PSD operator by Lanczos with full
     re-orthogonalisation.  Returns ``(theta, converged)``; Ritz values below
-    ``zero_tol * theta_max`` count as the null space and are skipped for ``which="min"``."""
-    basis, alphas, betas = [], [], []
+    ``zero_tol * theta_max`` count as the null space and are skipped for ``which="min"``.
+    The basis is kept in blocks of ``block`` vectors (no re-stacking); the Ritz values are
+    checked every iteration for the first 16, then every 4th."""
+    blocks, alphas, betas = [], [], []
     q = start / start.norm()
     theta, converged = 0.0, False
     for j in range(max_iter):
-        basis.append(q)
+        if j % block == 0:
+            blocks.append(q.new_empty(block, q.numel()))
+        blocks[-1][j % block] = q
         w = matvec(q)
-        alpha = torch.dot(w, q)
-        alphas.append(alpha)
-        Q = torch.stack(basis)
+        alphas.append(float(torch.dot(w, q)))
+        filled = blocks[:-1] + [blocks[-1][: j % block + 1]]
         for _ in range(2):                                    # classical Gram-Schmidt, twice
-            w = w - Q.T @ (Q @ w)
-        beta = w.norm()
-        T = torch.diag(torch.stack(alphas))
-        if betas:
-            off = torch.stack(betas)
-            T = T + torch.diag(off, 1) + torch.diag(off, -1)
-        evals, evecs = torch.linalg.eigh(T)
-        top = evals[-1].clamp_min(0)
-        if which == "max":
+            for Q in filled:
+                w = w - Q.T @ (Q @ w)
+        beta = float(w.norm())
+        last = j == max_iter - 1
+        if j < 16 or j % 4 == 3 or last or beta == 0.0:
+            T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+            if betas:
+                off = torch.tensor(betas, dtype=torch.float64)
+                T = T + torch.diag(off, 1) + torch.diag(off, -1)
+            evals, evecs = torch.linalg.eigh(T)
+            top = max(float(evals[-1]), 0.0)
             idx = len(alphas) - 1
-        else:
-            nonzero = (evals > zero_tol * top).nonzero()
-            idx = int(nonzero[0]) if len(nonzero) else len(alphas) - 1
-        theta = float(evals[idx])
-        residual = float(beta * evecs[-1, idx].abs())
-        if residual <= tol * abs(theta) or float(beta) <= 1e-13 * max(float(top), 1e-300):
-            converged = True
-            break
+            if which == "min":
+                nonzero = (evals > zero_tol * top).nonzero()
+                idx = int(nonzero[0]) if len(nonzero) else idx
+            theta = float(evals[idx])
+            residual = beta * float(evecs[-1, idx].abs())
+            if residual <= tol * abs(theta) or beta <= 1e-13 * max(top, 1e-300):
+                converged = True
+                break
         betas.append(beta)
         q = w / beta
     return theta, converged
