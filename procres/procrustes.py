@@ -403,8 +403,11 @@ class ProcrustesHook:
     @torch.no_grad()
     def _after_step(self, optimizer, args, kwargs):
         draws = torch.rand(len(self.layers), generator=self.generator)
-        for (conv, size, stride, target), u in zip(self.layers, draws.tolist()):
+        for i, ((conv, size, stride, target), u) in enumerate(zip(self.layers, draws.tolist())):
             if u < self.p:
+                if not torch.isfinite(conv.weight).all():
+                    raise ValueError(f"layer {i} ({conv}) has NaN or inf weights after step "
+                                     f"{self.steps}: training diverged, nothing to project")
                 _project(conv.weight, size, stride, target, self.method, self.faithful,
                          self.iterations, report=False)
                 self.projections += 1

@@ -313,6 +313,15 @@ def test_hook_state_dict_round_trip_resumes_the_same_decisions():
     assert not torch.equal(hook_fresh.generator.get_state(), hook_full.generator.get_state())
 
 
+def test_hook_raises_on_diverged_weights():
+    net = TinyNet().double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    register_procrustes_hook(opt, net.transitions(), p=1.0)
+    net.trans.weight.grad = torch.full_like(net.trans.weight, float("nan"))
+    with pytest.raises(ValueError, match="layer 1.*NaN"):
+        opt.step()
+
+
 def test_hook_rejects_bad_layers_and_p():
     net = TinyNet()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
