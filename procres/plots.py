@@ -270,6 +270,7 @@ def spread(ratios, kinds: list[str] | None = None, *, only: tuple[str, ...] | No
     if only is not None and kinds is not None:
         keep = np.array([k in only for k in kinds], dtype=bool)
         r = r[keep[: r.size]]
+    r = r[np.isfinite(r)]
     if r.size == 0:
         return {"max": float("nan"), "mean": float("nan")}
     d = np.abs(np.log10(np.clip(r, 1e-12, None)))

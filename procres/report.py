@@ -71,7 +71,8 @@ def ratios_by_kind(run: Run, *, epochs: str = "trained") -> dict[str, np.ndarray
         kinds = h.get("block_kinds") or run.block_kinds()
         for kind, r in zip(kinds, h["norms"]["ratio"]):
             groups.setdefault("transition" if kind in TRANSITION_KINDS else kind, []).append(r)
-    return {k: np.asarray(v, dtype=float) for k, v in groups.items()}
+    # a unit whose input needs no gradient (e.g. the raw image) has a NaN ratio: left out
+    return {k: a[np.isfinite(a)] for k, a in ((k, np.asarray(v, dtype=float)) for k, v in groups.items())}
 
 
 def kind_stats(r: np.ndarray) -> dict:

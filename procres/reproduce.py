@@ -57,7 +57,8 @@ FORWARD_MMACS = {
 }
 # Seconds per epoch (train 45k + evaluate 10k + 5k) on one GPU; see the module docstring.
 # Measured 2026-11-27 with benchmarks/reproduce_cost.py (20 timed steps after 3 warm-up steps).
-# ProcResNets pay ~90 ms per step for the p=0.5 projection (batched SVDs on the GPU).
+# ProcResNets paid ~90 ms per step for the p=0.5 projection (batched SVDs on the GPU) with the
+# projection of commit 3d7e2f6; later changes to procres.procrustes may move their numbers.
 EPOCH_SECONDS_SOURCE = "measured on one NVIDIA H200, torch 2.11 + CUDA 13, bf16, batch 128"
 EPOCH_SECONDS: dict[str, float] = {
     "resnet20": 3.2, "resnet56": 9.2, "resnet110": 18.0, "resnet1202": 167.3,

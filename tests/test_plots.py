@@ -127,6 +127,20 @@ def test_spread_and_family():
         "residual", "procrustes", "plain", "residual"]
 
 
+def test_nan_ratios_are_skipped(tmp_path):
+    run = write_run(tmp_path / "run", "preresnet38")
+    lines = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
+    for h in lines:
+        h["norms"]["ratio"][0] = float("nan")  # e.g. a unit fed by the raw image
+    (run / "history.jsonl").write_text("\n".join(json.dumps(h) for h in lines))
+    made = plots.plot_runs([run], tmp_path / "figs")
+    assert _is_png(made["ratios"]) and _is_png(made["heatmap"])
+    assert np.isfinite(plots.spread(lines[-1]["norms"]["ratio"])["max"])
+    from procres.report import ratios_by_kind
+
+    assert all(np.isfinite(v).all() for v in ratios_by_kind(plots.load_run(run)).values())
+
+
 def test_plots_do_not_import_torch():
     # plots must be usable without the training stack: it reads files only
     assert "torch" not in getattr(plots, "__dict__")
