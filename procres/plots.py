@@ -72,8 +72,8 @@ class Run:
 
     @property
     def label(self) -> str:
-        depth = self.config.get("depth")
-        name = self.model if depth is None or str(depth) in self.model else f"{self.model}{depth}"
+        # the folder name when it says more (e.g. preresnet164-seed1), else the model name
+        name = self.path.name if self.model in self.path.name else self.model
         return f"{name} ({FAMILY_LABELS[self.family]})"
 
     def ratio_records(self) -> list[dict]:
@@ -198,6 +198,10 @@ def plot_ratio_per_block(runs: list[Run], path, *, epochs: list[int] | None = No
     axes = fig.subplots(len(runs), 1, squeeze=False)[:, 0]
     all_ratios = [x for r in runs for h in r.ratio_records() for x in h["norms"]["ratio"]]
     ylim = _log_limits(all_ratios)
+    if epochs is not None:
+        have = sorted({h["epoch"] for r in runs for h in r.ratio_records()})
+        if not set(epochs) & set(have):
+            raise ValueError(f"none of the epochs {list(epochs)} has norm ratios; recorded epochs: {have}")
     for ax, run in zip(axes, runs):
         records = {h["epoch"]: h for h in run.ratio_records()}
         chosen = [e for e in (epochs or pick_epochs(list(records))) if e in records]
@@ -238,7 +242,10 @@ def plot_ratio_heatmap(runs: list[Run], path) -> Path:
             r = np.asarray(h["norms"]["ratio"], dtype=float)
             grid[i, : r.size] = np.log10(np.clip(r, 1e-12, None))
         maps.append((run, [h["epoch"] for h in recs], grid))
-    vmax = max(0.1, max(float(np.nanmax(np.abs(g))) for _, _, g in maps if np.isfinite(g).any()))
+    # symmetric about 0 (r = 1); capped at a factor 100 so one exploding plain net cannot wash
+    # out the others (the colour bar then shows arrows)
+    top = max((float(np.nanmax(np.abs(g))) for _, _, g in maps if np.isfinite(g).any()), default=0.1)
+    vmax = min(max(0.1, top), 2.0)
     fig = Figure(figsize=(11, 2.6 * len(runs) + 0.6), layout="constrained")
     axes = fig.subplots(len(runs), 1, squeeze=False)[:, 0]
     for ax, (run, epochs, grid) in zip(axes, maps):
@@ -257,7 +264,8 @@ def plot_ratio_heatmap(runs: list[Run], path) -> Path:
         ax.set_title(run.label + note, color=FAMILY_COLORS[run.family], fontsize=11)
         ax.set_ylabel("epoch")
     axes[-1].set_xlabel("block index l")
-    fig.colorbar(im, ax=list(axes), label=r"$\log_{10} r_l$  (0 = norm preserved)", shrink=0.9)
+    fig.colorbar(im, ax=list(axes), label=r"$\log_{10} r_l$  (0 = norm preserved)", shrink=0.9,
+                 extend="both" if top > vmax else "neither")
     fig.suptitle("Gradient-norm ratio over training: red = gradient grows backward, blue = shrinks",
                  fontsize=12)
     return _save(fig, path)
@@ -374,7 +382,7 @@ def plot_spectra(spectra: dict, path) -> Path:
                         ha="center", va="center", transform=ax_pad.transAxes, color="0.4")
         elif all(np.array_equal(_nonzero(d.get("circular", [])), _nonzero(d.get("zeros", [])))
                  for d in (before, after) if d.get("zeros") is not None):
-            ax_pad.text(0.02, 0.95, "identical spectra\n(1x1 kernel: no padding)", ha="left", va="top",
+            ax_pad.text(0.02, 0.95, "identical spectra\n(this kernel needs no padding)", ha="left", va="top",
                         transform=ax_pad.transAxes, color="0.3", fontsize=9)
         for ax in (ax_proj, ax_pad):
             if target:

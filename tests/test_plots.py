@@ -93,6 +93,8 @@ def test_chosen_epochs_are_drawn(demo_like, tmp_path):
     runs = [plots.load_run(p) for p in sorted((demo_like / "runs").iterdir())]
     path = plots.plot_ratio_per_block(runs, tmp_path / "r.png", epochs=[0, 4])
     assert _is_png(path)
+    with pytest.raises(ValueError, match="recorded epochs"):
+        plots.plot_ratio_per_block(runs, tmp_path / "r.png", epochs=[99])
 
 
 def test_missing_history_names_the_file(tmp_path):
