@@ -22,13 +22,14 @@ Reporting (REFERENCE.md section 7 / STYLE.md): the final-epoch test error, the t
 the best validation epoch (5,000 held-out training images, ``--val-size 5000``; the published
 single runs trained on all 50,000 images, which is ``--val-size 0``), mean +- std over seeds.
 
-GPU-hours: ``EPOCH_SECONDS`` holds the seconds one training epoch (45k images, batch 128,
-bf16 autocast, channels_last, projection p=0.5, norm recording every 10 steps) plus evaluation
-takes on one GPU, timed with ``benchmarks/reproduce_cost.py`` on the card named in
+GPU-hours: ``EPOCH_SECONDS`` holds the seconds one training epoch (352 steps of batch 128,
+SGD, bf16 autocast, channels_last, Procrustes projection p=0.5 on ProcResNets) plus evaluation
+of 15k images takes on one GPU, timed with ``benchmarks/reproduce_cost.py`` on the card named in
 ``EPOCH_SECONDS_SOURCE``; models not timed are scaled from the nearest timed one by forward
-multiply-accumulates. The training loop's own overheads (norm recording, augmentation,
-checkpoints) are not in them: count ~10% more. With N GPUs under DDP the global batch of 128
-is split (128/N per GPU), so small nets scale poorly: the wall time is at best GPU-hours / N.
+multiply-accumulates. The training loop's other work (norm recording every 10 steps, on-device
+augmentation, checkpoints) is not in them and was not timed on a GPU here, so the hours are a
+lower bound. With N GPUs under DDP the global batch of 128 is split (128/N per GPU), so small
+nets scale poorly: the wall time is at best GPU-hours / N.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def describe(name: str, *, data="DATA", gpus=1, seeds=None, out="runs/reproduce"
     hours = r.gpu_hours(s)
     lines = [f"{r.name}: {r.title}",
              f"  data {r.dataset} ({data}), recipe '{r.train_recipe}' ({r.epochs} epochs), seeds {' '.join(map(str, s))}",
-             f"  expected cost: {hours:.1f} GPU-hours"
+             f"  expected cost: at least {hours:.1f} GPU-hours"
              + (f" (at best {hours / gpus:.1f} h wall on {gpus} GPUs, batch {128 // gpus} per GPU)" if gpus > 1 else "")
              + f"; per-epoch times {EPOCH_SECONDS_SOURCE}"]
     if r.published:
@@ -196,7 +197,7 @@ def list_recipes() -> str:
     rows = [f"{'name':16s} {'GPU-h':>7s}  {'runs':>4s}  what"]
     for r in RECIPES.values():
         rows.append(f"{r.name:16s} {r.gpu_hours():7.1f}  {len(r.models) * len(r.seeds):4d}  {r.title}")
-    rows.append(f"(GPU-hours for the default seeds; per-epoch times: {EPOCH_SECONDS_SOURCE})")
+    rows.append(f"(lower bounds for the default seeds; per-epoch times {EPOCH_SECONDS_SOURCE})")
     return "\n".join(rows)
 
 
@@ -207,11 +208,16 @@ def summarize(name: str, *, out: str = "runs/reproduce", seeds=None) -> tuple[st
 
     recipe = get_recipe(name)
     rows, data = [f"{'model':16s} {'seeds':>5s}  {'final test err %':>18s}  {'at best val %':>15s}  published"], {}
+    unfinished = []
     for model in recipe.models:
         final, at_best = [], []
         for seed in _seeds(recipe, seeds):
-            path = Path(run_dir(out, recipe, model, seed)) / "history.jsonl"
+            folder = Path(run_dir(out, recipe, model, seed))
+            path = folder / "history.jsonl"
             if not path.is_file():
+                continue
+            if not (folder / "result.json").is_file():  # written by train() when the run ends
+                unfinished.append(str(folder))
                 continue
             hist = [h for h in read_history(path) if h.get("epoch", 0) > 0] or read_history(path)
             if hist[-1].get("test_acc") is None:
@@ -227,6 +233,8 @@ def summarize(name: str, *, out: str = "runs/reproduce", seeds=None) -> tuple[st
         pub = recipe.published.get(model)
         rows.append(f"{model:16s} {len(final):5d}  {fmt(final):>18s}  {fmt(at_best):>15s}  "
                     f"{'-' if pub is None else f'{pub:.2f}'}")
+    if unfinished:
+        rows.append(f"not finished (left out): {', '.join(unfinished)}")
     return "\n".join(rows), data
 
 

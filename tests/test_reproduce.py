@@ -71,3 +71,13 @@ def test_smoke_runs_the_figure_recipe_end_to_end(tmp_path, capsys):
     assert (runs / "figures" / "ratio_per_block.png").stat().st_size > 5000
     assert "procresnet13" in out and "final test err" in out
     assert "figure-smoke" not in reproduce.RECIPES
+    # an unfinished run (no result.json) is left out of the summary and named
+    (runs / "procresnet13-seed0" / "result.json").unlink()
+    reproduce.RECIPES["figure-smoke"] = reproduce.Recipe(**{**reproduce.RECIPES["figure"].__dict__, "name": "figure-smoke",
+                                                            "models": ("preresnet11", "procresnet13"), "seeds": (0,)})
+    try:
+        table, data = reproduce.summarize("figure-smoke", out=str(tmp_path / "runs"))
+    finally:
+        del reproduce.RECIPES["figure-smoke"]
+    assert len(data["preresnet11"]["final"]) == 1 and data["procresnet13"]["final"] == []
+    assert "not finished" in table and "procresnet13-seed0" in table
