@@ -267,9 +267,10 @@ def _spectra(budget: Budget, seed: int, data) -> dict:
     from procres.procrustes import project_conv_
     from procres.train import build_model
 
-    torch.manual_seed(seed)
-    model = build_model(budget.procrustes, num_classes=data.num_classes, in_channels=data.in_channels,
-                        image_size=data.image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the same initial weights as the trained run's
+        model = build_model(budget.procrustes, num_classes=data.num_classes, in_channels=data.in_channels,
+                            image_size=data.image_size)
     names = {id(conv): name for name, conv in model.named_modules()}
     layers = []
     for i, (conv, size) in enumerate(model.transitions()):
