@@ -119,6 +119,17 @@ def test_report_agrees_with_dense_operator():
     assert report.as_dict()["history"] == report.history and len(report.history) == 4
 
 
+@pytest.mark.parametrize("kernel", [1, 2])
+def test_report_of_frequency_independent_kernels_agrees_with_dense_operator(kernel):
+    # k <= stride: one decomposition stands for every frequency (the report's shortcut)
+    weight = torch.randn(6, 3, kernel, kernel, dtype=torch.float64)
+    report = project_conv_(weight, 4, stride=2, target=1.7)
+    nonzero, _ = nonzero_spectrum(weight, 4, 2)
+    assert report.sigma_max == pytest.approx(nonzero[0], rel=1e-10)
+    assert report.sigma_min == pytest.approx(nonzero[-1], rel=1e-10)
+    np.testing.assert_allclose(nonzero, 1.7, rtol=1e-10)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_3x3_converges_with_repeated_projection(stride):
     conv = nn.Conv2d(8, 16, 3, stride=stride, padding=1, bias=False).double()
@@ -342,3 +353,15 @@ def test_projection_on_cuda_matches_cpu():
     assert g.is_cuda
     torch.testing.assert_close(g.cpu(), w)
     assert report.max_rel_error < 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(40, 64, 64), (300, 8, 3), (10, 64, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64, torch.float64, torch.complex128])
+def test_batched_svdvals_on_cuda_matches_cpu_float64(shape, dtype):
+    from procres.spectral import batched_svdvals
+    a = torch.randn(*shape, dtype=dtype)
+    ref = torch.linalg.svdvals(a.to(torch.complex128))
+    out = batched_svdvals(a.cuda())
+    assert out.is_cuda
+    torch.testing.assert_close(out.cpu().double(), ref, rtol=2e-5 if dtype in (torch.float32, torch.complex64) else 1e-10, atol=1e-5)
