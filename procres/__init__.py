@@ -12,9 +12,11 @@ _API = {
     "conv_operator_norm": "spectral",
     "conv_min_singular_value": "spectral",
     "conv_matrix": "spectral",
+    "batched_svdvals": "spectral",
     # procrustes: polar factor and the norm-preserving projection
     "polar": "procrustes",
     "project_conv_": "procrustes",
+    "project_kernel": "procrustes",
     "ProjectionReport": "procrustes",
     "ProcrustesHook": "procrustes",
     "register_procrustes_hook": "procrustes",
@@ -23,16 +25,31 @@ _API = {
     "create_model": "models",
     "list_models": "models",
     "register_model": "models",
+    "resnet": "models",
+    "preresnet": "models",
+    "procresnet": "models",
+    "plain": "models",
+    "plainpre": "models",
+    "plainproc": "models",
     # diagnostics
     "NormRecorder": "diagnostics",
     "jacobian_singular_values": "diagnostics",
     "check_bounds": "diagnostics",
     "depth_study": "diagnostics",
+    "JacobianSpectrum": "diagnostics",
+    "log_ratio_spread": "diagnostics",
     # data, config, training
     "load_dataset": "data",
     "DeviceLoader": "data",
+    "DataSplits": "data",
+    "DatasetError": "data",
     "TrainConfig": "config",
+    "RECIPES": "config",
+    "lr_at": "config",
     "train": "train",
+    "train_seeds": "train",
+    "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint",
 }
 
 __all__ = sorted(_API) + ["__version__"]

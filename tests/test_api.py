@@ -1,0 +1,27 @@
+"""The public API: every listed name resolves, the CLI entry point answers."""
+
+import subprocess
+import sys
+
+import pytest
+
+import procres
+
+
+@pytest.mark.parametrize("name", [n for n in procres.__all__ if n != "__version__"])
+def test_every_public_name_resolves(name):
+    assert getattr(procres, name) is not None
+
+
+def test_unknown_name_raises_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_name"):
+        procres.no_such_name  # noqa: B018
+
+
+def test_python_dash_m_procres_prints_help_and_version():
+    out = subprocess.run([sys.executable, "-m", "procres", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and procres.__version__ in out.stdout
+    out = subprocess.run([sys.executable, "-m", "procres", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("models", "spectrum", "train", "demo", "plot", "reproduce"):
+        assert command in out.stdout
