@@ -154,6 +154,38 @@ def test_diverging_run_stops_and_its_checkpoint_is_finite(tmp_path):
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
 
+def test_graph_branch_of_the_loop_matches_the_eager_run(finished_run, tmp_path, monkeypatch):
+    """The loop's CUDA-graph branch, run on the CPU with a stand-in for the captured callable that,
+    like a graph replay, bypasses the units' hooks: the recorded steps run eagerly with the
+    recorder, so weights, losses and norms are bit-identical to the eager run of the same config."""
+    config, eager = finished_run
+    replays = []
+
+    def stand_in(model, x, y, *, amp):
+        assert x.shape == (config.batch_size, 1, 16, 16) and x.is_contiguous(memory_format=torch.channels_last)
+
+        def step(xb, yb):  # model(x) == head(blocks(stem(x))), calling unit.forward: no hooks run
+            replays.append(1)
+            h = model.stem(xb)
+            for unit in model.blocks:
+                h = unit.forward(h)
+            out = model.head(h)
+            return torch.nn.functional.cross_entropy(out, yb), out.detach()
+
+        return step
+
+    resolved = TrainConfig.resolved
+    monkeypatch.setattr(TrainConfig, "resolved", lambda self, **kw: resolved(self, **kw).replace(cuda_graphs=True))
+    monkeypatch.setattr(train_module, "graphed_loss", stand_in)
+    graphs = train(config.replace(out=str(tmp_path / "graphs")), quiet=True)
+    assert "CUDA graphs on" in (tmp_path / "graphs" / "train.log").read_text()
+    assert len(replays) == 4  # 8 steps, record_every=2: steps 1, 3, 5, 7 replayed, 0, 2, 4, 6 eager
+    _assert_identical(graphs["model"].state_dict(), eager["model"].state_dict())
+    for g, e in zip(graphs["history"], eager["history"], strict=True):
+        assert json.dumps(g["norms"]) == json.dumps(e["norms"])  # NaN-aware equality
+        assert (g["train_loss"], g["test_acc"]) == (e["train_loss"], e["test_acc"])
+
+
 def test_graphed_loss_refuses_cpu_tensors():
     model = build_model("resnet8", num_classes=10, in_channels=1, image_size=16)
     with pytest.raises(ValueError, match="needs CUDA tensors.*cpu"):
