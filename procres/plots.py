@@ -47,7 +47,7 @@ from matplotlib.ticker import MaxNLocator
 
 FAMILY_COLORS = {"residual": "#1f77b4", "procrustes": "#2ca02c", "plain": "#d62728"}
 FAMILY_ORDER = ("residual", "procrustes", "plain")
-FAMILY_LABELS = {"residual": "residual", "procrustes": "Procrustes", "plain": "plain (no skip)"}
+FAMILY_LABELS = {"residual": "residual", "procrustes": "Procrustes", "plain": "plain twin"}
 MARKED_KINDS = ("transition", "projection")
 _KIND_COLORS = {"transition": "#9467bd", "projection": "#ff7f0e"}
 _DPI = 120
