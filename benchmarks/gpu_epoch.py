@@ -15,6 +15,8 @@ no CIFAR files, PIL or torchvision are needed. For preresnet164 and procresnet16
                                  CUDA); optimizer step and projection eager; every 10th step runs
                                  eagerly with the recorder, as in ``procres train``
                ours-graphs-fp32  the same in fp32
+               ours-graphs-norec ours-graphs without the recorder (``--record-every 0``): all
+                                 steps replayed, the ceiling of the graph path
                ours-compile      only with --compile: bf16, torch.compile, no recorder
   authors'   torch.utils.data.DataLoader(num_workers=4, shuffle, pin_memory) over a Dataset whose
              __getitem__ does the per-sample transforms of torchvision's RandomCrop(32, padding=4,
@@ -129,15 +131,16 @@ def sgd(model, fused=False):
 
 # our pipeline's variants: bf16 autocast, CUDA graphs (procres.train.graphed_loss), torch.compile
 VARIANTS = {
-    "ours-bf16": dict(amp=True, graphs=False, compile=False),
-    "ours-fp32": dict(amp=False, graphs=False, compile=False),
-    "ours-graphs": dict(amp=True, graphs=True, compile=False),
-    "ours-graphs-fp32": dict(amp=False, graphs=True, compile=False),
-    "ours-compile": dict(amp=True, graphs=False, compile=True),  # only with --compile
+    "ours-bf16": dict(amp=True, graphs=False, compile=False, record=True),
+    "ours-fp32": dict(amp=False, graphs=False, compile=False, record=True),
+    "ours-graphs": dict(amp=True, graphs=True, compile=False, record=True),
+    "ours-graphs-fp32": dict(amp=False, graphs=True, compile=False, record=True),
+    "ours-graphs-norec": dict(amp=True, graphs=True, compile=False, record=False),  # --record-every 0
+    "ours-compile": dict(amp=True, graphs=False, compile=True, record=False),  # only with --compile
 }
 
 
-def ours(name, depth, data, args, device, *, amp, graphs, compile):
+def ours(name, depth, data, args, device, *, amp, graphs, compile, record):
     """Seconds per step of procres.train's loop (same order of operations), and extra facts."""
     x, y = data
     cuda = device.type == "cuda"
@@ -158,7 +161,7 @@ def ours(name, depth, data, args, device, *, amp, graphs, compile):
         extra["capture_s"] = round(time.perf_counter() - t0, 2)
     # as in procres.train: with compile the recorder's hooks would split the graph, so it is left out;
     # with graphs every 10th step runs eagerly with the recorder (every=1 counts only those)
-    recorder = None if compile else NormRecorder(model.blocks, every=1 if graphs else RECORD_EVERY)
+    recorder = NormRecorder(model.blocks, every=1 if graphs else RECORD_EVERY) if record else None
     net = torch.compile(model) if compile else model
     amp_args = dict(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
     # the loop's running loss / accuracy sums and non-finite-loss count
@@ -167,7 +170,7 @@ def ours(name, depth, data, args, device, *, amp, graphs, compile):
     count = [0]
 
     def step(xb, yb):
-        if graphed is not None and count[0] % RECORD_EVERY:
+        if graphed is not None and (recorder is None or count[0] % RECORD_EVERY):
             loss, out = graphed(xb, yb)
         else:
             with torch.autocast(**amp_args):
