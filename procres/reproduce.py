@@ -26,10 +26,13 @@ GPU-hours: ``EPOCH_SECONDS`` holds the seconds one training epoch (352 steps of 
 SGD, bf16 autocast, channels_last, Procrustes projection p=0.5 on ProcResNets) plus evaluation
 of 15k images takes on one GPU, timed with ``benchmarks/reproduce_cost.py`` on the card named in
 ``EPOCH_SECONDS_SOURCE``; models not timed are scaled from the nearest timed one by forward
-multiply-accumulates. The training loop's other work (norm recording every 10 steps, on-device
-augmentation, checkpoints) is not in them and was not timed on a GPU here, so the hours are a
-lower bound. With N GPUs under DDP the global batch of 128 is split (128/N per GPU), so small
-nets scale poorly: the wall time is at best GPU-hours / N.
+multiply-accumulates. They are estimates, not promises: left out are the training loop's other
+work (norm recording every 10 steps, on-device augmentation, checkpoints: more time) and both
+CUDA graphs (``procres train``'s default on one GPU) and the CPU-offloaded projection SVDs of
+commit aae4929 (less time: the ProcResNet steps were timed while the projection still cost
+~90 ms per step, so their hours may be up to 2x too high). Re-time with the script on the card
+you use. With N GPUs under DDP the global batch of 128 is split (128/N per GPU), so small nets
+scale poorly: the wall time is at best GPU-hours / N.
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ FORWARD_MMACS = {
 # Seconds per epoch (train 45k + evaluate 10k + 5k) on one GPU; see the module docstring.
 # Measured 2026-11-27 with benchmarks/reproduce_cost.py (20 timed steps after 3 warm-up steps).
 # ProcResNets paid ~90 ms per step for the p=0.5 projection (batched SVDs on the GPU) with the
-# projection of commit 3d7e2f6; later changes to procres.procrustes may move their numbers.
-EPOCH_SECONDS_SOURCE = "measured on one NVIDIA H200, torch 2.11 + CUDA 13, bf16, batch 128"
+# projection of commit 3d7e2f6; aae4929 moved those SVDs to the CPU (157 -> 81 ms/step reported).
+EPOCH_SECONDS_SOURCE = ("measured on one NVIDIA H200 (torch 2.11, bf16, eager, batch 128; ProcResNets "
+                        "before the faster projection of aae4929)")
 EPOCH_SECONDS: dict[str, float] = {
     "resnet20": 3.2, "resnet56": 9.2, "resnet110": 18.0, "resnet1202": 167.3,
     "preresnet164": 27.7, "procresnet166": 59.9, "preresnet272": 38.0, "procresnet274": 77.4,
@@ -180,7 +184,7 @@ def describe(name: str, *, data="DATA", gpus=1, seeds=None, out="runs/reproduce"
     hours = r.gpu_hours(s)
     lines = [f"{r.name}: {r.title}",
              f"  data {r.dataset} ({data}), recipe '{r.train_recipe}' ({r.epochs} epochs), seeds {' '.join(map(str, s))}",
-             f"  expected cost: at least {hours:.1f} GPU-hours"
+             f"  expected cost: about {hours:.1f} GPU-hours"
              + (f" (at best {hours / gpus:.1f} h wall on {gpus} GPUs, batch {128 // gpus} per GPU)" if gpus > 1 else "")
              + f"; per-epoch times {EPOCH_SECONDS_SOURCE}"]
     if r.published:
@@ -197,7 +201,7 @@ def list_recipes() -> str:
     rows = [f"{'name':16s} {'GPU-h':>7s}  {'runs':>4s}  what"]
     for r in RECIPES.values():
         rows.append(f"{r.name:16s} {r.gpu_hours():7.1f}  {len(r.models) * len(r.seeds):4d}  {r.title}")
-    rows.append(f"(lower bounds for the default seeds; per-epoch times {EPOCH_SECONDS_SOURCE})")
+    rows.append(f"(estimates for the default seeds; per-epoch times {EPOCH_SECONDS_SOURCE})")
     return "\n".join(rows)
 
 
