@@ -33,9 +33,10 @@ multiple of ``record_every``) run eagerly with the recorder, the same forward, l
 update on the same batch: the history's norms mean the same with and without graphs (an eager
 step costs a whole eager step; raise ``record_every`` to pay it less often). Evaluation and the
 norm probes are eager (the captured callable wraps the model; the model itself is untouched).
-Not with DDP (the gradient all-reduce would need capturing too) or ``compile``: those train
-eagerly. If capture fails (an operation that cannot be captured, an older torch), a warning is
-logged and the run trains eagerly.
+Not with DDP (the gradient all-reduce would need capturing too; DDP runs train eagerly) and not
+with ``compile`` (the config refuses both at once; automatic graphs are off when compiling). If
+capture fails (an operation that cannot be captured, an older torch), a warning is logged and
+the run trains eagerly.
 
 History record keys: epoch, step, lr, train_loss, train_acc, val_loss, val_acc, test_loss,
 test_acc, epoch_time (s, training + evaluation), images_per_sec (training only), norms
