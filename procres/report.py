@@ -298,7 +298,7 @@ def spectra_table(layers: list[dict]) -> str:
             return "-" if not v else f"{v['min']:.3g}-{v['max']:.3g} ({v['max_rel_error']:.1e})"
         rows.append([s["name"], f"{s['input_size']}/{s['stride']}", _fmt(s["target"], 4),
                      cell("before_circular"), cell("after_circular"), cell("before_zeros"), cell("after_zeros")])
-    return markdown_table(["layer", "grid/stride", "target", "before (circular)", "after (circular)",
+    return markdown_table(["layer", "input/stride", "target", "before (circular)", "after (circular)",
                            "before (zeros)", "after (zeros)"], rows)
 
 
