@@ -8,7 +8,7 @@ no CIFAR files, PIL or torchvision are needed. For preresnet164 and procresnet16
              weights, fused SGD momentum 0.9 and weight decay 1e-4, the running loss/accuracy sums,
              a NormRecorder on every 10th step (the ``procres train`` default), and for
              procresnet166 the exact Procrustes projection hook with p = 0.5. Variants:
-               ours-bf16         bf16 autocast, eager (``procres train --no-cuda-graphs``)
+               ours-bf16         bf16 autocast, eager (``procres train`` default)
                ours-fp32         fp32, eager
                ours-graphs       bf16, forward + loss + backward replayed as CUDA graphs
                                  (``procres.train.graphed_loss``, the ``procres train`` default on

@@ -18,7 +18,7 @@ goes into the epoch's history record and is then reset. With ``compile`` the rec
 would break the compiled graph at every unit, so the norms are measured instead at each epoch end
 on the same few batches as epoch 0.
 
-CUDA graphs (``cuda_graphs``, on by default for a single CUDA process without ``compile``): the
+CUDA graphs (``cuda_graphs``, opt-in with ``--cuda-graphs`` for a single CUDA process without ``compile``): the
 training forward, the loss and the backward are captured once with
 ``torch.cuda.make_graphed_callables`` (:func:`graphed_loss`) and then replayed, so a step costs a
 few launches instead of thousands (a 164-layer net at batch 128 is launch-bound on a large GPU).

@@ -370,7 +370,7 @@ def test_cuda_graph_steps_match_eager_steps(amp):
 @pytest.mark.gpu
 def test_cuda_run_with_graphs_records_norms_eagerly_and_falls_back(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")  # the digits set
-    config = _tiny(tmp_path, model="procresnet13", device="cuda")  # 4 steps per epoch, record_every=2
+    config = _tiny(tmp_path, model="procresnet13", device="cuda", cuda_graphs=True)  # 4 steps/epoch, record_every=2
     graphs = train(config, quiet=True)
     log = (Path(config.out) / "train.log").read_text()
     assert "CUDA graphs on" in log and "capture failed" not in log
