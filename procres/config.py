@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 DATASETS = ("cifar10", "cifar100", "digits")
 DEVICES = ("auto", "cpu", "cuda")
-PROJECTION_METHODS = ("svd", "newton_schulz")
+PROJECTION_METHODS = ("svd", "eigh", "newton_schulz")
 
 
 def _f(default, help: str):
