@@ -8,6 +8,22 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture(scope="module")
+def single_threaded():
+    """One torch and one BLAS thread for a module of tiny operators: numpy's OpenBLAS threads and
+    torch's OpenMP threads spin against each other on a shared 2-core machine (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                                         # pragma: no cover
+        yield
+    else:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

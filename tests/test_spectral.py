@@ -21,20 +21,7 @@ from procres.spectral import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_threaded():
-    """numpy's OpenBLAS threads and torch's OpenMP threads spin against each other on the shared
-    2-core CI machine (10x slower tiny ops); these operators are tiny, one thread is enough."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:                                         # pragma: no cover
-        yield
-    else:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_threaded")
 
 
 def index_formula_matrix(weight, size, stride, mode):
