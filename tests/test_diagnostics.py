@@ -18,16 +18,8 @@ from procres.diagnostics import FIELDS, NormRecorder, check_bounds, depth_study,
 
 F64 = torch.float64
 # torch's own first use of forward-mode AD (torch.func.jvp) scripts decompositions with torch.jit
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_threaded():
-    """Tiny operators: one torch thread (thread pools spin against other jobs on 2 shared cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),
+              pytest.mark.usefixtures("single_threaded")]
 
 
 # ---------------------------------------------------------------- tiny units

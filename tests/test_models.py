@@ -45,13 +45,7 @@ SMALL = {"resnet": (resnet, 14), "plain": (plain, 14), "preresnet": (preresnet, 
          "plainpre": (plainpre, 20), "procresnet": (procresnet, 22), "plainproc": (plainproc, 22)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The CI box has 2 shared cores: oversubscribed BLAS/LAPACK threads make small SVDs crawl."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_threaded")  # small SVDs crawl with oversubscribed threads
 
 
 def _depth(name):
