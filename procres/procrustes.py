@@ -148,11 +148,16 @@ def _newton_schulz(A, tol, max_iter):
 
 def _coupled_newton_schulz(E, iterations):
     """The authors' polar factor of real ``E (..., p, q)``: ``E (E^T E)^{-1/2}`` with the inverse
-    square root from ``iterations`` coupled Newton-Schulz steps on the Frobenius-scaled Gram
-    (``Y -> B^{1/2}``, ``Z -> B^{-1/2}``).  Not checked for convergence, as in their code."""
+    square root from ``iterations`` coupled Newton-Schulz steps (``Y -> B^{1/2}``,
+    ``Z -> B^{-1/2}``) on the Gram ``B``, divided by its Frobenius norm only where that norm
+    exceeds 1 (their ``batch_sqrtm(..., reg=1.)``: a Gram of norm <= 1 is iterated unscaled, and
+    10 steps then leave its small eigenvalues further from converged).  Not checked for
+    convergence, as in their code.  Iterating the smaller Gram gives the same result: ``Z`` is a
+    polynomial in ``B``, and ``E p(E^T E) = p(E E^T) E`` with ``||E^T E||_F = ||E E^T||_F``."""
     wide = E.shape[-2] < E.shape[-1]
     B = E @ E.mT if wide else E.mT @ E
-    norm = torch.linalg.matrix_norm(B).clamp_min(torch.finfo(B.dtype).tiny)[..., None, None]
+    norm = torch.linalg.matrix_norm(B)[..., None, None]
+    norm = torch.where(norm > 1, norm, torch.ones_like(norm))
     eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
     Y, Z = B / norm, eye.expand_as(B)
     for _ in range(iterations):
