@@ -34,8 +34,10 @@ sigma^2 are clustered near 0 relative to sigma_max^2), often needing a large fra
 Memory is ``max_iter * dim`` numbers.  A Ritz value is accepted when its residual
 |beta_j s_j| <= tol * theta_max (theta = sigma^2), so the absolute eigenvalue error is at most
 ``tol * sigma_max**2`` (usually far smaller); a warning is raised when ``max_iter`` ends the
-iteration first.  Repeated singular values are found through restarts after an invariant
-subspace; with ``max_iter < dim`` a multiplicity may be missed (exact with full Krylov).
+iteration first.  Repeated singular values: one Krylov space holds one copy of each
+eigenvalue, so after an invariant subspace Lanczos restarts orthogonally, and it does not stop
+before k such blocks have ended (exact multiplicities up to k are then found); a cluster of
+values that are equal only to within ``tol`` may still be under-counted before full Krylov.
 """
 
 from __future__ import annotations
@@ -430,7 +432,11 @@ def _lanczos(op: Callable[[Tensor], Tensor], dim: int, k: int, which: str, tol: 
     """Ritz values (ascending, float64) of the symmetric PSD operator ``op`` on R^dim.
 
     Lanczos with full reorthogonalisation; after an invariant subspace (beta ~ 0) it restarts
-    with a fresh random vector orthogonal to the basis, so repeated eigenvalues appear too.
+    with a fresh random vector orthogonal to the basis.  One Krylov block holds one copy of each
+    eigenvalue it reaches, so it does not stop before ``k`` blocks have ended in an invariant
+    subspace (each eigenvalue then appears min(multiplicity, k) times: enough for the k
+    extremes), and while a restarted block runs its own extreme Ritz values must have converged
+    too (the block may still reach a value beyond the wanted ones).
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -445,6 +451,7 @@ def _lanczos(op: Callable[[Tensor], Tensor], dim: int, k: int, which: str, tol: 
     q = q / q.norm()
     theta = torch.zeros(0, dtype=torch.float64)
     scale = 0.0
+    block_start, blocks_done = 0, 0  # first vector of the current Krylov block; ended blocks
     for j in range(steps):
         basis[j] = q
         w = op(q)
@@ -458,8 +465,11 @@ def _lanczos(op: Callable[[Tensor], Tensor], dim: int, k: int, which: str, tol: 
         alpha, beta = float(alpha), float(beta)  # one sync per iteration; cheap next to op()
         alphas.append(alpha)
         scale = max(scale, abs(alpha) + beta)
-        last = j + 1 == steps
-        if j + 1 >= k and (j < 32 or (j + 1) % 8 == 0 or last or beta <= 1e-12 * scale):
+        last, full = j + 1 == steps, j + 1 == dim
+        invariant = beta <= 1e-12 * scale
+        blocks_done += invariant
+        must_restart = invariant and blocks_done < k and not full
+        if j + 1 >= k and not must_restart and (j < 32 or (j + 1) % 8 == 0 or last or invariant):
             t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
             if betas:
                 off = torch.tensor(betas, dtype=torch.float64)
@@ -471,15 +481,22 @@ def _lanczos(op: Callable[[Tensor], Tensor], dim: int, k: int, which: str, tol: 
                 wanted[-k:] = True
             if which in ("both", "smallest"):
                 wanted[:k] = True
-            if bool((resid[wanted] <= tol * theta[-1].clamp_min(1e-300)).all()) or j + 1 == dim:
+            bound = tol * theta[-1].clamp_min(1e-300)
+            done = bool((resid[wanted] <= bound).all())
+            if done and block_start > 0 and not invariant:  # the restarted block's own extremes
+                block_resid = (beta * torch.linalg.eigh(t[block_start:, block_start:])[1][-1]).abs()
+                ends = [-1] * (which != "smallest") + [0] * (which != "largest")
+                done = bool((block_resid[ends] <= bound).all())
+            if done or full:
                 return theta, j + 1, True
         if last:
             break
-        if beta <= 1e-12 * scale:  # invariant subspace: restart orthogonally
+        if invariant:  # restart orthogonally
             w = random_unit()
             for _ in range(2):
                 w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
             beta = 0.0
+            block_start = j + 1
         q = w / w.norm()
         betas.append(beta)
     return theta, steps, False

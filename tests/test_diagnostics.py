@@ -10,6 +10,7 @@ import json
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -286,6 +287,25 @@ def test_lanczos_repeated_singular_values_and_which():
         jacobian_singular_values(fn, torch.randn(2, 12), which="middle")
     with pytest.raises(ValueError, match="method"):
         jacobian_singular_values(fn, torch.randn(2, 12), method="power")
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest"])
+def test_lanczos_multiplicities_beyond_one_krylov_block(which):
+    # singular values {2 x 10, 1 x 10}: one Krylov block sees 2 distinct values, and a previous
+    # version stopped there, reporting [2, 2, 1] as the 3 largest; with k = 3 it must restart
+    # until every eigenvalue has appeared min(multiplicity, 3) times.  Plus a rank-4 map whose
+    # 3 smallest singular values are 0 (a previous version gave 0 and two non-zero values).
+    g = torch.Generator().manual_seed(3)
+    q1, _ = torch.linalg.qr(torch.randn(20, 20, dtype=F64, generator=g))
+    q2, _ = torch.linalg.qr(torch.randn(20, 20, dtype=F64, generator=g))
+    low = torch.randn(12, 4, dtype=F64, generator=g) @ torch.randn(4, 16, dtype=F64, generator=g)
+    for M in (q1 @ torch.diag(torch.tensor([2.0] * 10 + [1.0] * 10, dtype=F64)) @ q2, low):
+        ref = torch.from_numpy(np.linalg.svd(M.numpy(), compute_uv=False))
+        spec = jacobian_singular_values(lambda z, M=M: M @ z, torch.randn(M.shape[1], dtype=F64),
+                                        k=3, which=which, tol=1e-12)
+        assert spec.converged
+        got, want = (spec.largest, ref[:3]) if which == "largest" else (spec.smallest, ref[-3:].flip(0))
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10 * float(ref[0]))
 
 
 # ---------------------------------------------------------------- bounds
