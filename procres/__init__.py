@@ -31,13 +31,13 @@ _API = {
     "plain": "models",
     "plainpre": "models",
     "plainproc": "models",
-    # diagnostics
+    # diagnostics: norm ratios during training; jacobian: Jacobian spectra and the bounds
     "NormRecorder": "diagnostics",
-    "jacobian_singular_values": "diagnostics",
-    "check_bounds": "diagnostics",
     "depth_study": "diagnostics",
-    "JacobianSpectrum": "diagnostics",
     "log_ratio_spread": "diagnostics",
+    "jacobian_singular_values": "jacobian",
+    "check_bounds": "jacobian",
+    "JacobianSpectrum": "jacobian",
     # data, config, training
     "load_dataset": "data",
     "DeviceLoader": "data",

@@ -18,26 +18,11 @@ Contents
 - :class:`NormRecorder`  forward / tensor-gradient hooks on a list of units (e.g.
   ``model.blocks``) that record ||x_l||, ||x_{l+1}||, ||dE/dx_l||, ||dE/dx_{l+1}||, r_l and
   per-sample ratios (norms over all non-batch dimensions, batch = dimension 0) during training.
-- :func:`jacobian_singular_values`  extreme singular values of the Jacobian of any function at
-  a point by Lanczos on the smaller Gram matrix (J^T J or J J^T), using ``torch.func.jvp`` and
-  ``torch.func.vjp`` (J is never formed), or densely for small problems.
-- :func:`check_bounds`  r, sigma_min(J), sigma_max(J), delta = ||J - I||_2 for one unit and one
-  upstream gradient, and whether the bounds above hold.
+- :func:`jacobian_singular_values`, :class:`JacobianSpectrum`, :func:`check_bounds`  the Jacobian
+  side (extreme singular values by Lanczos, the bounds above for one unit): they live in
+  :mod:`procres.jacobian` and are re-exported here.
 - :func:`depth_study`  r_l per unit at initialisation and after a short SGD training for a
   range of depths and model families (residual vs plain twins), ready for ``json.dump``.
-
-Lanczos convergence. Extreme eigenvalues of a symmetric matrix are approximated by the Ritz
-values of the Krylov space; we keep every Lanczos vector and reorthogonalise fully (twice), so
-after ``dim`` iterations the result is exact up to rounding.  The largest values converge in
-a few dozen iterations; the smallest singular values converge slowly (their eigenvalues
-sigma^2 are clustered near 0 relative to sigma_max^2), often needing a large fraction of ``dim``.
-Memory is ``max_iter * dim`` numbers.  A Ritz value is accepted when its residual
-|beta_j s_j| <= tol * theta_max (theta = sigma^2), so the absolute eigenvalue error is at most
-``tol * sigma_max**2`` (usually far smaller); a warning is raised when ``max_iter`` ends the
-iteration first.  Repeated singular values: one Krylov space holds one copy of each
-eigenvalue, so after an invariant subspace Lanczos restarts orthogonally, and it does not stop
-before k such blocks have ended (exact multiplicities up to k are then found); a cluster of
-values that are equal only to within ``tol`` may still be under-counted before full Krylov.
 """
 
 from __future__ import annotations
@@ -46,10 +31,14 @@ import math
 import time
 import warnings
 import weakref
-from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from procres.jacobian import JacobianSpectrum, check_bounds, jacobian_singular_values
+
+__all__ = ["FIELDS", "NormRecorder", "depth_study", "log_ratio_spread",
+           "JacobianSpectrum", "check_bounds", "jacobian_singular_values"]
 
 FIELDS = ("ratio", "grad_in", "grad_out", "fwd_in", "fwd_out", "ratio_min", "ratio_max", "ratio_mean")
 
@@ -334,220 +323,6 @@ class NormRecorder:
     def __exit__(self, *exc):
         self.remove()
         return False
-
-
-# ---------------------------------------------------------------- Jacobian spectra
-class JacobianSpectrum(NamedTuple):
-    """Extreme singular values of a Jacobian J (m x n, m = output size, n = input size).
-
-    ``largest``: the k largest, descending; ``smallest``: the k smallest of the min(m, n)
-    singular values, ascending (``None`` when not asked for); ``iterations``: Lanczos steps
-    (0 for dense); ``converged``: whether every requested value met the tolerance.
-    """
-
-    largest: Tensor | None
-    smallest: Tensor | None
-    iterations: int
-    converged: bool
-
-
-class _FrozenBatchNormStats:
-    """Within the block, BatchNorm layers in training mode use batch statistics without
-    updating their running statistics (``torch.func`` transforms refuse that in-place update,
-    and a diagnostic must not change the model)."""
-
-    def __init__(self, fn):
-        mods = fn.modules() if isinstance(fn, nn.Module) else ()
-        self.bns = [m for m in mods if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                    and m.training and m.track_running_stats]
-
-    def __enter__(self):
-        for m in self.bns:
-            m.track_running_stats = False
-
-    def __exit__(self, *exc):
-        for m in self.bns:
-            m.track_running_stats = True
-        return False
-
-
-def jacobian_singular_values(fn: Callable[[Tensor], Tensor], x: Tensor, *, k: int = 6, which: str = "both",
-                             method: str = "lanczos", tol: float = 1e-8, max_iter: int | None = None,
-                             seed: int = 0) -> JacobianSpectrum:
-    """The k largest and/or smallest singular values of the Jacobian of ``fn`` at ``x``.
-
-    ``fn`` maps a tensor shaped like ``x`` (any shape, the batch included: J is the Jacobian of
-    the whole batched map) to one tensor, e.g. a unit in eval mode or a net from input to logits.
-    It is evaluated many times, so it must be deterministic (no dropout in training mode);
-    BatchNorm in training mode uses batch statistics and its running statistics are not updated.
-    ``which`` in {"both", "largest", "smallest"}.  ``method="lanczos"`` runs Lanczos with full
-    reorthogonalisation on the smaller Gram matrix, J^T J (n x n) if m >= n else J J^T (m x m),
-    applied as ``vjp(jvp(v))`` or ``jvp(vjp(u))``: J is never formed.  ``max_iter`` (default
-    ``min(dim, 300)``, dim = min(m, n)) bounds the Krylov dimension; see the module docstring
-    for convergence.  ``tol`` is relative to sigma_max**2 and raised to 10 * eps of the dtype.
-    ``method="dense"`` builds J with ``torch.func.jacrev`` and takes its SVD (small inputs only).
-    k is clamped to min(m, n).
-    """
-    if which not in ("both", "largest", "smallest"):
-        raise ValueError(f"which must be 'both', 'largest' or 'smallest', got {which!r}")
-    if method not in ("lanczos", "dense"):
-        raise ValueError(f"method must be 'lanczos' or 'dense', got {method!r}")
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    if max_iter is not None and max_iter < 1:
-        raise ValueError(f"max_iter must be positive, got {max_iter!r}")
-    x = x.detach()
-    # Outer no_grad: the func transforms ignore it, but parameters are not traced by autograd.
-    with _FrozenBatchNormStats(fn), torch.no_grad():
-        out, vjp_fn = torch.func.vjp(fn, x)
-        if not isinstance(out, Tensor):
-            raise ValueError(f"fn must return one tensor, got {type(out).__name__}")
-        m, n = out.numel(), x.numel()
-        k = min(k, m, n)
-        if method == "dense":
-            jac = torch.func.jacrev(fn)(x).reshape(m, n)
-            s = torch.linalg.svdvals(jac)
-            iterations, converged = 0, True
-        else:
-            def jv(v: Tensor) -> Tensor:
-                return torch.func.jvp(fn, (x,), (v.view_as(x),))[1].reshape(-1)
-
-            def jtv(u: Tensor) -> Tensor:
-                return vjp_fn(u.view_as(out).to(out.dtype))[0].reshape(-1)
-
-            gram, dim = ((lambda v: jtv(jv(v))), n) if m >= n else ((lambda u: jv(jtv(u))), m)
-            steps = min(dim, max(k, 300 if max_iter is None else max_iter))
-            theta, iterations, converged = _lanczos(gram, dim, k, which, tol, steps, x.dtype, x.device, seed)
-            s = theta.clamp_min(0).sqrt().flip(0).to(device=x.device, dtype=x.dtype)  # descending
-    if not converged:
-        warnings.warn(f"jacobian_singular_values: Lanczos did not converge in {iterations} iterations "
-                      f"(tol={tol:g}); raise max_iter (at most {min(m, n)} = full Krylov space)", stacklevel=2)
-    largest = s[:k] if which in ("both", "largest") else None
-    smallest = s[-k:].flip(0) if which in ("both", "smallest") else None
-    return JacobianSpectrum(largest, smallest, iterations, converged)
-
-
-def _lanczos(op: Callable[[Tensor], Tensor], dim: int, k: int, which: str, tol: float, steps: int,
-             dtype: torch.dtype, device, seed: int) -> tuple[Tensor, int, bool]:
-    """Ritz values (ascending, float64) of the symmetric PSD operator ``op`` on R^dim.
-
-    Lanczos with full reorthogonalisation; after an invariant subspace (beta ~ 0) it restarts
-    with a fresh random vector orthogonal to the basis.  One Krylov block holds one copy of each
-    eigenvalue it reaches, so it does not stop before ``k`` blocks have ended in an invariant
-    subspace (each eigenvalue then appears min(multiplicity, k) times: enough for the k
-    extremes), and while a restarted block runs its own extreme Ritz values must have converged
-    too (the block may still reach a value beyond the wanted ones).
-    """
-    gen = torch.Generator().manual_seed(seed)
-
-    def random_unit() -> Tensor:
-        return torch.randn(dim, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-
-    tol = max(tol, 10 * torch.finfo(dtype).eps)
-    basis = torch.zeros(steps, dim, dtype=dtype, device=device)
-    alphas: list[float] = []
-    betas: list[float] = []  # off-diagonal: betas[j] couples vectors j and j+1
-    q = random_unit()
-    q = q / q.norm()
-    theta = torch.zeros(0, dtype=torch.float64)
-    scale = 0.0
-    block_start, blocks_done = 0, 0  # first vector of the current Krylov block; ended blocks
-    for j in range(steps):
-        basis[j] = q
-        w = op(q)
-        alpha = torch.dot(q, w)
-        w = w - alpha * q
-        if j > 0:
-            w = w - betas[-1] * basis[j - 1]
-        for _ in range(2):  # full reorthogonalisation, twice is enough
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-        beta = w.norm()
-        alpha, beta = float(alpha), float(beta)  # one sync per iteration; cheap next to op()
-        alphas.append(alpha)
-        scale = max(scale, abs(alpha) + beta)
-        last, full = j + 1 == steps, j + 1 == dim
-        invariant = beta <= 1e-12 * scale
-        blocks_done += invariant
-        must_restart = invariant and blocks_done < k and not full
-        if j + 1 >= k and not must_restart and (j < 32 or (j + 1) % 8 == 0 or last or invariant):
-            t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-            if betas:
-                off = torch.tensor(betas, dtype=torch.float64)
-                t = t + torch.diag(off, 1) + torch.diag(off, -1)
-            theta, vecs = torch.linalg.eigh(t)
-            resid = (beta * vecs[-1]).abs()
-            wanted = torch.zeros_like(resid, dtype=torch.bool)
-            if which in ("both", "largest"):
-                wanted[-k:] = True
-            if which in ("both", "smallest"):
-                wanted[:k] = True
-            bound = tol * theta[-1].clamp_min(1e-300)
-            done = bool((resid[wanted] <= bound).all())
-            if done and block_start > 0 and not invariant:  # the restarted block's own extremes
-                block_resid = (beta * torch.linalg.eigh(t[block_start:, block_start:])[1][-1]).abs()
-                ends = [-1] * (which != "smallest") + [0] * (which != "largest")
-                done = bool((block_resid[ends] <= bound).all())
-            if done or full:
-                return theta, j + 1, True
-        if last:
-            break
-        if invariant:  # restart orthogonally
-            w = random_unit()
-            for _ in range(2):
-                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-            beta = 0.0
-            block_start = j + 1
-        q = w / w.norm()
-        betas.append(beta)
-    return theta, steps, False
-
-
-def check_bounds(unit: Callable[[Tensor], Tensor], x: Tensor, grad_out: Tensor, *, method: str = "auto",
-                 rtol: float = 1e-6, tol: float = 1e-8, max_iter: int | None = None) -> dict:
-    """The gradient-norm ratio of one unit against the bounds given by its Jacobian J at ``x``.
-
-    ``x``: the unit's input (batch included); ``grad_out``: an upstream gradient dE/dx_{l+1},
-    shaped like ``unit(x)``.  Returns a dict of floats / bools:
-
-    - ``r`` = ||J^T g|| / ||g|| (g = grad_out), from one backward pass;
-    - ``sigma_min``, ``sigma_max``: extreme singular values of J (min(m, n) of them);
-    - ``lower``: sigma_min when J^T is injective (output size m <= input size n), else 0;
-    - ``holds``: lower <= r <= sigma_max, within ``rtol * sigma_max``;
-    - ``delta`` = ||J - I||_2 (the Jacobian of x -> unit(x) - x) and ``holds_delta``:
-      1 - delta <= r <= 1 + delta within ``rtol``; both ``None`` unless input and output
-      shapes match (identity-skip units; for those J - I is the branch Jacobian J_F);
-    - ``method``: "dense" or "lanczos" (``method="auto"``: dense when m * n <= 2**20).
-
-    The unit runs in its current mode; BatchNorm in training mode uses batch statistics
-    (J then couples the samples) and its running statistics are left untouched.
-    """
-    if method not in ("auto", "dense", "lanczos"):
-        raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
-    x, g = x.detach(), grad_out.detach()
-    with _FrozenBatchNormStats(unit), torch.enable_grad():
-        xr = x.clone().requires_grad_(True)
-        out = unit(xr)
-        if out.shape != g.shape:
-            raise ValueError(f"grad_out has shape {tuple(g.shape)} but the unit's output has shape {tuple(out.shape)}")
-        (gx,) = torch.autograd.grad(out, xr, g)
-    m, n = out.numel(), x.numel()
-    if method == "auto":
-        method = "dense" if m * n <= 2**20 else "lanczos"
-    r = float(gx.norm() / g.norm())
-    kw = dict(k=1, method=method, tol=tol, max_iter=max_iter)
-    spec = jacobian_singular_values(unit, x, which="both", **kw)
-    sigma_max, sigma_min = float(spec.largest[0]), float(spec.smallest[0])
-    lower = sigma_min if m <= n else 0.0
-    slack = rtol * sigma_max
-    result = dict(r=r, sigma_min=sigma_min, sigma_max=sigma_max, lower=lower,
-                  holds=bool(lower - slack <= r <= sigma_max + slack), delta=None, holds_delta=None,
-                  method=method)
-    if out.shape == x.shape:
-        with _FrozenBatchNormStats(unit):  # the lambda would hide the module from the helper
-            branch = jacobian_singular_values(lambda z: unit(z) - z, x, which="largest", **kw)
-        delta = float(branch.largest[0])
-        result.update(delta=delta, holds_delta=bool(1 - delta - rtol <= r <= 1 + delta + rtol))
-    return result
 
 
 # ---------------------------------------------------------------- depth study
