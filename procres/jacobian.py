@@ -54,6 +54,12 @@ class JacobianSpectrum(NamedTuple):
     converged: bool
 
 
+def _check_tensor(t, name: str) -> None:
+    if not (isinstance(t, Tensor) and t.is_floating_point() and t.numel() > 0):
+        got = f"dtype {t.dtype}, shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{name} must be a non-empty floating-point tensor, got {got}")
+
+
 class _FrozenBatchNormStats:
     """Within the block, BatchNorm layers in training mode use batch statistics without
     updating their running statistics (``torch.func`` transforms refuse that in-place update,
@@ -95,10 +101,13 @@ def jacobian_singular_values(fn: Callable[[Tensor], Tensor], x: Tensor, *, k: in
         raise ValueError(f"which must be 'both', 'largest' or 'smallest', got {which!r}")
     if method not in ("lanczos", "dense"):
         raise ValueError(f"method must be 'lanczos' or 'dense', got {method!r}")
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    if max_iter is not None and max_iter < 1:
-        raise ValueError(f"max_iter must be positive, got {max_iter!r}")
+    if max_iter is not None and (not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1):
+        raise ValueError(f"max_iter must be a positive integer or None, got {max_iter!r}")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
+    _check_tensor(x, "x")
     x = x.detach()
     # Outer no_grad: the func transforms ignore it, but parameters are not traced by autograd.
     with _FrozenBatchNormStats(fn), torch.no_grad():
@@ -226,6 +235,10 @@ def check_bounds(unit: Callable[[Tensor], Tensor], x: Tensor, grad_out: Tensor, 
     """
     if method not in ("auto", "dense", "lanczos"):
         raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
+    _check_tensor(x, "x")
+    _check_tensor(grad_out, "grad_out")
+    if not bool(grad_out.detach().ne(0).any()):
+        raise ValueError("grad_out is all zeros: the ratio ||J^T g|| / ||g|| is undefined")
     x, g = x.detach(), grad_out.detach()
     with _FrozenBatchNormStats(unit), torch.enable_grad():
         xr = x.clone().requires_grad_(True)

@@ -136,3 +136,22 @@ def test_check_bounds_on_a_resnet_unit():
     x = torch.relu(torch.randn(1, 16, 6, 6, dtype=F64))
     b = check_bounds(unit, x, torch.randn(1, 16, 6, 6, dtype=F64))
     assert b["method"] == "dense" and b["holds"] and b["holds_delta"]
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda f, x: jacobian_singular_values(f, x, k=True), "k must.*True"),
+        (lambda f, x: jacobian_singular_values(f, x, max_iter=2.5), "max_iter.*2.5"),
+        (lambda f, x: jacobian_singular_values(f, x, tol=-1.0), "tol.*-1.0"),
+        (lambda f, x: jacobian_singular_values(f, x, tol=float("nan")), "tol.*nan"),
+        (lambda f, x: jacobian_singular_values(f, [1.0, 2.0]), "x must.*list"),
+        (lambda f, x: jacobian_singular_values(f, torch.arange(3)), "x must.*int64"),
+        (lambda f, x: check_bounds(f, x, torch.zeros_like(x)), "grad_out is all zeros"),
+        (lambda f, x: check_bounds(f, x, None), "grad_out must.*NoneType"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_it(call, match):
+    x = torch.randn(4, dtype=F64)
+    with pytest.raises(ValueError, match=match):
+        call(lambda z: 2 * z, x)
