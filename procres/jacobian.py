@@ -23,10 +23,12 @@ sigma^2 are clustered near 0 relative to sigma_max^2), often needing a large fra
 Memory is ``max_iter * dim`` numbers.  A Ritz value is accepted when its residual
 |beta_j s_j| <= tol * theta_max (theta = sigma^2), so the absolute eigenvalue error is at most
 ``tol * sigma_max**2`` (usually far smaller); a warning is raised when ``max_iter`` ends the
-iteration first.  Repeated singular values: one Krylov space holds one copy of each
-eigenvalue, so after an invariant subspace Lanczos restarts orthogonally, and it does not stop
-before k such blocks have ended (exact multiplicities up to k are then found); a cluster of
-values that are equal only to within ``tol`` may still be under-counted before full Krylov.
+iteration first.  Repeated singular values: in exact arithmetic one Krylov space holds one
+copy of each eigenvalue, so when it becomes invariant Lanczos restarts orthogonally, and it
+does not stop before k such blocks have ended: repeated values of small or degenerate spectra
+(scaled orthogonal maps, rank-deficient maps) come out with their multiplicity.  When the
+tolerance is met before a block becomes invariant, a repeated value can still be counted
+fewer times than it occurs (``max_iter = dim``, full Krylov, is exact).
 """
 
 from __future__ import annotations
