@@ -20,7 +20,7 @@ on the same few batches as epoch 0.
 
 CUDA graphs (``cuda_graphs``, opt-in with ``--cuda-graphs`` for a single CUDA process without ``compile``): the
 training forward, the loss and the backward are captured once with
-``torch.cuda.make_graphed_callables`` (:func:`graphed_loss`) and then replayed, so a step costs a
+``torch.cuda.make_graphed_callables`` (:func:`procres.graphs.graphed_loss`) and then replayed, so a step costs a
 few launches instead of thousands (a 164-layer net at batch 128 is launch-bound on a large GPU).
 What stays eager: copying each batch into the graph's static input (the train loader drops the
 last partial batch, so every batch has the captured shape; any other shape runs eagerly), the
@@ -98,6 +98,7 @@ import torch.nn.functional as F
 from procres.checkpoint import (append_jsonl, atomic_save, atomic_write_text, load_checkpoint, rng_state,
                                 save_checkpoint, set_rng_state)
 from procres.config import TrainConfig, lr_at
+from procres.graphs import graphed_loss  # looked up here at each run, so tests can patch train.graphed_loss
 
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
@@ -395,55 +396,6 @@ def build_model(name: str, *, num_classes: int, in_channels: int, image_size: in
         if family not in ("resnet", "preresnet", "procresnet", "plain", "plainpre", "plainproc"):
             raise
         return getattr(models, family)(int(match.group(2)), **kwargs)
-
-
-def graphed_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, amp: bool):
-    """Capture ``model``'s training forward + cross-entropy and its backward as CUDA graphs.
-
-    Returns ``step(x, y) -> (loss, logits)``, a drop-in for the eager
-    ``out = model(x); loss = F.cross_entropy(out, y)`` (under bf16 autocast if ``amp``):
-    ``step`` copies ``x`` (float (B, C, H, W), same shape and memory format as the sample) and
-    ``y`` (int64 (B,)) into the graph's static inputs and replays the forward graph;
-    ``loss.backward()`` replays the backward graph, whose parameter gradients autograd hands to
-    ``p.grad``.  ``loss`` and ``logits`` (detached) live in the graph's memory: the next call
-    overwrites them, so read them before it.  Parameters are read from their storage on every
-    replay, so in-place updates (optimizer steps, ``copy_`` projections) are seen; replacing a
-    parameter tensor is not.  The model is left unchanged and callable eagerly (evaluation, the
-    norm recorder); ``model.train()``/``eval()`` does not affect the graph, which always runs the
-    training-mode forward.  BN running statistics changed by the capture's warm-up iterations are
-    restored.  ``x`` and ``y`` give only shapes, dtypes and layout; they become the static
-    inputs.  Raises ValueError off CUDA, or whatever the capture raises (the caller may fall back
-    to eager steps).
-    """
-    if x.device.type != "cuda" or y.device.type != "cuda":
-        raise ValueError(f"graphed_loss needs CUDA tensors, got x on {x.device} and y on {y.device}")
-    step = _LossStep(model, amp).train()
-    saved = [b.clone() for b in model.buffers()]
-    try:
-        return torch.cuda.make_graphed_callables(step, (x, y), allow_unused_input=True)
-    finally:
-        torch.cuda.synchronize(x.device)
-        with torch.no_grad():
-            for b, v in zip(model.buffers(), saved):
-                b.copy_(v)  # in place: the graph holds these addresses
-
-
-class _LossStep(torch.nn.Module):
-    """(x, y) -> (loss, logits.detach()): the unit that :func:`graphed_loss` captures.
-
-    The model is a submodule, so its parameters are the graph's parameter inputs. Autocast runs
-    inside with its weight-cast cache off, as CUDA graph capture requires; the casts are kernels
-    of the graph."""
-
-    def __init__(self, model: torch.nn.Module, amp: bool):
-        super().__init__()
-        self.model, self.amp = model, bool(amp)
-
-    def forward(self, x, y):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp, cache_enabled=False):
-            out = self.model(x)
-            loss = F.cross_entropy(out, y)
-        return loss, out.detach()
 
 
 def _sgd(model, cfg, *, fused: bool) -> torch.optim.SGD:
