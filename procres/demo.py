@@ -179,11 +179,17 @@ def load_model(name: str | None, *, checkpoint=None, image_size: int | None = No
         path = Path(checkpoint)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: checkpoint not found")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated zip, foreign pickle: a bad file, not a crash
+            raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
         state = blob.get("model", blob) if isinstance(blob, dict) else None
         if not isinstance(state, dict):
             raise ValueError(f"{path}: expected a state_dict or a dict with key 'model'")
         config = blob.get("config") or {}
+        if isinstance(config, str):  # checkpoint.pt keeps the config as TrainConfig.to_json() text
+            config = json.loads(config)
         if not config and (path.parent / "config.json").is_file():
             config = json.loads((path.parent / "config.json").read_text())
         state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}

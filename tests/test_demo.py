@@ -91,3 +91,19 @@ def test_spectrum_cli_reads_checkpoints(tmp_path, capsys):
     assert rows2 == rows
     assert main(["spectrum", "--checkpoint", str(tmp_path / "missing.pt")]) == 1
     assert main(["spectrum", "--checkpoint", str(tmp_path / "plain_sd.pt"), "--model", "resnet8"]) == 1
+
+
+def test_spectrum_cli_reads_a_training_checkpoint_and_rejects_a_corrupt_file(tmp_path, capsys):
+    # checkpoint.pt stores its config as the JSON text train() writes (TrainConfig.to_json), model.pt
+    # as a dict: both must give the saved model's name and input shape without --model
+    from procres.config import TrainConfig
+    from procres.train import build_model
+
+    model = build_model("procresnet13", num_classes=10, in_channels=1, image_size=16)
+    config = TrainConfig(model="procresnet13", dataset="digits").to_json()
+    torch.save({"model": model.state_dict(), "config": config, "epoch": 1}, tmp_path / "checkpoint.pt")
+    rows = _spectrum_json(capsys, "--checkpoint", str(tmp_path / "checkpoint.pt"), "--zeros", "off")
+    assert rows and rows[0]["input_size"] == 16 and rows[0]["shape"][1] == 1
+    (tmp_path / "broken.pt").write_bytes((tmp_path / "checkpoint.pt").read_bytes()[:3000])
+    assert main(["spectrum", "--checkpoint", str(tmp_path / "broken.pt"), "--model", "procresnet13"]) == 1
+    assert "broken.pt" in capsys.readouterr().err
