@@ -152,19 +152,26 @@ def _read_files(spec, kind, p):
     """{file name: raw bytes} for every file of ``spec`` (archive members read in memory)."""
     if kind == "folder":
         return {f: (p / f).read_bytes() for f in spec.files}
-    found = {}
+    found, damaged = {}, False
     try:
         with tarfile.open(p, "r:*") as tar:
             for member in tar:  # one sequential pass: cheap on a gzip stream
                 base = posixpath.basename(member.name)
                 if member.isfile() and base in spec.files and base not in found:
                     found[base] = tar.extractfile(member).read()
-                    if len(found) == len(spec.files):
-                        break
+            if len(found) < len(spec.files):
+                # tarfile ends its iteration silently at a damaged header; a clean end is a zero block
+                tar.fileobj.seek(tar.offset)
+                damaged = tar.fileobj.read(512) != bytes(512)
+            while tar.fileobj.read(1 << 20):  # to the end: gzip/bz2/xz verify their checksum there
+                pass
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DatasetError(f"{spec.name}: {p} is not a readable tar archive, or is truncated "
                            f"({type(exc).__name__}: {exc}); expected {spec.describe()}") from None
     missing = [f for f in spec.files if f not in found]
+    if damaged:
+        raise DatasetError(f"{spec.name}: archive {p} is damaged or truncated: its tar stream breaks off at byte "
+                           f"{tar.offset} before {', '.join(missing)}; expected {spec.describe()}")
     if missing:
         raise DatasetError(f"{spec.name}: archive {p} lacks {', '.join(missing)}; expected {spec.describe()}")
     return found

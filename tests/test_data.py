@@ -256,6 +256,35 @@ def test_truncated_archive_is_rejected(cifar10, tmp_path):
         load_dataset("cifar10", junk)
 
 
+def test_damaged_gzip_archive_is_rejected_not_read_silently(cifar10, tmp_path):
+    # The gzip trailer's CRC32 is what detects damaged content: an archive whose members all parse
+    # but whose checksum fails must be refused, not half-trusted. A damaged tar header in the
+    # middle ends tarfile's iteration silently: that must read as damage, not as "lacks".
+    root, *_ = cifar10
+    raw = bytearray((root / "cifar-10-python.tar.gz").read_bytes())
+    raw[-8] ^= 0xFF  # CRC32 of the uncompressed tar
+    bad = tmp_path / "crc" / "cifar-10-python.tar.gz"
+    bad.parent.mkdir()
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match="not a readable tar archive, or is truncated") as info:
+        load_dataset("cifar10", bad)
+    assert str(bad) in str(info.value)
+    import gzip
+
+    tar_bytes = bytearray(gzip.decompress((root / "cifar-10-python.tar.gz").read_bytes()))
+    with tarfile.open(fileobj=io.BytesIO(bytes(tar_bytes))) as tar:
+        third = tar.getmembers()[2].offset
+    tar_bytes[third + 100] ^= 0xFF  # the third member's mode field: its header checksum fails
+    with tarfile.open(fileobj=io.BytesIO(bytes(tar_bytes))) as tar:  # the premise: iteration stops early
+        assert len(tar.getmembers()) < 7
+    hdr = tmp_path / "hdr" / "cifar-10-python.tar"
+    hdr.parent.mkdir()
+    hdr.write_bytes(bytes(tar_bytes))
+    with pytest.raises(DatasetError, match="damaged") as info:
+        load_dataset("cifar10", hdr)
+    assert str(hdr) in str(info.value)
+
+
 def test_truncated_pickle_in_folder_is_rejected(tmp_path):
     good = py2_dumps(_batch(_images(np.random.default_rng(0), 2), [0, 1]))
     folder = _cifar10_files(tmp_path, data_batch_2=good[: len(good) // 2])
