@@ -52,8 +52,8 @@ of every epoch, every ``checkpoint_minutes`` and every ``checkpoint_every_steps`
 the model, the optimizer (momentum buffers), the projection hook's generator, each rank's data
 loader position, the partial epoch sums, the history so far and the Python / numpy / torch / CUDA
 RNG states. There is no LR-scheduler object (``lr_at`` is a pure function of epoch and step) and
-no grad scaler (bf16 needs no loss scaling). The norm recorder's partial window is not saved:
-after a resume the current epoch's norms cover the resumed part only. On a resume
+no grad scaler (bf16 needs no loss scaling). A mid-epoch checkpoint also holds the norm recorder's
+window so far (rank 0's sums and counts), so a resumed epoch's norms equal an uninterrupted one's. On a resume
 ``history.jsonl`` is rewritten from the checkpoint, so it never holds an epoch twice. An
 unreadable checkpoint raises ValueError naming it and ``checkpoint.prev.pt``, which is kept.
 
@@ -259,6 +259,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             # with graphs only the eager steps reach the hooks, and they are exactly the recorded ones
             recorder = NormRecorder(model.blocks, every=1 if graphed is not None else cfg.record_every)
             recorder.steps_seen = step  # record the same global steps after a resume
+            if partial is not None and partial.get("norm_window") is not None:
+                _restore_norm_window(recorder, partial["norm_window"], device)
         last_checkpoint = time.monotonic()
         bad = torch.zeros((), dtype=torch.int64, device=device)  # non-finite losses since the last check
         model.train()
@@ -303,7 +305,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                     _check_finite(bad, model, world, epoch, step, exact=False)
                     sums = _reduced([loss_sum.item(), correct.item(), seen], world, device)
                     state = {"epoch_step": epoch_step, "loss_sum": sums[0], "correct": int(sums[1]),
-                             "seen": int(sums[2]), "train_time": time.monotonic() - started}
+                             "seen": int(sums[2]), "train_time": time.monotonic() - started,
+                             "norm_window": _norm_window(recorder)}
                     loader_states = _gathered(train_loader.state_dict(), world)  # one per rank
                     if main:
                         save_checkpoint(run_dir, _state(model, optimizer, hook, loader_states, epoch, step, state,
@@ -495,6 +498,24 @@ def _reduced(values, world, device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def _norm_window(recorder) -> dict | None:
+    """The recorder's aggregation window so far (sums, counts, steps), for a mid-epoch checkpoint.
+
+    NormRecorder has no state_dict of its own; its window is these three attributes. ``summary()``
+    first closes the step in progress (its backward is done), as the next forward would."""
+    if recorder is None:
+        return None
+    recorder.summary()
+    if recorder._sum is None:
+        return None
+    return {"sum": recorder._sum.cpu(), "count": recorder._count.cpu(), "steps_recorded": recorder.steps_recorded}
+
+
+def _restore_norm_window(recorder, window: dict, device) -> None:
+    recorder._sum, recorder._count = window["sum"].to(device), window["count"].to(device)
+    recorder.steps_recorded = int(window["steps_recorded"])
 
 
 def _epoch_norms(recorder, model, data, cfg, device, amp) -> dict:

@@ -239,6 +239,7 @@ def test_sigkill_and_resume_give_bit_identical_weights(tmp_path):
     assert [h["epoch"] for h in killed] == [0, 1, 2]
     assert [h["train_loss"] for h in killed] == [h["train_loss"] for h in straight]
     assert [h["test_acc"] for h in killed] == [h["test_acc"] for h in straight]
+    assert [h["norms"] for h in killed] == [h["norms"] for h in straight]  # the recorder's window survives
 
 
 # ---------------------------------------------------------------- DDP
@@ -389,3 +390,30 @@ def test_cuda_run_with_graphs_records_norms_eagerly_and_falls_back(tmp_path, mon
         fallback = train(config.replace(out=str(tmp_path / "fallback")), quiet=True)
     assert "CUDA graphs off" in (tmp_path / "fallback" / "train.log").read_text()
     assert fallback["history"][-1]["step"] == 8
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_resume_mid_epoch_keeps_the_norm_window(finished_run, tmp_path, monkeypatch):
+    # finished_run records steps 0, 2, 4, 6 (record_every=2) and checkpoints at steps 3 and 6; stop it
+    # right after the mid-epoch checkpoint at step 3 and resume: epoch 1's norms must still hold the
+    # two recorded steps (before the fix only the resumed step 3 counted: none recorded, all NaN)
+    reference, result = finished_run
+    config = reference.replace(out=str(tmp_path / "stopped"))
+    real_save = train_module.save_checkpoint
+
+    def save_then_stop(run_dir, state):
+        real_save(run_dir, state)
+        if state["partial"] is not None:
+            raise _Interrupted
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(_Interrupted):
+        train(config, quiet=True)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    resumed = train(config.replace(resume=True), quiet=True)
+    assert [h["norms"] for h in resumed["history"]] == [h["norms"] for h in result["history"]]
+    assert resumed["history"][1]["norms"]["steps_recorded"] == 2
+    _assert_identical(_weights(tmp_path / "stopped" / "model.pt"), _weights(Path(reference.out) / "model.pt"))
