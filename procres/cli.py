@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args._handler(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # user errors (bad value, path not there / not writable): a sentence
         print(f"procres {args.command}: error: {err}", file=sys.stderr)
         return 1
     return int(result or 0)

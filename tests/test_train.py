@@ -417,3 +417,11 @@ def test_resume_mid_epoch_keeps_the_norm_window(finished_run, tmp_path, monkeypa
     assert [h["norms"] for h in resumed["history"]] == [h["norms"] for h in result["history"]]
     assert resumed["history"][1]["norms"]["steps_recorded"] == 2
     _assert_identical(_weights(tmp_path / "stopped" / "model.pt"), _weights(Path(reference.out) / "model.pt"))
+
+
+def test_cli_out_path_that_cannot_be_a_folder_is_a_sentence_not_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main(["train", "--recipe", "demo", "--out", str(blocker / "run"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("procres train: error:") and str(blocker) in err
