@@ -139,9 +139,14 @@ def _summary(sv: torch.Tensor, target: float) -> dict:
 
 def layer_spectra(model: nn.Module, image_size: int, *, in_channels: int = 3, zeros: str = "auto",
                   only=None) -> list[dict]:
-    """:func:`layer_spectrum` for every Conv2d of ``model`` (``only``: names to keep)."""
-    return [layer_spectrum(conv, n, zeros=zeros, name=name)
-            for name, conv, n in conv_input_sizes(model, image_size, in_channels)
+    """:func:`layer_spectrum` for every Conv2d of ``model`` (``only``: names to keep; ValueError
+    naming any that is not a conv layer of ``model``)."""
+    convs = conv_input_sizes(model, image_size, in_channels)
+    unknown = sorted(set(only or ()) - {name for name, _, _ in convs})
+    if unknown:
+        raise ValueError(f"no conv layer named {', '.join(map(repr, unknown))} in the model; its conv layers: "
+                         f"{', '.join(name for name, _, _ in convs[:6])}{', ...' if len(convs) > 6 else ''}")
+    return [layer_spectrum(conv, n, zeros=zeros, name=name) for name, conv, n in convs
             if only is None or name in only]
 
 

@@ -107,3 +107,10 @@ def test_spectrum_cli_reads_a_training_checkpoint_and_rejects_a_corrupt_file(tmp
     (tmp_path / "broken.pt").write_bytes((tmp_path / "checkpoint.pt").read_bytes()[:3000])
     assert main(["spectrum", "--checkpoint", str(tmp_path / "broken.pt"), "--model", "procresnet13"]) == 1
     assert "broken.pt" in capsys.readouterr().err
+
+
+def test_spectrum_cli_unknown_layer_name_is_an_error(capsys):
+    # was: an empty table and exit 0, as if the model had no such conv
+    assert main(["spectrum", "--model", "resnet8", "--layers", "stem", "no.such.conv", "--zeros", "off"]) == 1
+    err = capsys.readouterr().err
+    assert "'no.such.conv'" in err and "stem" in err
