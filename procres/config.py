@@ -12,9 +12,11 @@ Recipes (``../shared/REFERENCE.md`` section 6):
             Procrustes projection with probability p = 0.5 after every step (it only acts on
             models whose ``transitions()`` is non-empty, i.e. ProcResNets).
 ``he2016``  He et al. 2016a, ResNet-20..1202: batch 128, lr 0.1 divided by 10 at 32k and 48k
-            iterations, stop at 64k; with 45k training images and batch 128 that is epochs 82 and
-            123 of 164. ResNet-110 and ResNet-1202 warm up at lr 0.01 for the first 400 iterations
-            ("until training error is below 80%"), then go *back* to 0.1 -- a step that popular
+            iterations, stop at 64k; with 50k training images and batch 128 (391 steps per epoch)
+            that is epochs 82 and 123 of 164, the epoch form used here (with He's 45k/5k split,
+            352 steps per epoch, the same iterations would fall at epochs ~91 and ~137 of ~182).
+            ResNet-110 and ResNet-1202 warm up at lr 0.01 for the first 400 iterations ("until
+            training error is below 80%"), then go *back* to 0.1 -- a step that popular
             re-implementations drop (the warm-up LR silently stays). No projection.
 ``demo``    the embedded digits data set, minutes on a CPU.
 
@@ -69,7 +71,7 @@ class TrainConfig:
     warmup_iters: int = _f(0, "warm-up length in iterations (0: no warm-up)")
     # Procrustes projection (acts only on models with transitions(), i.e. ProcResNets)
     projection_p: float = _f(0.5, "probability of projecting each transition conv after a step")
-    projection_method: str = _f("svd", "polar factor by svd | newton_schulz")
+    projection_method: str = _f("svd", "polar factor by svd | eigh | newton_schulz")
     faithful: bool = _f(False, "reproduce the authors' projection quirks (see procres.procrustes)")
     # data pipeline
     pad: int = _f(4, "pixels of padding before the random crop")
