@@ -72,8 +72,11 @@ class Run:
 
     @property
     def label(self) -> str:
-        # the folder name when it says more (e.g. preresnet164-seed1), else the model name
-        name = self.path.name if self.model in self.path.name else self.model
+        # the folder name when it names the model (preresnet164-seed1); model and folder when the
+        # folder says something else (train --seeds writes OUT/seed0, OUT/seed1: same model, so the
+        # model name alone would give several runs one label); the model name when they agree
+        folder = self.path.name
+        name = folder if self.model in folder else f"{self.model} {folder}"
         return f"{name} ({FAMILY_LABELS[self.family]})"
 
     def ratio_records(self) -> list[dict]:
@@ -421,7 +424,7 @@ def plot_learning_curves(runs: list[Run], path) -> Path:
         ax.set_title(f"{title} (solid: train, dashed: held-out)", fontsize=10)
         ax.grid(True, alpha=0.3)
     ax_acc.legend(fontsize=7)
-    fig.suptitle("Learning curves, same seed and budget", fontsize=12)
+    fig.suptitle("Learning curves", fontsize=12)
     return _save(fig, path)
 
 

@@ -167,3 +167,13 @@ if __name__ == "__main__":  # write the synthetic figures to look at them: pytho
         write_run(out / "runs" / model, model, epochs=8)
     write_extras(out)
     print(plots.plot_runs([out], out / "figs"))
+
+
+def test_runs_of_one_model_from_seed_folders_get_distinct_labels(tmp_path):
+    # procres train --seeds 0 1 writes OUT/seed0 and OUT/seed1: both hold the same model
+    runs = [plots.load_run(write_run(tmp_path / "sweep" / f"seed{s}", "resnet8", seed=s)) for s in (0, 1)]
+    labels = [r.label for r in runs]
+    assert len(set(labels)) == 2 and all("resnet8" in lab for lab in labels), labels
+    assert "seed1" in labels[1]
+    named = plots.load_run(write_run(tmp_path / "preresnet20", "preresnet20"))
+    assert named.label == "preresnet20 (residual)"
