@@ -228,13 +228,6 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             history.append(record)
             if main:
                 append_jsonl(run_dir / "history.jsonl", record)
-        log.info(f"{cfg.model} on {cfg.dataset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-                 f"{len(data.train_y)} training images, {steps_per_epoch} steps/epoch, device {device}, "
-                 f"{world} rank(s), projection {'on' if hook else 'off'}")
-        log.info(_ROW_HEADER)
-        for h in history:
-            log.info(_row(h))
-
         graphed, static_shape = None, None  # graphed: (x, y) -> (loss, logits) as CUDA graphs; None: eager
         if cfg.cuda_graphs and world > 1:
             log.info("cuda_graphs: not used with DDP (several ranks); training eagerly")
@@ -249,7 +242,13 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
                 log.warning(message)
             static_shape = sample.shape  # a batch of another shape (none with drop_last) runs eagerly
-        log.info(f"CUDA graphs {'on' if graphed is not None else 'off'}")
+        log.info(f"{cfg.model} on {cfg.dataset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
+                 f"{len(data.train_y)} training images, {steps_per_epoch} steps/epoch, device {device}, "
+                 f"{world} rank(s), projection {'on' if hook else 'off'}, "
+                 f"CUDA graphs {'on' if graphed is not None else 'off'}")
+        log.info(_ROW_HEADER)  # after the graph capture and its messages: the table stays in one piece
+        for h in history:
+            log.info(_row(h))
 
         # ---------------------------------------------------------------- the loop
         recorder = None
