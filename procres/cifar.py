@@ -144,8 +144,10 @@ def _locate(spec, path):
         return _locate(spec, p / spec.folder)
     if (p / spec.archive).is_file():
         return "archive", p / spec.archive
+    other = [s for s in SPECS.values() if s is not spec and ((p / s.archive).is_file() or (p / s.folder).is_dir())]
+    hint = f" ({p} holds {other[0].name}: pass dataset={other[0].name!r} / --dataset {other[0].name})" if other else ""
     raise DatasetError(f"{spec.name}: found neither {spec.archive} nor {spec.folder}/ in {p}; "
-                       f"expected {spec.describe()}")
+                       f"expected {spec.describe()}{hint}")
 
 
 def _read_files(spec, kind, p):

@@ -238,6 +238,9 @@ def test_cifar100_archive_given_as_cifar10_is_rejected(cifar100):
     root, *_ = cifar100
     with pytest.raises(DatasetError, match="cifar-100-python.tar.gz.*lacks data_batch_1"):
         load_dataset("cifar10", root / "cifar-100-python.tar.gz")
+    # a data folder holding only CIFAR-100 (procres train --data DIR guesses cifar10 from the path)
+    with pytest.raises(DatasetError, match="holds cifar100: pass dataset='cifar100' / --dataset cifar100"):
+        load_dataset("cifar10", root)
 
 
 def test_truncated_archive_is_rejected(cifar10, tmp_path):
