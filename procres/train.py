@@ -460,7 +460,7 @@ def _check_finite(bad: torch.Tensor, model, world: int, epoch: int, step: int, *
     if world > 1:
         dist.all_reduce(flags)
     loss_bad, weights_bad = (flags.tolist() + [0])[:2]
-    stop = "training stopped; no checkpoint was written after it, the last good one is kept"
+    stop = "training stopped; nothing was saved after it (the last checkpoint, if there is one, is kept)"
     if loss_bad:
         when = f"step {step}" if exact else f"one of the {_NAN_CHECK_EVERY} steps up to step {step}"
         raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}, {when}: {stop}")
