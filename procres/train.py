@@ -206,8 +206,10 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             except RuntimeError as err:
                 raise ValueError(f"the checkpoint in {run_dir} does not fit model {cfg.model!r}: {err}") from err
             optimizer.load_state_dict(checkpoint["optimizer"])
-            if hook is not None:
+            if hook is not None and checkpoint["projection"] is not None:
                 hook.load_state_dict(checkpoint["projection"])
+            elif hook is not None:  # the run so far had projection_p = 0: the hook starts from its seed
+                log.info(f"projection turned on at the resume (p={cfg.projection_p}); it was off before")
             set_rng_state(checkpoint["rng"], cuda)
             epoch, step = checkpoint["epoch"], checkpoint["step"]
             history = json.loads(checkpoint["history"])

@@ -425,3 +425,13 @@ def test_cli_out_path_that_cannot_be_a_folder_is_a_sentence_not_a_traceback(tmp_
     assert main(["train", "--recipe", "demo", "--out", str(blocker / "run"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("procres train: error:") and str(blocker) in err
+
+
+def test_resume_may_turn_the_projection_on(tmp_path):
+    # a run trained without projection (projection_p=0) and extended with it: the checkpoint holds no
+    # projection state; this was a TypeError traceback from the hook's load_state_dict(None)
+    config = _tiny(tmp_path, model="procresnet13", projection_p=0.0, epochs=1)
+    train(config, quiet=True)
+    result = train(config.replace(projection_p=0.5, epochs=2, resume=True), quiet=True)
+    assert [h["epoch"] for h in result["history"]] == [0, 1, 2]
+    assert "projection turned on at the resume" in (Path(config.out) / "train.log").read_text()
