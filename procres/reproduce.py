@@ -150,7 +150,11 @@ def run_dir(out: str, recipe: Recipe, model: str, seed: int) -> str:
 
 def commands(name: str, *, data: str = "DATA", gpus: int = 1, seeds=None, out: str = "runs/reproduce",
              extra: tuple[str, ...] = ()) -> list[list[str]]:
-    """The plan as argv lists: one training command per model and seed, then plot/summary."""
+    """The plan as argv lists: one training command per model and seed, then plot/summary.
+
+    Every training command carries ``--resume``: running the plan again after an interruption
+    continues the run that was cut off and passes quickly over finished ones (without it the
+    first existing run folder stops the plan with "already holds a run")."""
     recipe = get_recipe(name)
     if gpus < 1:
         raise ValueError(f"gpus must be at least 1, got {gpus}")
@@ -161,7 +165,7 @@ def commands(name: str, *, data: str = "DATA", gpus: int = 1, seeds=None, out: s
         for model in recipe.models:
             plan.append(launch + ["train", "--model", model, "--dataset", recipe.dataset, "--data", data,
                                   "--recipe", recipe.train_recipe, "--seed", str(seed),
-                                  "--out", run_dir(out, recipe, model, seed), *extra])
+                                  "--out", run_dir(out, recipe, model, seed), "--resume", *extra])
     if recipe.plot:
         seed = _seeds(recipe, seeds)[0]
         plan.append(["procres", "plot", *(run_dir(out, recipe, m, seed) for m in recipe.models),

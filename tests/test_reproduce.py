@@ -81,3 +81,14 @@ def test_smoke_runs_the_figure_recipe_end_to_end(tmp_path, capsys):
         del reproduce.RECIPES["figure-smoke"]
     assert len(data["preresnet11"]["final"]) == 1 and data["procresnet13"]["final"] == []
     assert "not finished" in table and "procresnet13-seed0" in table
+
+
+def test_running_the_plan_again_continues_instead_of_stopping(tmp_path, monkeypatch):
+    # an interrupted `reproduce NAME --run` is restarted by running it again: every train command must
+    # carry --resume, or the first finished run folder stops the plan ("already holds a run")
+    plan = reproduce.commands("figure", data="/d/cifar-10-python.tar.gz", out=str(tmp_path))
+    assert all("--resume" in argv for argv in plan if "train" in argv)
+    ran = []
+    monkeypatch.setattr(reproduce.subprocess, "call", lambda argv: ran.append(argv) or 0)
+    assert reproduce.execute("figure", data="/d/cifar-10-python.tar.gz", out=str(tmp_path)) == 0
+    assert sum("--resume" in argv for argv in ran) == len(reproduce.RECIPES["figure"].models)
