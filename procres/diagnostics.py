@@ -261,9 +261,28 @@ class NormRecorder:
             dtype = torch.float32 if values.device.type == "mps" else torch.float64
             self._sum = torch.zeros(values.shape, dtype=dtype, device=values.device)
             self._count = torch.zeros(values.shape, dtype=dtype, device=values.device)
+        elif self._sum.device != values.device:  # a window restored by load_state_dict
+            self._sum, self._count = self._sum.to(values.device), self._count.to(values.device)
         self._sum += torch.where(finite, values, torch.zeros_like(values))
         self._count += finite
         self.steps_recorded += 1
+
+    def state_dict(self) -> dict:
+        """The open aggregation window, for a mid-epoch checkpoint: per-unit sums and counts (CPU
+        tensors, or None before the first recorded step), ``steps_recorded`` and ``steps_seen``.
+        Closes the step in progress first (its backward is done), as the next forward would."""
+        self._finish_step()
+        cpu = None if self._sum is None else (self._sum.cpu(), self._count.cpu())
+        return {"sum": cpu and cpu[0], "count": cpu and cpu[1],
+                "steps_recorded": self.steps_recorded, "steps_seen": self.steps_seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the window saved by :meth:`state_dict` (the sums move to the units' device at
+        the next recorded step), so that a resumed epoch's summary equals an uninterrupted one."""
+        self._step = None
+        self._sum, self._count = state["sum"], state["count"]
+        self.steps_recorded = int(state["steps_recorded"])
+        self.steps_seen = int(state.get("steps_seen", self.steps_seen))
 
     def reset(self):
         """Start a new aggregation window; everything recorded so far is discarded."""

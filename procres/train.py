@@ -259,9 +259,9 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
 
             # with graphs only the eager steps reach the hooks, and they are exactly the recorded ones
             recorder = NormRecorder(model.blocks, every=1 if graphed is not None else cfg.record_every)
-            recorder.steps_seen = step  # record the same global steps after a resume
             if partial is not None and partial.get("norm_window") is not None:
-                _restore_norm_window(recorder, partial["norm_window"], device)
+                recorder.load_state_dict(partial["norm_window"])  # the resumed epoch's window so far
+            recorder.steps_seen = step  # record the same global steps after a resume
         last_checkpoint = time.monotonic()
         bad = torch.zeros((), dtype=torch.int64, device=device)  # non-finite losses since the last check
         model.train()
@@ -307,7 +307,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                     sums = _reduced([loss_sum.item(), correct.item(), seen], world, device)
                     state = {"epoch_step": epoch_step, "loss_sum": sums[0], "correct": int(sums[1]),
                              "seen": int(sums[2]), "train_time": time.monotonic() - started,
-                             "norm_window": _norm_window(recorder)}
+                             "norm_window": recorder and recorder.state_dict()}
                     loader_states = _gathered(train_loader.state_dict(), world)  # one per rank
                     if main:
                         save_checkpoint(run_dir, _state(model, optimizer, hook, loader_states, epoch, step, state,
@@ -499,24 +499,6 @@ def _reduced(values, world, device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
-
-
-def _norm_window(recorder) -> dict | None:
-    """The recorder's aggregation window so far (sums, counts, steps), for a mid-epoch checkpoint.
-
-    NormRecorder has no state_dict of its own; its window is these three attributes. ``summary()``
-    first closes the step in progress (its backward is done), as the next forward would."""
-    if recorder is None:
-        return None
-    recorder.summary()
-    if recorder._sum is None:
-        return None
-    return {"sum": recorder._sum.cpu(), "count": recorder._count.cpu(), "steps_recorded": recorder.steps_recorded}
-
-
-def _restore_norm_window(recorder, window: dict, device) -> None:
-    recorder._sum, recorder._count = window["sum"].to(device), window["count"].to(device)
-    recorder.steps_recorded = int(window["steps_recorded"])
 
 
 def _epoch_norms(recorder, model, data, cfg, device, amp) -> dict:

@@ -105,6 +105,29 @@ def test_recorder_matches_retain_grad_tiny_units_and_averages_steps():
     json.loads(json.dumps(s))  # plain JSON (NaN allowed by Python's json)
 
 
+def test_state_dict_round_trip_continues_the_window_like_an_uninterrupted_recorder():
+    units = tiny_units().train()
+    xs = [torch.randn(5, 3, 8, 8, dtype=F64) for _ in range(3)]
+    g = torch.randn(5, 4, 4, 4, dtype=F64)
+    loss = lambda x: (units(x) * g).sum()  # noqa: E731
+    with NormRecorder(units) as whole:
+        for x in xs:
+            loss(x).backward()
+        expected = whole.summary()
+    with NormRecorder(units) as first:
+        for x in xs[:2]:
+            loss(x).backward()
+        state = first.state_dict()
+    assert state["steps_recorded"] == 2 and state["sum"].device.type == "cpu"
+    with NormRecorder(units) as resumed:
+        resumed.load_state_dict(state)
+        loss(xs[2]).backward()
+        got = resumed.summary()
+    assert got["steps_recorded"] == 3
+    for f in FIELDS:
+        assert_close_lists(got[f], expected[f])
+
+
 @pytest.mark.parametrize("family", ["resnet20", "procresnet13"])
 def test_recorder_matches_retain_grad_on_models(family):
     models = pytest.importorskip("procres.models")
