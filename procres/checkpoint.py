@@ -8,6 +8,7 @@ durable. ``save_checkpoint`` first renames the checkpoint it replaces to ``check
 turns an unreadable ``checkpoint.pt`` into a ValueError that names it and the previous one, which
 it leaves untouched. RNG states are stored as lists, ints and tensors so that ``weights_only``
 loading accepts them (Python's ``random.getstate()`` tuple becomes a list and back).
+``training_state`` assembles what a training checkpoint holds; ``procres.train`` restores it key by key.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "atomic_save",
+__all__ = ["save_checkpoint", "load_checkpoint", "training_state", "rng_state", "set_rng_state", "atomic_save",
            "atomic_write_text", "append_jsonl"]
 
 
@@ -58,6 +59,24 @@ def load_checkpoint(run_dir) -> dict | None:
                 if prev.exists() and prev != path else "there is no previous checkpoint")
         raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); {keep}") from err
     return state
+
+
+def training_state(model, optimizer, hook, loader_state, epoch, step, partial, history, cfg, cuda) -> dict:
+    """The full training state for :func:`save_checkpoint`: weights, optimizer (momentum buffers),
+    the projection hook's generator (``hook`` may be None), the loaders' positions, the RNG states,
+    the epoch/step counters, the partial epoch sums, the history so far and the config."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "projection": hook.state_dict() if hook is not None else None,
+        "loader": loader_state,  # list of DeviceLoader.state_dict(), one per rank (None at an epoch end)
+        "rng": rng_state(cuda),
+        "epoch": epoch,  # epochs completed
+        "step": step,  # optimizer steps taken
+        "partial": partial,  # None at an epoch end, else the position and sums within epoch `epoch`
+        "history": json.dumps(history),
+        "config": cfg.to_json(),
+    }
 
 
 def rng_state(cuda: bool) -> dict:

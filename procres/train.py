@@ -9,6 +9,10 @@
     result.json         final-epoch test error and test error at the best validation epoch
     train.log           what was printed (timestamped), plus resume events and errors
 
+The loop's parts that are not training live beside it: evaluation and the norm probe in
+``procres.evaluate``, the DDP process group and collectives in ``procres.distributed``, what a
+checkpoint holds in ``procres.checkpoint``, the logger and the printed table in ``procres.runlog``.
+
 Each step, in order: learning rate from ``lr_at`` -> forward (bf16 autocast on CUDA) -> loss ->
 backward -> optimizer step, after which the Procrustes hook (``procres.procrustes.attach_procrustes``,
 only for models whose ``transitions()`` is non-empty and ``projection_p > 0``) projects each
@@ -81,11 +85,9 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
-import logging
 import os
 import random
 import re
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -95,10 +97,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from procres.checkpoint import (append_jsonl, atomic_save, atomic_write_text, load_checkpoint, rng_state,
-                                save_checkpoint, set_rng_state)
+from procres.checkpoint import (append_jsonl, atomic_save, atomic_write_text, load_checkpoint, save_checkpoint,
+                                set_rng_state, training_state)
 from procres.config import TrainConfig, lr_at
+from procres.distributed import gathered, init_distributed, reduced
+from procres.evaluate import eval_record, probe_norms
 from procres.graphs import graphed_loss  # looked up here at each run, so tests can patch train.graphed_loss
+from procres.runlog import ROW_HEADER, logger, progress, row
 
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
@@ -119,7 +124,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
     cuda = cfg.device == "cuda"
-    rank, world, local_rank, own_group = _init_distributed(cuda)
+    rank, world, local_rank, own_group = init_distributed(cuda)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
@@ -135,7 +140,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
     if cuda:
         torch.backends.cudnn.benchmark = not cfg.deterministic
     run_dir = Path(cfg.out)
-    log = _logger(run_dir, main, quiet)
+    log = logger(run_dir, main, quiet)
     try:
         checkpoint = load_checkpoint(run_dir) if cfg.resume else None
         if not cfg.resume and (run_dir / "checkpoint.pt").exists():
@@ -179,24 +184,6 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             net = torch.compile(net)
         amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
 
-        def evaluate(loader):
-            """(mean loss, accuracy) over the loader, summed over ranks; (None, None) without one."""
-            if loader is None:
-                return None, None
-            model.eval()
-            sums = torch.zeros(3, dtype=torch.float64, device=device)
-            with torch.no_grad(), torch.autocast(**amp):
-                for x, y in loader:
-                    out = model(x).float()
-                    sums += torch.stack([F.cross_entropy(out, y, reduction="sum").double(),
-                                         (out.argmax(1) == y).sum().double(), torch.tensor(len(y), device=device,
-                                                                                        dtype=torch.float64)])
-            model.train()
-            if world > 1:
-                dist.all_reduce(sums)
-            loss, correct, n = sums.tolist()
-            return loss / n, correct / n
-
         # ---------------------------------------------------------------- start or resume
         epoch, step, history = 0, 0, []
         partial = None
@@ -224,9 +211,9 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             if main:
                 atomic_write_text(run_dir / "history.jsonl", "")
             record = {"epoch": 0, "step": 0, "lr": lr_at(cfg, 0, 0), "train_loss": None, "train_acc": None}
-            record.update(_eval_record(evaluate(val_loader), evaluate(test_loader)))
+            record.update(eval_record(model, val_loader, test_loader, device=device, amp=amp, world=world))
             record.update(epoch_time=None, images_per_sec=None, block_kinds=model.block_kinds,
-                          norms=_probe_norms(model, data, cfg, device, amp))
+                          norms=probe_norms(model, data, cfg, device, amp))
             history.append(record)
             if main:
                 append_jsonl(run_dir / "history.jsonl", record)
@@ -248,9 +235,9 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                  f"{len(data.train_y)} training images, {steps_per_epoch} steps/epoch, device {device}, "
                  f"{world} rank(s), projection {'on' if hook else 'off'}, "
                  f"CUDA graphs {'on' if graphed is not None else 'off'}")
-        log.info(_ROW_HEADER)  # after the graph capture and its messages: the table stays in one piece
+        log.info(ROW_HEADER)  # after the graph capture and its messages: the table stays in one piece
         for h in history:
-            log.info(_row(h))
+            log.info(row(h))
 
         # ---------------------------------------------------------------- the loop
         recorder = None
@@ -275,8 +262,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             seen = partial["seen"] if main else 0
             epoch_step, started = partial["epoch_step"], time.monotonic() - partial["train_time"]
             remaining = steps_per_epoch - epoch_step
-            bar = _progress(itertools.islice(train_loader, remaining), remaining, f"epoch {epoch + 1}/{cfg.epochs}",
-                            quiet or not main)
+            bar = progress(itertools.islice(train_loader, remaining), remaining, f"epoch {epoch + 1}/{cfg.epochs}",
+                           quiet or not main)
             for x, y in bar:
                 lr = lr_at(cfg, epoch, step)
                 for group in optimizer.param_groups:
@@ -304,26 +291,26 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                     _check_finite(bad, None, world, epoch, step, exact=False)
                 if epoch_step < steps_per_epoch and _checkpoint_due(cfg, step, last_checkpoint, world, device):
                     _check_finite(bad, model, world, epoch, step, exact=False)
-                    sums = _reduced([loss_sum.item(), correct.item(), seen], world, device)
+                    sums = reduced([loss_sum.item(), correct.item(), seen], world, device)
                     state = {"epoch_step": epoch_step, "loss_sum": sums[0], "correct": int(sums[1]),
                              "seen": int(sums[2]), "train_time": time.monotonic() - started,
                              "norm_window": recorder and recorder.state_dict()}
-                    loader_states = _gathered(train_loader.state_dict(), world)  # one per rank
+                    loader_states = gathered(train_loader.state_dict(), world)  # one per rank
                     if main:
-                        save_checkpoint(run_dir, _state(model, optimizer, hook, loader_states, epoch, step, state,
-                                                        history, cfg, cuda))
+                        save_checkpoint(run_dir, training_state(model, optimizer, hook, loader_states, epoch, step,
+                                                                state, history, cfg, cuda))
                     last_checkpoint = time.monotonic()
             _check_finite(bad, model, world, epoch, step, exact=False)
             train_time = time.monotonic() - started
             if world > 1:
                 for buffer in model.buffers():  # BN running statistics: rank 0's, as DDP's forward does
                     dist.broadcast(buffer, 0)
-            loss_total, correct_total, seen_total = _reduced([loss_sum.item(), correct.item(), seen], world, device)
+            loss_total, correct_total, seen_total = reduced([loss_sum.item(), correct.item(), seen], world, device)
             epoch += 1
             partial = None
             record = {"epoch": epoch, "step": step, "lr": lr, "train_loss": loss_total / seen_total,
                       "train_acc": correct_total / seen_total}
-            record.update(_eval_record(evaluate(val_loader), evaluate(test_loader)))
+            record.update(eval_record(model, val_loader, test_loader, device=device, amp=amp, world=world))
             record.update(epoch_time=time.monotonic() - started, images_per_sec=seen_total / train_time,
                           block_kinds=model.block_kinds,
                           norms=_epoch_norms(recorder, model, data, cfg, device, amp))
@@ -331,10 +318,11 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                 recorder.reset()
             history.append(record)
             if main:
-                save_checkpoint(run_dir, _state(model, optimizer, hook, None, epoch, step, None, history, cfg, cuda))
+                save_checkpoint(run_dir, training_state(model, optimizer, hook, None, epoch, step, None, history,
+                                                        cfg, cuda))
                 append_jsonl(run_dir / "history.jsonl", record)
             last_checkpoint = time.monotonic()
-            log.info(_row(record))
+            log.info(row(record))
         if recorder:
             recorder.remove()
 
@@ -415,35 +403,7 @@ def _sgd(model, cfg, *, fused: bool) -> torch.optim.SGD:
     return torch.optim.SGD(params, **kwargs)
 
 
-# ---------------------------------------------------------------- checkpoint contents
-def _state(model, optimizer, hook, loader_state, epoch, step, partial, history, cfg, cuda) -> dict:
-    return {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "projection": hook.state_dict() if hook is not None else None,
-        "loader": loader_state,  # list of DeviceLoader.state_dict(), one per rank (None at an epoch end)
-        "rng": rng_state(cuda),
-        "epoch": epoch,  # epochs completed
-        "step": step,  # optimizer steps taken
-        "partial": partial,  # None at an epoch end, else the position and sums within epoch `epoch`
-        "history": json.dumps(history),
-        "config": cfg.to_json(),
-    }
-
-
 # ---------------------------------------------------------------- pieces of the loop
-def _init_distributed(cuda: bool):
-    """(rank, world_size, local_rank, created_here) from torchrun's environment variables."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world <= 1:
-        return 0, 1, 0, False
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), local_rank, False
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank, True
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -485,62 +445,11 @@ def _checkpoint_due(cfg, step, last, world, device) -> bool:
     return bool(flag.item())
 
 
-def _gathered(obj, world) -> list:
-    if world == 1:
-        return [obj]
-    objs = [None] * world
-    dist.all_gather_object(objs, obj)
-    return objs
-
-
-def _reduced(values, world, device) -> list[float]:
-    if world == 1:
-        return [float(v) for v in values]
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
 def _epoch_norms(recorder, model, data, cfg, device, amp) -> dict:
     """The epoch's norm summary: the recorder's window, or with ``compile`` a probe (see module doc)."""
     if recorder is not None:
         return recorder.summary()
-    return _probe_norms(model, data, cfg, device, amp) if cfg.compile and cfg.record_every else {}
-
-
-def _probe_norms(model, data, cfg, device, amp) -> dict:
-    """NormRecorder summary of the first ``init_norm_batches`` un-augmented training batches.
-
-    Forward + backward in training mode without an optimizer step; gradients are cleared and the
-    BN running statistics restored, so the model is left as it was. Used for epoch 0 and, with
-    ``compile`` (where per-unit hooks would break the compiled graph), at the end of every epoch.
-    """
-    if not cfg.init_norm_batches:
-        return {}
-    from procres.data import DeviceLoader
-    from procres.diagnostics import NormRecorder
-
-    buffers = {k: v.clone() for k, v in model.named_buffers()}
-    loader = DeviceLoader(data.train_x, data.train_y, batch_size=cfg.batch_size, train=False, mean=data.mean,
-                          std=data.std, device=device, channels_last=bool(cfg.channels_last))
-    model.train()
-    with NormRecorder(model.blocks, every=1) as recorder:
-        for i, (x, y) in enumerate(loader):
-            if i == cfg.init_norm_batches:
-                break
-            with torch.autocast(**amp):
-                loss = F.cross_entropy(model(x), y)
-            loss.backward()
-        summary = recorder.summary()
-    model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for k, v in model.named_buffers():
-            v.copy_(buffers[k])
-    return summary
-
-
-def _eval_record(val, test) -> dict:
-    return {"val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1]}
+    return probe_norms(model, data, cfg, device, amp) if cfg.compile and cfg.record_every else {}
 
 
 def _result(history, run_dir) -> dict:
@@ -556,44 +465,3 @@ def _result(history, run_dir) -> dict:
         "epochs": final["epoch"],
         "run_dir": str(run_dir),
     }
-
-
-_ROW_HEADER = (f"{'epoch':>5} {'lr':>8} {'train loss':>10} {'train err':>9} {'val loss':>8} {'val err':>7} "
-               f"{'test loss':>9} {'test err':>8} {'time s':>7} {'img/s':>7}")
-
-
-def _row(h: dict) -> str:
-    def num(v, width, fmt):
-        return f"{'-':>{width}}" if v is None else f"{v:>{width}{fmt}}"
-
-    def err(acc, width):
-        return num(None if acc is None else 100 * (1 - acc), width, ".2f")
-
-    return (f"{h['epoch']:>5} {h['lr']:>8.4g} {num(h['train_loss'], 10, '.4f')} {err(h['train_acc'], 9)} "
-            f"{num(h['val_loss'], 8, '.4f')} {err(h['val_acc'], 7)} {num(h['test_loss'], 9, '.4f')} "
-            f"{err(h['test_acc'], 8)} {num(h['epoch_time'], 7, '.1f')} {num(h['images_per_sec'], 7, '.0f')}")
-
-
-def _progress(iterable, total, desc, disable):
-    if disable or not sys.stderr.isatty():
-        return iterable
-    from tqdm import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
-def _logger(run_dir: Path, main: bool, quiet: bool) -> logging.Logger:
-    """Rank 0 logs to run_dir/train.log and (unless quiet) to stdout; other ranks stay silent."""
-    log = logging.getLogger(f"procres.train.{run_dir.resolve()}")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(run_dir / "train.log")
-        file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        log.addHandler(file)
-        if not quiet:
-            stream = logging.StreamHandler(sys.stdout)
-            stream.setFormatter(logging.Formatter("%(message)s"))
-            log.addHandler(stream)
-    return log
