@@ -38,6 +38,7 @@ scale poorly: the wall time is at best GPU-hours / N.
 from __future__ import annotations
 
 import io
+import json
 import pickle
 import re
 import shlex
@@ -211,9 +212,8 @@ def list_recipes() -> str:
 
 # ---------------------------------------------------------------- results
 def summarize(name: str, *, out: str = "runs/reproduce", seeds=None) -> tuple[str, dict]:
-    """Mean +- std over seeds of the final-epoch test error (and at the best val epoch), from files."""
-    from procres.plots import read_history
-
+    """Mean +- std over seeds of the final-epoch test error (and at the best val epoch), from the runs'
+    result.json (train()'s own final-epoch / best-validation-epoch numbers)."""
     recipe = get_recipe(name)
     rows, data = [f"{'model':16s} {'seeds':>5s}  {'final test err %':>18s}  {'at best val %':>15s}  published"], {}
     unfinished = []
@@ -221,20 +221,16 @@ def summarize(name: str, *, out: str = "runs/reproduce", seeds=None) -> tuple[st
         final, at_best = [], []
         for seed in _seeds(recipe, seeds):
             folder = Path(run_dir(out, recipe, model, seed))
-            path = folder / "history.jsonl"
-            if not path.is_file():
+            if not (folder / "history.jsonl").is_file():
                 continue
-            if not (folder / "result.json").is_file():  # written by train() when the run ends
+            result = folder / "result.json"  # written by train() when the run ends
+            if not result.is_file():
                 unfinished.append(str(folder))
                 continue
-            hist = [h for h in read_history(path) if h.get("epoch", 0) > 0] or read_history(path)
-            if hist[-1].get("test_acc") is None:
-                continue
-            final.append(100 * (1 - hist[-1]["test_acc"]))
-            with_val = [h for h in hist if h.get("val_acc") is not None]
-            if with_val:
-                best = max(with_val, key=lambda h: (h["val_acc"], -h["epoch"]))
-                at_best.append(100 * (1 - best["test_acc"]))
+            summary = json.loads(result.read_text())
+            final.append(100 * summary["final_test_error"])
+            if summary["test_error_at_best_val"] is not None:
+                at_best.append(100 * summary["test_error_at_best_val"])
         data[model] = {"final": final, "at_best_val": at_best}
         fmt = lambda v: "-" if not v else (f"{v[0]:.2f}" if len(v) == 1 else  # noqa: E731
                                            f"{statistics.mean(v):.2f} +- {statistics.stdev(v):.2f}")

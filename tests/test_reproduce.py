@@ -1,5 +1,6 @@
 """Reproduction recipes: the plan is well formed, the synthetic archive is official-format, --smoke runs."""
 
+import json
 import pickle
 import tarfile
 
@@ -80,6 +81,9 @@ def test_smoke_runs_the_figure_recipe_end_to_end(tmp_path, capsys):
     finally:
         del reproduce.RECIPES["figure-smoke"]
     assert len(data["preresnet11"]["final"]) == 1 and data["procresnet13"]["final"] == []
+    result = json.loads((runs / "preresnet11-seed0" / "result.json").read_text())  # train()'s own numbers
+    assert data["preresnet11"]["final"] == [100 * result["final_test_error"]]
+    assert data["preresnet11"]["at_best_val"] == [100 * result["test_error_at_best_val"]]
     assert "not finished" in table and "procresnet13-seed0" in table
 
 
