@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from procres.data import DeviceLoader
+from procres.data import CIFAR10_MEAN, CIFAR10_STD, DeviceLoader
 from procres.diagnostics import NormRecorder
 from procres.models import preresnet, procresnet
 from procres.procrustes import attach_procrustes
@@ -66,8 +66,7 @@ from procres.train import graphed_loss
 
 RECORD_EVERY = 10  # the procres train default
 
-MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
-STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 
 
 class AuthorsCifar(torch.utils.data.Dataset):
