@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from procres.errors import UserError
+
 __all__ = ["save_checkpoint", "load_checkpoint", "training_state", "rng_state", "set_rng_state", "atomic_save",
            "atomic_write_text", "append_jsonl"]
 
@@ -57,7 +59,7 @@ def load_checkpoint(run_dir) -> dict | None:
     except Exception as err:  # truncated zip, unpickling error, wrong content: all the same to the user
         keep = (f"the previous checkpoint {prev} is kept untouched: move it to {path} to resume one save earlier"
                 if prev.exists() and prev != path else "there is no previous checkpoint")
-        raise ValueError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); {keep}") from err
+        raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); {keep}") from err
     return state
 
 

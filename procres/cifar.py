@@ -33,10 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
+from procres.errors import UserError
+
 __all__ = ["DatasetError", "SPECS", "read_cifar"]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A data set file is missing, truncated, malformed or refused; the message names the path."""
 
 

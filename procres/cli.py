@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from procres.errors import UserError
+
 
 # ---------------------------------------------------------------- models
 def _add_models(sub):
@@ -27,7 +29,7 @@ def _run_models(args):
 
     names = [name for name in list_models() if args.filter in name]
     if not names:
-        raise ValueError(f"no registered model name contains {args.filter!r}")
+        raise UserError(f"no registered model name contains {args.filter!r}")
     print(f"{'name':<17} {'depth':>5} {'parameters':>11} {'blocks':>6}  transitions (kernel/stride input->grid)")
     for name in names:
         with torch.device("meta"):  # shapes only: no memory, no init cost, no forward
@@ -46,7 +48,7 @@ def _add_spectrum(sub):
     p = sub.add_parser("spectrum", help="singular values of every conv layer of a model",
                        description="Per conv layer: sigma_max, smallest non-zero sigma, condition number and the "
                                    "largest relative distance of the non-zero singular values from the Procrustes "
-                                   "target sqrt(C_out/C_in); circular padding exact, zero padding where affordable.")
+                                   "target (sqrt(C_out / rank)); circular padding exact, zero padding where affordable.")
     p.add_argument("--model", help="model name (list: procres models), or <family><depth> e.g. procresnet40; "
                                    "default: the one saved with --checkpoint")
     p.add_argument("--checkpoint", help="a run's model.pt or checkpoint.pt (trained weights; loaded with weights_only=True)")
@@ -181,7 +183,7 @@ def _run_reproduce(args):
         print(reproduce.list_recipes())
         return 0
     if args.name is None:
-        raise ValueError("give a recipe name or --list")
+        raise UserError("give a recipe name or --list")
     if args.summary:
         table, _ = reproduce.summarize(args.name, out=args.out, seeds=args.seeds)
         print(table)
@@ -195,7 +197,7 @@ def _run_reproduce(args):
     print(reproduce.describe(args.name, data=args.data, gpus=args.gpus, seeds=args.seeds, out=args.out))
     if args.run:
         if args.data == "DATA":
-            raise ValueError("--run needs --data PATH (the CIFAR archive or folder)")
+            raise UserError("--run needs --data PATH (the CIFAR archive or folder)")
         return reproduce.execute(args.name, data=args.data, gpus=args.gpus, seeds=args.seeds, out=args.out)
     return 0
 
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = args._handler(args)
-    except (ValueError, OSError) as err:  # user errors (bad value, path not there / not writable): a sentence
+    except (UserError, OSError) as err:  # user errors (bad value, path not there / not writable): a sentence
         print(f"procres {args.command}: error: {err}", file=sys.stderr)
         return 1
     return int(result or 0)

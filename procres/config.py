@@ -35,6 +35,8 @@ import json
 import typing
 from dataclasses import dataclass, field
 
+from procres.errors import UserError
+
 DATASETS = ("cifar10", "cifar100", "digits")
 DEVICES = ("auto", "cpu", "cuda")
 PROJECTION_METHODS = ("svd", "eigh", "newton_schulz")
@@ -100,30 +102,30 @@ class TrainConfig:
     def __post_init__(self):
         self.milestones = tuple(int(m) for m in self.milestones)
         if self.dataset is not None and self.dataset not in DATASETS:
-            raise ValueError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
+            raise UserError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
         if self.recipe is not None and self.recipe not in RECIPES:
-            raise ValueError(f"recipe {self.recipe!r} is not one of {', '.join(RECIPES)}")
+            raise UserError(f"recipe {self.recipe!r} is not one of {', '.join(RECIPES)}")
         if self.device not in DEVICES:
-            raise ValueError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
+            raise UserError(f"device {self.device!r} is not one of {', '.join(DEVICES)}")
         if self.projection_method not in PROJECTION_METHODS:
-            raise ValueError(f"projection_method {self.projection_method!r} is not one of {PROJECTION_METHODS}")
+            raise UserError(f"projection_method {self.projection_method!r} is not one of {PROJECTION_METHODS}")
         if self.pad_mode not in ("reflect", "zeros"):
-            raise ValueError(f"pad_mode {self.pad_mode!r} is not 'reflect' or 'zeros'")
+            raise UserError(f"pad_mode {self.pad_mode!r} is not 'reflect' or 'zeros'")
         if not 0.0 <= self.projection_p <= 1.0:
-            raise ValueError(f"projection_p {self.projection_p} is not a probability in [0, 1]")
+            raise UserError(f"projection_p {self.projection_p} is not a probability in [0, 1]")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} {getattr(self, name)} must be at least 1")
+                raise UserError(f"{name} {getattr(self, name)} must be at least 1")
         for name in ("pad", "warmup_iters", "max_steps_per_epoch", "record_every", "init_norm_batches", "threads",
                      "checkpoint_every_steps"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} {getattr(self, name)} must not be negative")
+                raise UserError(f"{name} {getattr(self, name)} must not be negative")
         if self.val_size is not None and self.val_size < 0:
-            raise ValueError(f"val_size {self.val_size} must not be negative")
+            raise UserError(f"val_size {self.val_size} must not be negative")
         if self.lr <= 0 or self.warmup_lr <= 0:
-            raise ValueError(f"learning rates must be positive (lr {self.lr}, warmup_lr {self.warmup_lr})")
+            raise UserError(f"learning rates must be positive (lr {self.lr}, warmup_lr {self.warmup_lr})")
         if list(self.milestones) != sorted(self.milestones):
-            raise ValueError(f"milestones {self.milestones} must be increasing")
+            raise UserError(f"milestones {self.milestones} must be increasing")
 
     # ---------------------------------------------------------------- construction
     @classmethod
@@ -131,11 +133,11 @@ class TrainConfig:
         """Defaults, then the named recipe, then ``overrides`` (field name -> value)."""
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+            raise UserError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
         values = {}
         if recipe is not None:
             if recipe not in RECIPES:
-                raise ValueError(f"recipe {recipe!r} is not one of {', '.join(RECIPES)}")
+                raise UserError(f"recipe {recipe!r} is not one of {', '.join(RECIPES)}")
             model = overrides.get("model", cls.model)
             values.update(RECIPES[recipe](model))
             values["recipe"] = recipe
@@ -157,9 +159,9 @@ class TrainConfig:
             device = "cuda" if cuda_available else "cpu"
         cuda = device == "cuda"
         if self.cuda_graphs and not cuda:
-            raise ValueError(f"cuda_graphs=True needs device 'cuda', but the device is {device!r}")
+            raise UserError(f"cuda_graphs=True needs device 'cuda', but the device is {device!r}")
         if self.cuda_graphs and self.compile:
-            raise ValueError("cuda_graphs=True and compile=True exclude each other: choose one "
+            raise UserError("cuda_graphs=True and compile=True exclude each other: choose one "
                              "(torch.compile(mode='reduce-overhead') makes its own CUDA graphs)")
         return dataclasses.replace(
             self,
@@ -185,7 +187,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
-            raise ValueError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+            raise UserError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
         return cls(**d)
 
     @classmethod

@@ -36,6 +36,7 @@ import torch
 
 from procres.cifar import SPECS as _SPECS
 from procres.cifar import DatasetError, read_cifar
+from procres.errors import UserError
 
 __all__ = ["load_dataset", "DataSplits", "DatasetError", "DeviceLoader", "augment_batch", "CIFAR10_MEAN",
            "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "DIGITS_MEAN", "DIGITS_STD"]
@@ -94,7 +95,7 @@ class DataSplits:
         """A :class:`DeviceLoader` over ``split`` ("train" | "val" | "test") with this data set's
         mean, std, flip and pad filled in; ``train`` defaults to ``split == "train"``."""
         if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+            raise UserError(f"split must be 'train', 'val' or 'test', got {split!r}")
         kwargs.setdefault("flip", self.flip)
         kwargs.setdefault("pad", self.pad)
         return DeviceLoader(getattr(self, f"{split}_x"), getattr(self, f"{split}_y"),
@@ -112,12 +113,12 @@ def load_dataset(name, path=None, *, val_size=None, seed=0):
     """
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in _SPECS and key != "digits":
-        raise ValueError(f"unknown dataset {name!r}; choose one of 'cifar10', 'cifar100', 'digits'")
+        raise UserError(f"unknown dataset {name!r}; choose one of 'cifar10', 'cifar100', 'digits'")
     if val_size is not None and (isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0):
-        raise ValueError(f"val_size must be None or an int >= 0, got {val_size!r}")
+        raise UserError(f"val_size must be None or an int >= 0, got {val_size!r}")
     if key == "digits":
         if path is not None:
-            raise ValueError(f"the digits set is bundled with scikit-learn and takes no path, got {path!r}")
+            raise UserError(f"the digits set is bundled with scikit-learn and takes no path, got {path!r}")
         return _load_digits(DIGITS_VAL_SIZE if val_size is None else val_size, seed)
     if path is None:
         spec = _SPECS[key]
@@ -146,7 +147,7 @@ def _load_cifar(spec, path, val_size, seed):
 def _split(n, val_size, seed, name):
     """Sorted (train, val) index tensors: ``val_size`` of ``n`` held out by a seeded permutation."""
     if val_size >= n:
-        raise ValueError(f"val_size={val_size} leaves no training images: {name} has {n}")
+        raise UserError(f"val_size={val_size} leaves no training images: {name} has {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
@@ -244,25 +245,25 @@ class DeviceLoader:
     def __init__(self, x, y, *, batch_size, train, mean, std, device="cpu", pad=4, pad_mode="reflect",
                  flip=True, seed=0, rank=0, world_size=1, drop_last=None, channels_last=False):
         if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
-            raise ValueError(f"x must be a uint8 tensor (N, C, H, W), got {getattr(x, 'dtype', type(x))} "
+            raise UserError(f"x must be a uint8 tensor (N, C, H, W), got {getattr(x, 'dtype', type(x))} "
                              f"of shape {tuple(getattr(x, 'shape', ()))}")
         y = torch.as_tensor(y)
         if y.ndim != 1 or len(y) != len(x) or y.is_floating_point():
-            raise ValueError(f"y must hold {len(x)} integer labels, got {y.dtype} of shape {tuple(y.shape)}")
+            raise UserError(f"y must hold {len(x)} integer labels, got {y.dtype} of shape {tuple(y.shape)}")
         C, H, W = x.shape[1:]
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise UserError(f"batch_size must be a positive int, got {batch_size!r}")
         if pad_mode not in ("reflect", "zeros"):
-            raise ValueError(f"pad_mode must be 'reflect' or 'zeros', got {pad_mode!r}")
+            raise UserError(f"pad_mode must be 'reflect' or 'zeros', got {pad_mode!r}")
         if not isinstance(pad, int) or pad < 0 or (pad_mode == "reflect" and pad >= min(H, W)):
-            raise ValueError(f"pad must be an int in [0, {min(H, W)}) for {H}x{W} images, got {pad!r}")
+            raise UserError(f"pad must be an int in [0, {min(H, W)}) for {H}x{W} images, got {pad!r}")
         if not (isinstance(world_size, int) and world_size >= 1 and isinstance(rank, int) and 0 <= rank < world_size):
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
+            raise UserError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+            raise UserError(f"seed must be an int >= 0, got {seed!r}")
         mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         if len(mean) != C or len(std) != C or min(std) <= 0:
-            raise ValueError(f"mean and std need {C} entries (std > 0), got mean={mean}, std={std}")
+            raise UserError(f"mean and std need {C} entries (std > 0), got mean={mean}, std={std}")
         self.device = torch.device(device)
         self.x = x.to(self.device)
         self.y = y.to(self.device, torch.int64)
@@ -271,7 +272,7 @@ class DeviceLoader:
         self.drop_last = self.train if drop_last is None else bool(drop_last)
         self.channels_last = bool(channels_last)
         if self.drop_last and 0 < self._samples() < batch_size:  # an epoch would silently be empty
-            raise ValueError(f"batch_size={batch_size} exceeds the {self._samples()} samples of rank {rank} "
+            raise UserError(f"batch_size={batch_size} exceeds the {self._samples()} samples of rank {rank} "
                              "and drop_last would leave no batch; lower batch_size or pass drop_last=False")
         std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, C, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, C, 1, 1)
@@ -348,8 +349,8 @@ class DeviceLoader:
         for key in ("seed", "rank", "world_size", "batch_size", "num_samples"):
             mine = len(self.x) if key == "num_samples" else getattr(self, key)
             if key in state and int(state[key]) != mine:
-                raise ValueError(f"loader state has {key}={state[key]}, this loader has {mine}")
+                raise UserError(f"loader state has {key}={state[key]}, this loader has {mine}")
         position = int(state["position"])
         if not 0 <= position <= len(self):
-            raise ValueError(f"loader state position={position} outside [0, {len(self)}]")
+            raise UserError(f"loader state position={position} outside [0, {len(self)}]")
         self.epoch, self.position = int(state["epoch"]), position

@@ -26,7 +26,7 @@ can run the whole pipeline in well under a minute.
 
 ``layer_spectra(model, image_size)`` lists, per conv layer, sigma_max, sigma_min (smallest
 non-zero), the condition number and the distance of the non-zero singular values from the
-Procrustes target sqrt(C_out/C_in): exact for circular padding (:mod:`procres.spectral`), and
+Procrustes target (:func:`procres.spectral.norm_preserving_target`): exact for circular padding (:mod:`procres.spectral`), and
 for zero padding exact through the dense operator where its smaller side has at most
 ``spectral.DENSE_LIMIT`` entries, identical to circular for 1x1 kernels, else extremes by Lanczos
 (or skipped with ``zeros="off"``).
@@ -45,6 +45,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from procres.errors import UserError
 
 MARKER = ".procres-demo"
 
@@ -90,18 +92,19 @@ def layer_spectrum(conv: nn.Conv2d, input_size: int, *, zeros: str = "auto", nam
     ``zeros``: ``"auto"`` (dense / same-as-circular / Lanczos, whichever applies), ``"dense"``
     (dense or nothing), ``"off"``. Raises ValueError for an unknown mode.
     """
-    from procres.spectral import conv_min_singular_value, conv_operator_norm, conv_singular_values
+    from procres.spectral import (conv_min_singular_value, conv_operator_norm, conv_singular_values,
+                                  norm_preserving_target, spectrum_stats)
 
     if zeros not in ("auto", "dense", "off"):
-        raise ValueError(f"zeros must be 'auto', 'dense' or 'off', got {zeros!r}")
+        raise UserError(f"zeros must be 'auto', 'dense' or 'off', got {zeros!r}")
     w = conv.weight.detach().double().cpu()
     c_out, c_in, kh, kw = w.shape
     stride = conv.stride[0]
-    target = math.sqrt(c_out / c_in)
+    target = norm_preserving_target(w, stride)
     out = {"name": name, "shape": [c_out, c_in, kh, kw], "stride": stride, "input_size": input_size,
            "target": target}
     if input_size % stride == 0:
-        out["circular"] = _summary(conv_singular_values(w, input_size, stride=stride), target)
+        out["circular"] = spectrum_stats(conv_singular_values(w, input_size, stride=stride), target)
     pad = conv.padding[0] if isinstance(conv.padding, tuple) else None
     if zeros == "off" or pad is None:
         return out
@@ -110,7 +113,7 @@ def layer_spectrum(conv: nn.Conv2d, input_size: int, *, zeros: str = "auto", nam
         return out
     dense = _zero_padding_dense(w, input_size, stride, pad)
     if dense is not None:
-        out["zeros"] = {**_summary(dense, target), "method": "dense"}
+        out["zeros"] = {**spectrum_stats(dense, target), "method": "dense"}
     elif zeros == "auto":
         kw_ = dict(stride=stride, padding=pad, padding_mode="zeros", tol=1e-5, max_iter=300)
         import warnings
@@ -125,18 +128,6 @@ def layer_spectrum(conv: nn.Conv2d, input_size: int, *, zeros: str = "auto", nam
     return out
 
 
-def _summary(sv: torch.Tensor, target: float) -> dict:
-    sv = sv.double()
-    nz = sv[sv > 1e-6 * sv.max().clamp_min(1e-300)]
-    smin = float(nz.min()) if nz.numel() else 0.0
-    rel = (nz / target - 1).abs()
-    return {"sigma_max": float(sv.max()), "sigma_min": smin,
-            "cond": float(sv.max()) / smin if smin > 0 else math.inf,
-            "max_rel_error": float(rel.max()) if nz.numel() else math.nan,
-            "mean_rel_error": float(rel.mean()) if nz.numel() else math.nan,
-            "nonzero": int(nz.numel()), "count": int(sv.numel())}
-
-
 def layer_spectra(model: nn.Module, image_size: int, *, in_channels: int = 3, zeros: str = "auto",
                   only=None) -> list[dict]:
     """:func:`layer_spectrum` for every Conv2d of ``model`` (``only``: names to keep; ValueError
@@ -144,7 +135,7 @@ def layer_spectra(model: nn.Module, image_size: int, *, in_channels: int = 3, ze
     convs = conv_input_sizes(model, image_size, in_channels)
     unknown = sorted(set(only or ()) - {name for name, _, _ in convs})
     if unknown:
-        raise ValueError(f"no conv layer named {', '.join(map(repr, unknown))} in the model; its conv layers: "
+        raise UserError(f"no conv layer named {', '.join(map(repr, unknown))} in the model; its conv layers: "
                          f"{', '.join(name for name, _, _ in convs[:6])}{', ...' if len(convs) > 6 else ''}")
     return [layer_spectrum(conv, n, zeros=zeros, name=name) for name, conv, n in convs
             if only is None or name in only]
@@ -187,11 +178,11 @@ def load_model(name: str | None, *, checkpoint=None, image_size: int | None = No
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # truncated zip, foreign pickle: a bad file, not a crash
-            raise ValueError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
+            raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
         state = blob.get("model", blob) if isinstance(blob, dict) else None
         if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state_dict or a dict with key 'model'")
+            raise UserError(f"{path}: expected a state_dict or a dict with key 'model'")
         config = blob.get("config") or {}
         if isinstance(config, str):  # checkpoint.pt keeps the config as TrainConfig.to_json() text
             config = json.loads(config)
@@ -200,7 +191,7 @@ def load_model(name: str | None, *, checkpoint=None, image_size: int | None = No
         state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
     name = name or config.get("model")
     if name is None:
-        raise ValueError("give --model NAME (the checkpoint carries no config naming it)")
+        raise UserError("give --model NAME (the checkpoint carries no config naming it)")
     ch, classes, size = _DATASET_SHAPES.get(config.get("dataset"), (3, 10, 32))
     ch, classes = in_channels or ch, num_classes or classes
     size = image_size or size
@@ -210,7 +201,7 @@ def load_model(name: str | None, *, checkpoint=None, image_size: int | None = No
             model.load_state_dict(state)
         except RuntimeError as err:
             first = str(err).split("\n\t")[1:2] or [str(err)]
-            raise ValueError(f"{checkpoint}: weights do not fit {name} (in_channels={ch}, num_classes={classes}, "
+            raise UserError(f"{checkpoint}: weights do not fit {name} (in_channels={ch}, num_classes={classes}, "
                              f"image_size={size}): {first[0].strip()} ...") from None
     return model.eval(), size, ch
 
@@ -245,7 +236,7 @@ def _prepare(out: Path, budget: Budget) -> None:
     out.mkdir(parents=True, exist_ok=True)
     runs = [out / "runs" / m for m in (budget.residual, budget.procrustes, budget.plain)]
     if not (out / MARKER).exists() and any(r.exists() for r in runs):
-        raise ValueError(f"{out} holds run folders not written by the demo; choose another --out")
+        raise UserError(f"{out} holds run folders not written by the demo; choose another --out")
     (out / MARKER).write_text("written by procres demo; the demo may overwrite this folder\n")
     for r in runs:
         if r.exists():
@@ -276,6 +267,7 @@ def _train_with_progress(config, bar, desc: str):
 def _spectra(budget: Budget, seed: int, data) -> dict:
     """Spectra of the Procrustes ResNet's projected convs at init, before/after one projection."""
     from procres.procrustes import project_conv_
+    from procres.spectral import norm_preserving_target
     from procres.train import build_model
 
     with torch.random.fork_rng(devices=[]):
@@ -291,7 +283,7 @@ def _spectra(budget: Budget, seed: int, data) -> dict:
         project_conv_(conv, size)
         after = _both_paddings(conv, size)
         layers.append({"name": label, "input_size": size, "stride": conv.stride[0],
-                       "kernel": conv.kernel_size[0], "target": math.sqrt(conv.out_channels / conv.in_channels),
+                       "kernel": conv.kernel_size[0], "target": norm_preserving_target(conv.weight, conv.stride),
                        "before": before, "after": after})
     return {"model": budget.procrustes, "seed": seed, "layers": layers}
 

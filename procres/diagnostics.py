@@ -35,6 +35,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from procres.errors import UserError
 from procres.jacobian import JacobianSpectrum, check_bounds, jacobian_singular_values
 
 __all__ = ["FIELDS", "NormRecorder", "depth_study", "log_ratio_spread",
@@ -171,14 +172,14 @@ class NormRecorder:
     def __init__(self, units, *, every: int = 1):
         units = list(units)
         if not units:
-            raise ValueError("NormRecorder needs at least one unit, got an empty list")
+            raise UserError("NormRecorder needs at least one unit, got an empty list")
         for u in units:
             if not isinstance(u, nn.Module):
-                raise ValueError(f"NormRecorder units must be nn.Module instances, got {type(u).__name__}")
+                raise UserError(f"NormRecorder units must be nn.Module instances, got {type(u).__name__}")
         if len({id(u) for u in units}) != len(units):
-            raise ValueError("NormRecorder units must be distinct modules (one appears twice)")
+            raise UserError("NormRecorder units must be distinct modules (one appears twice)")
         if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+            raise UserError(f"every must be a positive integer, got {every!r}")
         self.units = units
         self.every = every
         self.steps_seen = 0  # training steps observed since construction
@@ -234,7 +235,7 @@ class NormRecorder:
 
     def _note(self, i: int, role: str, x, module: nn.Module) -> Tensor:
         if not isinstance(x, Tensor):
-            raise ValueError(f"NormRecorder: unit {i} ({type(module).__name__}) has a non-tensor "
+            raise UserError(f"NormRecorder: unit {i} ({type(module).__name__}) has a non-tensor "
                              f"{'first input' if role == 'in' else 'output'} ({type(x).__name__})")
         entry = self._step.tensor(x)
         entry.roles.append((i, role))
@@ -375,18 +376,18 @@ def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.02, mo
     factories = model_factory if isinstance(model_factory, dict) else {"model": model_factory}
     for family, factory in factories.items():
         if not callable(factory):
-            raise ValueError(f"model_factory[{family!r}] must be callable(depth) -> model, "
+            raise UserError(f"model_factory[{family!r}] must be callable(depth) -> model, "
                              f"got {type(factory).__name__}")
     depths = list(depths)
     if not depths or not all(isinstance(d, int) and d > 0 for d in depths):
-        raise ValueError(f"depths must be a non-empty list of positive ints, got {depths!r}")
+        raise UserError(f"depths must be a non-empty list of positive ints, got {depths!r}")
     if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        raise UserError(f"steps must be a non-negative int, got {steps!r}")
     x, y = data
     if not torch.is_floating_point(x):
-        raise ValueError(f"data x must be a float tensor (normalised images), got dtype {x.dtype}")
+        raise UserError(f"data x must be a float tensor (normalised images), got dtype {x.dtype}")
     if len(x) != len(y) or len(x) == 0:
-        raise ValueError(f"data x and y must have the same non-zero length, got {len(x)} and {len(y)}")
+        raise UserError(f"data x and y must have the same non-zero length, got {len(x)} and {len(y)}")
     batch_size = min(batch_size, len(x))
     x, y = x.to(device), y.to(device=device, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
@@ -405,7 +406,7 @@ def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.02, mo
                 torch.manual_seed(seed)
                 model = factory(depth)
             if not hasattr(model, "blocks"):
-                raise ValueError(f"model_factory[{family!r}]({depth}) returned a model without .blocks")
+                raise UserError(f"model_factory[{family!r}]({depth}) returned a model without .blocks")
             model = model.to(device).train()
             kinds.append(list(getattr(model, "block_kinds", ["unknown"] * len(model.blocks))))
             summ["init"].append(_measure_ratios(model, x, y, measure))

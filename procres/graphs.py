@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from procres.errors import UserError
+
 __all__ = ["graphed_loss"]
 
 
@@ -33,7 +35,7 @@ def graphed_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, am
     to eager steps).
     """
     if x.device.type != "cuda" or y.device.type != "cuda":
-        raise ValueError(f"graphed_loss needs CUDA tensors, got x on {x.device} and y on {y.device}")
+        raise UserError(f"graphed_loss needs CUDA tensors, got x on {x.device} and y on {y.device}")
     step = _LossStep(model, amp).train()
     saved = [b.clone() for b in model.buffers()]
     try:

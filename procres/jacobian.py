@@ -39,6 +39,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from procres.errors import UserError
+
 __all__ = ["JacobianSpectrum", "jacobian_singular_values", "check_bounds"]
 
 
@@ -59,7 +61,7 @@ class JacobianSpectrum(NamedTuple):
 def _check_tensor(t, name: str) -> None:
     if not (isinstance(t, Tensor) and t.is_floating_point() and t.numel() > 0):
         got = f"dtype {t.dtype}, shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
-        raise ValueError(f"{name} must be a non-empty floating-point tensor, got {got}")
+        raise UserError(f"{name} must be a non-empty floating-point tensor, got {got}")
 
 
 class _FrozenBatchNormStats:
@@ -100,22 +102,22 @@ def jacobian_singular_values(fn: Callable[[Tensor], Tensor], x: Tensor, *, k: in
     k is clamped to min(m, n).
     """
     if which not in ("both", "largest", "smallest"):
-        raise ValueError(f"which must be 'both', 'largest' or 'smallest', got {which!r}")
+        raise UserError(f"which must be 'both', 'largest' or 'smallest', got {which!r}")
     if method not in ("lanczos", "dense"):
-        raise ValueError(f"method must be 'lanczos' or 'dense', got {method!r}")
+        raise UserError(f"method must be 'lanczos' or 'dense', got {method!r}")
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+        raise UserError(f"k must be a positive integer, got {k!r}")
     if max_iter is not None and (not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1):
-        raise ValueError(f"max_iter must be a positive integer or None, got {max_iter!r}")
+        raise UserError(f"max_iter must be a positive integer or None, got {max_iter!r}")
     if not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"tol must be a positive number, got {tol!r}")
+        raise UserError(f"tol must be a positive number, got {tol!r}")
     _check_tensor(x, "x")
     x = x.detach()
     # Outer no_grad: the func transforms ignore it, but parameters are not traced by autograd.
     with _FrozenBatchNormStats(fn), torch.no_grad():
         out, vjp_fn = torch.func.vjp(fn, x)
         if not isinstance(out, Tensor):
-            raise ValueError(f"fn must return one tensor, got {type(out).__name__}")
+            raise UserError(f"fn must return one tensor, got {type(out).__name__}")
         m, n = out.numel(), x.numel()
         k = min(k, m, n)
         if method == "dense":
@@ -236,17 +238,17 @@ def check_bounds(unit: Callable[[Tensor], Tensor], x: Tensor, grad_out: Tensor, 
     (J then couples the samples) and its running statistics are left untouched.
     """
     if method not in ("auto", "dense", "lanczos"):
-        raise ValueError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
+        raise UserError(f"method must be 'auto', 'dense' or 'lanczos', got {method!r}")
     _check_tensor(x, "x")
     _check_tensor(grad_out, "grad_out")
     if not bool(grad_out.detach().ne(0).any()):
-        raise ValueError("grad_out is all zeros: the ratio ||J^T g|| / ||g|| is undefined")
+        raise UserError("grad_out is all zeros: the ratio ||J^T g|| / ||g|| is undefined")
     x, g = x.detach(), grad_out.detach()
     with _FrozenBatchNormStats(unit), torch.enable_grad():
         xr = x.clone().requires_grad_(True)
         out = unit(xr)
         if out.shape != g.shape:
-            raise ValueError(f"grad_out has shape {tuple(g.shape)} but the unit's output has shape {tuple(out.shape)}")
+            raise UserError(f"grad_out has shape {tuple(g.shape)} but the unit's output has shape {tuple(out.shape)}")
         (gx,) = torch.autograd.grad(out, xr, g)
     m, n = out.numel(), x.numel()
     if method == "auto":

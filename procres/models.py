@@ -105,6 +105,8 @@ from typing import Callable
 import torch.nn as nn
 import torch.nn.functional as F
 
+from procres.errors import UserError
+
 __all__ = [
     "BasicBlock",
     "PreActBottleneck",
@@ -265,12 +267,12 @@ def _check(family: str, depth, step: int, offset: int, num_classes, in_channels,
     valid = isinstance(depth, int) and not isinstance(depth, bool)
     if not valid or depth < step + offset or (depth - offset) % step:
         first = ", ".join(str(step * n + offset) for n in (1, 2, 3))
-        raise ValueError(f"{family} depth must be {step}n+{offset} with n >= 1 ({first}, ...), got {depth!r}")
+        raise UserError(f"{family} depth must be {step}n+{offset} with n >= 1 ({first}, ...), got {depth!r}")
     for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise UserError(f"{name} must be a positive int, got {value!r}")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4 or image_size % 4:
-        raise ValueError(
+        raise UserError(
             f"image_size must be a positive multiple of 4 (two stride-2 stages), got {image_size!r}")
     return (depth - offset) // step
 
@@ -313,7 +315,7 @@ def _procresnet(depth, num_classes, in_channels, image_size, *, residual, transi
     family = "procresnet" if residual else "plainproc"
     n = _check(family, depth, 9, 4, num_classes, in_channels, image_size)
     if transition_kernel not in (1, 2):
-        raise ValueError(
+        raise UserError(
             f"transition_kernel must be 1 (the paper) or 2 (kernel = stride), got {transition_kernel!r}")
     stem = nn.Conv2d(in_channels, 64, 3, padding=1, bias=False)
     transitions = [("stem", image_size)]
@@ -410,7 +412,7 @@ def register_model(name: str | Callable | None = None):
     def decorator(fn):
         key = fn.__name__ if name is None or callable(name) else name
         if key in _MODELS:
-            raise ValueError(f"model {key!r} is already registered")
+            raise UserError(f"model {key!r} is already registered")
         _MODELS[key] = fn
         return fn
 
@@ -436,7 +438,7 @@ def create_model(
         return _FAMILIES[match[1]](int(match[2]), **kwargs)
     close = difflib.get_close_matches(str(name), list(_MODELS), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)} names)")
+    raise UserError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)} names)")
 
 
 def list_models() -> list[str]:

@@ -45,6 +45,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from procres.errors import UserError
+
 FAMILY_COLORS = {"residual": "#1f77b4", "procrustes": "#2ca02c", "plain": "#d62728"}
 FAMILY_ORDER = ("residual", "procrustes", "plain")
 FAMILY_LABELS = {"residual": "residual", "procrustes": "Procrustes", "plain": "plain twin"}
@@ -108,7 +110,7 @@ def read_json(path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise UserError(f"{path}: not valid JSON ({err})") from None
 
 
 def read_history(path) -> list[dict]:
@@ -123,9 +125,9 @@ def read_history(path) -> list[dict]:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({err})") from None
+            raise UserError(f"{path}, line {number}: not valid JSON ({err})") from None
     if not records:
-        raise ValueError(f"{path}: no records (expected one JSON object per epoch)")
+        raise UserError(f"{path}: no records (expected one JSON object per epoch)")
     return records
 
 
@@ -196,7 +198,7 @@ def plot_ratio_per_block(runs: list[Run], path, *, epochs: list[int] | None = No
     """
     runs = [r for r in _sorted_runs(runs) if r.ratio_records()]
     if not runs:
-        raise ValueError("no run has norm ratios in its history.jsonl (key norms.ratio)")
+        raise UserError("no run has norm ratios in its history.jsonl (key norms.ratio)")
     fig = Figure(figsize=(11, 2.9 * len(runs)), layout="constrained")
     axes = fig.subplots(len(runs), 1, squeeze=False)[:, 0]
     all_ratios = [x for r in runs for h in r.ratio_records() for x in h["norms"]["ratio"]]
@@ -204,7 +206,7 @@ def plot_ratio_per_block(runs: list[Run], path, *, epochs: list[int] | None = No
     if epochs is not None:
         have = sorted({h["epoch"] for r in runs for h in r.ratio_records()})
         if not set(epochs) & set(have):
-            raise ValueError(f"none of the epochs {list(epochs)} has norm ratios; recorded epochs: {have}")
+            raise UserError(f"none of the epochs {list(epochs)} has norm ratios; recorded epochs: {have}")
     for ax, run in zip(axes, runs):
         records = {h["epoch"]: h for h in run.ratio_records()}
         chosen = [e for e in (epochs or pick_epochs(list(records))) if e in records]
@@ -235,7 +237,7 @@ def plot_ratio_heatmap(runs: list[Run], path) -> Path:
     """Block x epoch heat map of log10 r_l, one panel per run, one shared colour scale."""
     runs = [r for r in _sorted_runs(runs) if r.ratio_records()]
     if not runs:
-        raise ValueError("no run has norm ratios in its history.jsonl (key norms.ratio)")
+        raise UserError("no run has norm ratios in its history.jsonl (key norms.ratio)")
     maps = []
     for run in runs:
         recs = run.ratio_records()
@@ -305,7 +307,7 @@ def study_spread(study: dict, family: str, phase: str) -> list[dict]:
 def plot_depth_study(study: dict, path) -> Path:
     """Spread of r_l against depth: residual vs plain, initialisation and after training."""
     if "depths" not in study or "results" not in study:
-        raise ValueError("depth study needs keys 'depths' and 'results' (see procres.plots docstring)")
+        raise UserError("depth study needs keys 'depths' and 'results' (see procres.plots docstring)")
     depths = list(study["depths"])
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
@@ -351,7 +353,7 @@ def plot_spectra(spectra: dict, path) -> Path:
     """Singular-value histograms per layer: before vs after projection; circular vs zeros."""
     layers = spectra.get("layers") or []
     if not layers:
-        raise ValueError("spectra.json has no 'layers'")
+        raise UserError("spectra.json has no 'layers'")
     fig = Figure(figsize=(11, 2.8 * len(layers) + 0.4), layout="constrained")
     axes = fig.subplots(len(layers), 2, squeeze=False)
     proc = FAMILY_COLORS["procrustes"]
@@ -415,7 +417,7 @@ def plot_learning_curves(runs: list[Run], path) -> Path:
                     ax.plot(x, y, ls=ls, marker=".", color=color, label=f"{run.label}, {prefix}")
                     drew = True
     if not drew:
-        raise ValueError("no run has train/val metrics in its history.jsonl")
+        raise UserError("no run has train/val metrics in its history.jsonl")
     ax_loss.set_ylabel("cross-entropy loss (log scale)")
     ax_loss.set_yscale("log")
     ax_acc.set_ylabel("accuracy")

@@ -49,14 +49,15 @@ import math
 import torch
 from torch import nn
 
+from procres.errors import UserError
 from procres.spectral import (
     _check_divisible,
     _check_weight,
     _pair,
-    _phases,
     batched_svdvals,
     frequency_classes,
     kernel_from_symbol,
+    norm_preserving_target,
     polyphase_symbol,
 )
 
@@ -98,11 +99,11 @@ def polar(A, *, method="svd", tol=1e-6, max_iter=100, return_info=False):
     """
     if not isinstance(A, torch.Tensor) or A.dim() < 2:
         shape = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
-        raise ValueError(f"A must be a tensor with at least 2 dims, got {shape}")
+        raise UserError(f"A must be a tensor with at least 2 dims, got {shape}")
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        raise UserError(f"method must be one of {_METHODS}, got {method!r}")
     if not torch.isfinite(A).all():
-        raise ValueError("A contains NaN or inf values")
+        raise UserError("A contains NaN or inf values")
     if method == "svd":
         U, _, Vh = torch.linalg.svd(A, full_matrices=False)
         X, info = U @ Vh, {"iterations": 0, "converged": True, "residual": 0.0}
@@ -127,9 +128,9 @@ def _polar_eigh(A):
 
 def _newton_schulz(A, tol, max_iter):
     if not (tol > 0):
-        raise ValueError(f"tol must be positive, got {tol!r}")
+        raise UserError(f"tol must be positive, got {tol!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+        raise UserError(f"max_iter must be a positive int, got {max_iter!r}")
     scale = torch.linalg.matrix_norm(A).clamp_min(torch.finfo(A.real.dtype).tiny)
     X = A / scale[..., None, None]
     wide = A.shape[-2] < A.shape[-1]
@@ -194,16 +195,16 @@ def _resolve(conv_or_weight, input_size, stride):
     if isinstance(conv_or_weight, nn.Conv2d):
         conv = conv_or_weight
         if conv.groups != 1:
-            raise ValueError(f"grouped convolutions are not supported, got groups={conv.groups}")
+            raise UserError(f"grouped convolutions are not supported, got groups={conv.groups}")
         if tuple(conv.dilation) != (1, 1):
-            raise ValueError(f"dilated convolutions are not supported, got {conv.dilation}")
+            raise UserError(f"dilated convolutions are not supported, got {conv.dilation}")
         weight = conv.weight
         if stride is None:
             stride = tuple(conv.stride)
     elif isinstance(conv_or_weight, torch.Tensor):
         weight = conv_or_weight
     else:
-        raise ValueError(
+        raise UserError(
             f"expected an nn.Conv2d or a weight tensor, got {type(conv_or_weight).__name__}")
     _check_weight(weight)
     size = _pair(input_size, "input_size")
@@ -211,18 +212,15 @@ def _resolve(conv_or_weight, input_size, stride):
     _check_divisible(size, stride)
     kh, kw = weight.shape[-2:]
     if kh > size[0] or kw > size[1]:
-        raise ValueError(
+        raise UserError(
             f"kernel {kh}x{kw} is larger than input_size {size}: the crop back to the kernel "
             "support is undefined")
     return weight, size, stride
 
 
 def _default_target(weight, stride, faithful):
-    c_out, c_in, kh, kw = weight.shape
-    if faithful:
-        return math.sqrt(c_out / c_in)
-    ph, pw = _phases((kh, kw), stride)
-    return math.sqrt(c_out / min(c_out, c_in * ph * pw))
+    c_out, c_in = weight.shape[:2]
+    return math.sqrt(c_out / c_in) if faithful else norm_preserving_target(weight, stride)
 
 
 def _exact_step(w, size, stride, target, method):
@@ -295,7 +293,7 @@ def _faithful_step(w, size, stride, target):
 def _check_faithful_grid(weight, size, stride):
     grid = (size[0] // stride[0], size[1] // stride[1])
     if weight.shape[-2] > grid[0] or weight.shape[-1] > grid[1]:
-        raise ValueError(
+        raise UserError(
             f"faithful=True needs the kernel {tuple(weight.shape[-2:])} to fit the output grid "
             f"{grid}")
 
@@ -348,14 +346,14 @@ def _project(weight, size, stride, target, method, faithful, iterations, report)
 
 def _check_options(method, faithful, iterations, target):
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        raise UserError(f"method must be one of {_METHODS}, got {method!r}")
     if not isinstance(faithful, bool):
-        raise ValueError(f"faithful must be a bool, got {faithful!r}")
+        raise UserError(f"faithful must be a bool, got {faithful!r}")
     if not (isinstance(iterations, int) and not isinstance(iterations, bool) and iterations >= 1):
-        raise ValueError(f"iterations must be a positive int, got {iterations!r}")
+        raise UserError(f"iterations must be a positive int, got {iterations!r}")
     if target is not None and not (isinstance(target, (int, float)) and math.isfinite(target)
                                    and target > 0):
-        raise ValueError(f"target must be a positive number, got {target!r}")
+        raise UserError(f"target must be a positive number, got {target!r}")
 
 
 def project_kernel(weight, input_size, *, stride=1, target=None, method="svd",
@@ -402,15 +400,15 @@ class ProcrustesHook:
     def __init__(self, optimizer, layers, *, p=0.5, method="svd", faithful=False, seed=0,
                  iterations=1):
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
+            raise UserError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
         if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
-            raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
+            raise UserError(f"p must be a probability in [0, 1], got {p!r}")
         _check_options(method, faithful, iterations, None)
         self.layers = []
         for item in layers:
             if not (isinstance(item, (tuple, list)) and len(item) == 2
                     and isinstance(item[0], nn.Conv2d)):
-                raise ValueError(f"layers must be (nn.Conv2d, input_size) pairs, got {item!r}")
+                raise UserError(f"layers must be (nn.Conv2d, input_size) pairs, got {item!r}")
             conv, size = item
             weight, size, stride = _resolve(conv, size, None)
             if faithful:
@@ -429,7 +427,7 @@ class ProcrustesHook:
         for i, ((conv, size, stride, target), u) in enumerate(zip(self.layers, draws.tolist())):
             if u < self.p:
                 if not torch.isfinite(conv.weight).all():
-                    raise ValueError(f"layer {i} ({conv}) has NaN or inf weights after step "
+                    raise UserError(f"layer {i} ({conv}) has NaN or inf weights after step "
                                      f"{self.steps}: training diverged, nothing to project")
                 _project(conv.weight, size, stride, target, self.method, self.faithful,
                          self.iterations, report=False)
@@ -461,6 +459,6 @@ def attach_procrustes(model, optimizer, *, p=0.5, method="svd", faithful=False, 
                       iterations=1) -> ProcrustesHook:
     """``register_procrustes_hook(optimizer, model.transitions(), ...)``."""
     if not hasattr(model, "transitions"):
-        raise ValueError(f"model {type(model).__name__} has no transitions() method")
+        raise UserError(f"model {type(model).__name__} has no transitions() method")
     return register_procrustes_hook(optimizer, model.transitions(), p=p, method=method,
                                     faithful=faithful, seed=seed, iterations=iterations)

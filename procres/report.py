@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from procres.errors import UserError
 from procres.plots import FIGURE_FILES, FAMILY_LABELS, Run, load_run, read_json, study_spread
 
 NEAR = 0.1  # |log10 r| below this counts as "near 1" (r in [0.79, 1.26])
@@ -65,7 +66,7 @@ def ratios_by_kind(run: Run, *, epochs: str = "trained") -> dict[str, np.ndarray
     elif epochs == "trained":
         records = [h for h in records if h["epoch"] > 0]
     else:
-        raise ValueError(f"epochs must be 'init', 'final' or 'trained', got {epochs!r}")
+        raise UserError(f"epochs must be 'init', 'final' or 'trained', got {epochs!r}")
     groups: dict[str, list[float]] = {}
     for h in records:
         kinds = h.get("block_kinds") or run.block_kinds()
@@ -429,7 +430,7 @@ def build_report(folder, *, title: str = "procres demo", what_was_run: str = "",
                "", depth_table(depth), ""]
     if layers:
         md += ["Spectra of the projected convs, exact operator singular values: range (max relative error from the "
-               "target sqrt(C_out/C_in)).", "", spectra_table(layers), ""]
+               "target sqrt(C_out / rank), procres.spectral.norm_preserving_target).", "", spectra_table(layers), ""]
         md += ["- " + sentence_spectrum(s) for s in layers] + [""]
     md += ["## What the measurements say", ""]
     md += [f"- {'[holds] ' if f.holds else '[contradicted] ' if f.holds is False else '[no data] '}{f.sentence}"

@@ -52,6 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
+from procres.errors import UserError
+
 # forward multiply-accumulates per 32x32 image (millions), counted with forward hooks on
 # procres.models; used to scale epoch times between models.
 FORWARD_MMACS = {
@@ -137,7 +139,7 @@ _NAME = re.compile(r"^(resnet|plain|preresnet|plainpre|procresnet|plainproc)(\d+
 def tiny_model(name: str) -> str:
     m = _NAME.match(name)
     if m is None:
-        raise ValueError(f"cannot shrink model {name!r} for a smoke run")
+        raise UserError(f"cannot shrink model {name!r} for a smoke run")
     return f"{m.group(1)}{_TINY[m.group(1)]}"
 
 
@@ -158,7 +160,7 @@ def commands(name: str, *, data: str = "DATA", gpus: int = 1, seeds=None, out: s
     first existing run folder stops the plan with "already holds a run")."""
     recipe = get_recipe(name)
     if gpus < 1:
-        raise ValueError(f"gpus must be at least 1, got {gpus}")
+        raise UserError(f"gpus must be at least 1, got {gpus}")
     launch = (["procres"] if gpus == 1 else
               ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "procres"])
     plan = []
@@ -178,7 +180,7 @@ def commands(name: str, *, data: str = "DATA", gpus: int = 1, seeds=None, out: s
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+        raise UserError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
     return RECIPES[name]
 
 
@@ -253,7 +255,7 @@ def synthetic_cifar(folder, *, dataset: str = "cifar10", per_batch: int = 20, te
     rng = np.random.default_rng(seed)
     classes = {"cifar10": 10, "cifar100": 100}.get(dataset)
     if classes is None:
-        raise ValueError(f"dataset {dataset!r} is not cifar10 or cifar100")
+        raise UserError(f"dataset {dataset!r} is not cifar10 or cifar100")
     means = rng.integers(30, 225, size=(classes, 3))
 
     def batch(n, label_key, extra=None):

@@ -52,12 +52,16 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from procres.errors import UserError
+
 __all__ = [
     "DENSE_LIMIT",
     "conv_singular_values",
     "conv_operator_norm",
     "conv_min_singular_value",
     "conv_matrix",
+    "norm_preserving_target",
+    "spectrum_stats",
     "batched_svdvals",
     "polyphase_symbol",
     "frequency_classes",
@@ -74,42 +78,42 @@ _PADDING_MODES = ("circular", "zeros")
 # ----------------------------------------------------------------------------- argument checks
 def _pair(value, name: str) -> tuple[int, int]:
     if isinstance(value, bool):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise UserError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, int):
         pair = (value, value)
     elif isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
         pair = tuple(value)
     else:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        raise UserError(f"{name} must be an int or a pair of ints, got {value!r}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must hold positive ints, got {value!r}")
+        raise UserError(f"{name} must hold positive ints, got {value!r}")
     return pair
 
 
 def _check_weight(weight) -> None:
     if not isinstance(weight, torch.Tensor):
-        raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+        raise UserError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 4:
-        raise ValueError(
+        raise UserError(
             f"weight must be 4-D (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}"
         )
     if not weight.is_floating_point():
-        raise ValueError(f"weight must be a real floating tensor, got dtype {weight.dtype}")
+        raise UserError(f"weight must be a real floating tensor, got dtype {weight.dtype}")
     if weight.numel() == 0:
-        raise ValueError(f"weight is empty, shape {tuple(weight.shape)}")
+        raise UserError(f"weight is empty, shape {tuple(weight.shape)}")
     if not torch.isfinite(weight).all():
-        raise ValueError("weight contains NaN or inf values")
+        raise UserError("weight contains NaN or inf values")
 
 
 def _check_mode(padding_mode: str) -> None:
     if padding_mode not in _PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        raise UserError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
 
 
 def _check_divisible(size, stride) -> tuple[int, int]:
     (h, w), (sh, sw) = size, stride
     if h % sh or w % sw:
-        raise ValueError(
+        raise UserError(
             f"circular padding needs input_size {size} divisible by stride {stride}"
         )
     return h // sh, w // sw
@@ -122,7 +126,7 @@ def _zeros_padding(weight, padding) -> tuple[int, int]:
         padding = (padding, padding)
     if not (isinstance(padding, (tuple, list)) and len(padding) == 2
             and all(isinstance(p, int) and p >= 0 for p in padding)):
-        raise ValueError(f"padding must be a non-negative int or pair, got {padding!r}")
+        raise UserError(f"padding must be a non-negative int or pair, got {padding!r}")
     return tuple(padding)
 
 
@@ -132,7 +136,7 @@ def _output_size(weight, size, stride, padding, padding_mode) -> tuple[int, int]
     out = tuple((n + 2 * p - k) // s + 1
                 for n, p, k, s in zip(size, padding, weight.shape[-2:], stride))
     if min(out) < 1:
-        raise ValueError(
+        raise UserError(
             f"input_size {size} with padding {padding} is smaller than the kernel "
             f"{tuple(weight.shape[-2:])}"
         )
@@ -188,7 +192,7 @@ def conv_matrix(weight, input_size, *, stride=1, padding_mode="circular") -> tor
     c_out, c_in = weight.shape[:2]
     d_in, d_out = c_in * size[0] * size[1], c_out * oh * ow
     if max(d_in, d_out) > DENSE_LIMIT:
-        raise ValueError(
+        raise UserError(
             f"dense operator would be {d_out} x {d_in}, above DENSE_LIMIT={DENSE_LIMIT}; "
             "use conv_operator_norm / conv_min_singular_value instead"
         )
@@ -278,6 +282,49 @@ def kernel_from_symbol(symbol, kernel_size, input_size, stride=1) -> torch.Tenso
     full = sub.new_zeros(c_out, c_in, qh, sh, qw, sw)
     full[:, :, :, :ph, :, :pw] = sub
     return full.reshape(c_out, c_in, qh * sh, qw * sw)[..., :kh, :kw]
+
+
+# ----------------------------------------------------------------------------- the target
+def norm_preserving_target(weight_or_shape, stride=1) -> float:
+    """The value ``c`` that every non-zero singular value of a conv must take for the operator to
+    preserve the gradient norm in expectation (REFERENCE.md section 4).
+
+    ``weight_or_shape``: a weight ``(C_out, C_in, kh, kw)`` or its shape.  Per frequency the
+    operator is the ``C_out x (C_in * ph * pw)`` polyphase block (``ph = min(kh, sh)`` phases hold
+    taps), of rank ``r = min(C_out, C_in ph pw)`` for a generic kernel.  For isotropic output
+    gradients ``E ||A^T g||^2 / ||g||^2 = r c^2 / C_out``, so ``c = sqrt(C_out / r)``: the authors'
+    ``sqrt(C_out / C_in)`` for their stem and 1x1 transitions, 1 when the block has full row rank
+    (3x3 stride 2, or fewer output than input channels), never below 1.
+    """
+    shape = tuple(weight_or_shape.shape if isinstance(weight_or_shape, torch.Tensor) else weight_or_shape)
+    if len(shape) != 4 or not all(isinstance(n, int) and n >= 1 for n in shape):
+        raise UserError(f"weight shape must be 4 positive ints (C_out, C_in, kh, kw), got {shape!r}")
+    c_out, c_in, kh, kw = shape
+    ph, pw = _phases((kh, kw), _pair(stride, "stride"))
+    return math.sqrt(c_out / min(c_out, c_in * ph * pw))
+
+
+def spectrum_stats(singular_values, target: float | None = None, *, rtol: float = 1e-6) -> dict:
+    """Summary of a spectrum: ``sigma_max``, ``sigma_min`` (smallest *non-zero* value: above
+    ``rtol * sigma_max``; the null space of a wide operator is not a defect), ``cond``,
+    ``nonzero`` and ``count``, and, given ``target``, the ``max_rel_error`` and
+    ``mean_rel_error`` of the non-zero values from it (NaN when there are none).
+
+    ``singular_values``: a tensor, array or list of floats.  Plain Python floats out.
+    """
+    sv = torch.as_tensor(singular_values, dtype=torch.float64).detach().cpu().flatten()
+    if sv.numel() == 0:
+        raise UserError("spectrum_stats needs at least one singular value, got none")
+    smax = float(sv.max())
+    nz = sv[sv > rtol * max(smax, 1e-300)]
+    smin = float(nz.min()) if nz.numel() else 0.0
+    out = {"sigma_max": smax, "sigma_min": smin, "cond": smax / smin if smin > 0 else math.inf,
+           "nonzero": int(nz.numel()), "count": int(sv.numel())}
+    if target is not None:
+        rel = (nz / target - 1).abs()
+        out["max_rel_error"] = float(rel.max()) if nz.numel() else math.nan
+        out["mean_rel_error"] = float(rel.mean()) if nz.numel() else math.nan
+    return out
 
 
 CUDA_BATCHED_SVD_MAX = 32
@@ -375,9 +422,9 @@ def _gram_extreme(weight, input_size, stride, padding, padding_mode, tol, max_it
     _check_mode(padding_mode)
     size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
     if not (tol > 0):
-        raise ValueError(f"tol must be positive, got {tol!r}")
+        raise UserError(f"tol must be positive, got {tol!r}")
     if not (isinstance(max_iter, int) and max_iter >= 1):
-        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+        raise UserError(f"max_iter must be a positive int, got {max_iter!r}")
     padding = _zeros_padding(weight, padding)
     out = _output_size(weight, size, stride, padding, padding_mode)
     w64 = weight.detach().to(torch.float64)

@@ -101,6 +101,7 @@ from procres.checkpoint import (append_jsonl, atomic_save, atomic_write_text, lo
                                 set_rng_state, training_state)
 from procres.config import TrainConfig, lr_at
 from procres.distributed import gathered, init_distributed, reduced
+from procres.errors import UserError
 from procres.evaluate import eval_record, probe_norms
 from procres.graphs import graphed_loss  # looked up here at each run, so tests can patch train.graphed_loss
 from procres.runlog import ROW_HEADER, logger, progress, row
@@ -122,14 +123,14 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
 
     cfg = config.resolved(cuda_available=torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False")
+        raise UserError("device 'cuda' was requested but torch.cuda.is_available() is False")
     cuda = cfg.device == "cuda"
     rank, world, local_rank, own_group = init_distributed(cuda)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
+        raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
     main = rank == 0
     saved_flags = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
     if cfg.threads:
@@ -144,7 +145,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
     try:
         checkpoint = load_checkpoint(run_dir) if cfg.resume else None
         if not cfg.resume and (run_dir / "checkpoint.pt").exists():
-            raise ValueError(f"{run_dir} already holds a run (checkpoint.pt): pass resume=True / --resume "
+            raise UserError(f"{run_dir} already holds a run (checkpoint.pt): pass resume=True / --resume "
                              "to continue it, or choose another out folder")
         if main:
             atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
@@ -191,7 +192,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             try:
                 model.load_state_dict(checkpoint["model"])
             except RuntimeError as err:
-                raise ValueError(f"the checkpoint in {run_dir} does not fit model {cfg.model!r}: {err}") from err
+                raise UserError(f"the checkpoint in {run_dir} does not fit model {cfg.model!r}: {err}") from err
             optimizer.load_state_dict(checkpoint["optimizer"])
             if hook is not None and checkpoint["projection"] is not None:
                 hook.load_state_dict(checkpoint["projection"])
@@ -357,7 +358,7 @@ def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds {seeds} must be a non-empty list of distinct integers")
+        raise UserError(f"seeds {seeds} must be a non-empty list of distinct integers")
     base = Path(config.resolved().out if config.out is None else config.out)
     if config.out is None:
         base = base.with_name(base.name.rsplit("-seed", 1)[0])

@@ -49,6 +49,7 @@ def _spectrum_json(capsys, *argv):
 
 def test_spectrum_cli_equals_spectral(capsys):
     from procres.models import resnet
+    from procres.spectral import norm_preserving_target
     from procres.spectral import conv_matrix, conv_singular_values
 
     rows = _spectrum_json(capsys, "--model", "resnet8", "--input-size", "8", "--in-channels", "1", "--zeros", "dense")
@@ -62,7 +63,7 @@ def test_spectrum_cli_equals_spectral(capsys):
         sv = conv_singular_values(w, row["input_size"], stride=stride)
         assert row["circular"]["sigma_max"] == pytest.approx(float(sv[0]), rel=1e-10)
         assert row["circular"]["sigma_min"] == pytest.approx(float(sv[sv > 1e-6 * sv[0]][-1]), rel=1e-10)
-        target = (w.shape[0] / w.shape[1]) ** 0.5
+        target = norm_preserving_target(w, stride)  # the projection's own target (test_procrustes)
         assert row["target"] == pytest.approx(target)
         assert row["circular"]["max_rel_error"] == pytest.approx(float((sv[sv > 1e-6 * sv[0]] / target - 1).abs().max()))
         # zero padding: our impulse-response route vs spectral's dense oracle

@@ -385,3 +385,12 @@ def test_batched_svdvals_on_cuda_matches_cpu_float64(shape, dtype):
     out = batched_svdvals(a.cuda())
     assert out.is_cuda
     torch.testing.assert_close(out.cpu().double(), ref, rtol=2e-5 if dtype in (torch.float32, torch.complex64) else 1e-10, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, stride", [((64, 3, 3, 3), 1), ((128, 64, 1, 1), 2), ((128, 64, 3, 3), 2),
+                                           ((64, 256, 1, 1), 1)])
+def test_projection_target_is_the_one_norm_preserving_target(shape, stride):
+    from procres.spectral import norm_preserving_target
+
+    report = project_conv_(torch.randn(shape, dtype=torch.float64), 8, stride=stride)
+    assert report.target == norm_preserving_target(shape, stride)

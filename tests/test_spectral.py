@@ -192,3 +192,41 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(gpu.cpu(), cpu)
     top = conv_operator_norm(weight.cuda(), 8, tol=1e-10)
     assert top == pytest.approx(conv_operator_norm(weight, 8, tol=1e-10), rel=1e-8)
+
+
+@pytest.mark.parametrize("shape, stride, expected", [
+    ((64, 3, 3, 3), 1, (64 / 3) ** 0.5),     # the authors' stem: sqrt(C_out / C_in)
+    ((128, 64, 1, 1), 2, 2 ** 0.5),          # their 1x1 stride-2 transitions
+    ((128, 64, 3, 3), 2, 1.0),               # 4 phases: the 128 x 256 block has full row rank
+    ((64, 256, 1, 1), 1, 1.0),               # fewer outputs than inputs: full row rank, never < 1
+])
+def test_norm_preserving_target_is_rank_based(shape, stride, expected):
+    from procres.spectral import norm_preserving_target
+
+    assert norm_preserving_target(shape, stride) == pytest.approx(expected)
+    assert norm_preserving_target(torch.zeros(shape), stride) == pytest.approx(expected)
+
+
+def test_norm_preserving_target_gives_unit_expected_backward_gain():
+    """E ||A^T g||^2 / ||g||^2 = 1 for isotropic g once every non-zero singular value is the target."""
+    from procres.procrustes import project_conv_
+    from procres.spectral import conv_matrix
+
+    torch.manual_seed(0)
+    for shape, stride in (((8, 4, 1, 1), 2), ((6, 3, 3, 3), 1), ((4, 8, 1, 1), 1)):
+        w = torch.randn(shape, dtype=torch.float64)
+        project_conv_(w, 4, stride=stride, iterations=1 if shape[-1] == 1 else 50)
+        a = conv_matrix(w, 4, stride=stride)
+        gain = float((a @ a.T).trace() / a.shape[0])  # E ||A^T g||^2 for unit-variance g, per row
+        assert gain == pytest.approx(1.0, rel=2e-2)
+
+
+def test_spectrum_stats_counts_nonzero_values_only():
+    from procres.spectral import spectrum_stats
+
+    s = spectrum_stats([2.0, 1.0, 1e-12, 0.0], target=1.5)
+    assert (s["sigma_max"], s["sigma_min"], s["nonzero"], s["count"]) == (2.0, 1.0, 2, 4)
+    assert s["cond"] == 2.0 and s["max_rel_error"] == pytest.approx(1 / 3) and s["mean_rel_error"] == pytest.approx(1 / 3)
+    assert spectrum_stats(torch.zeros(3))["sigma_min"] == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        spectrum_stats([])

@@ -1,0 +1,25 @@
+"""The command line's error contract: user errors are one sentence, anything else keeps its traceback."""
+
+import pytest
+
+from procres import cli
+from procres.errors import UserError
+
+
+def test_user_error_is_one_sentence_and_exit_1(capsys):
+    assert cli.main(["models", "--filter", "no-such-model"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("procres models: error: ") and "no-such-model" in err and "Traceback" not in err
+
+
+def test_user_error_is_a_value_error():
+    assert issubclass(UserError, ValueError)
+
+
+def test_unexpected_error_is_not_swallowed(monkeypatch):
+    def broken(args):
+        raise ValueError("an internal bug, not a user error")
+
+    monkeypatch.setattr(cli, "_run_models", broken)
+    with pytest.raises(ValueError, match="internal bug"):
+        cli.main(["models"])
