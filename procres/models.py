@@ -144,6 +144,15 @@ class ZeroPadShortcut(nn.Module):
         return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
 
 
+def _check_unit(kind: str, in_channels: int, out_channels: int, stride: int) -> None:
+    """A residual unit's ``kind`` must be one it has, and an identity skip needs equal shapes."""
+    if kind not in ("identity", "projection", "plain"):
+        raise UserError(f"unit kind {kind!r} is not 'identity', 'projection' or 'plain'")
+    if kind == "identity" and (stride != 1 or in_channels != out_channels):
+        raise UserError(f"an identity skip needs stride 1 and equal channels, got stride {stride}, "
+                        f"{in_channels} -> {out_channels} channels")
+
+
 class BasicBlock(nn.Module):
     """He 2016a basic block: conv3x3-BN-ReLU-conv3x3-BN, add the shortcut, ReLU.
 
@@ -157,13 +166,12 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_channels)
+        _check_unit(kind, in_channels, out_channels, stride)
         if kind == "identity":
-            assert stride == 1 and in_channels == out_channels
             self.shortcut = nn.Identity()
         elif kind == "projection":
             self.shortcut = ZeroPadShortcut(in_channels, out_channels, stride)
         else:
-            assert kind == "plain"
             self.shortcut = None
         self.kind = kind
 
@@ -193,8 +201,8 @@ class PreActBottleneck(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_channels, 1, bias=False)
+        _check_unit(kind, in_channels, out_channels, stride)
         if kind == "identity":
-            assert stride == 1 and in_channels == out_channels
             self.shortcut = nn.Identity()
         elif kind == "projection":
             self.shortcut = nn.Sequential(
@@ -203,7 +211,6 @@ class PreActBottleneck(nn.Module):
                 nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
             )
         else:
-            assert kind == "plain"
             self.shortcut = None
         self.kind = kind
 
@@ -226,7 +233,9 @@ class CifarNet(nn.Module):
 
     def __init__(self, stem, units, kinds, head, *, family, depth, image_size, transitions=()):
         super().__init__()
-        assert len(units) == len(kinds) and all(k in KINDS for k in kinds)
+        if len(units) != len(kinds) or not set(kinds) <= set(KINDS):
+            raise UserError(f"kinds must name one of {', '.join(KINDS)} per unit: {len(units)} units, "
+                            f"kinds {list(kinds)}")
         self.stem = stem
         self.blocks = nn.Sequential(*units)
         self.head = head

@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from procres import cli
 from procres.procrustes import attach_procrustes
 from procres.spectral import conv_singular_values
+from procres.errors import UserError
 from procres.models import (
+    BasicBlock,
+    CifarNet,
+    PreActBottleneck,
     create_model,
     list_models,
     plain,
@@ -129,6 +133,22 @@ def test_unregistered_family_depth_names():
         create_model("procresnet14")
     with pytest.raises(ValueError, match="unknown model 'resnet8k2'"):
         create_model("resnet8k2")
+
+
+@pytest.mark.parametrize("build, words", [
+    (lambda: BasicBlock(16, 32, 2, kind="identity"), "stride 2, 16 -> 32"),
+    (lambda: PreActBottleneck(64, 32, 1, kind="identity"), "64 -> 128"),
+    (lambda: BasicBlock(16, 16, kind="transition"), "'transition'"),
+    (lambda: PreActBottleneck(64, 16, kind="skip"), "'skip'"),
+    (lambda: CifarNet(nn.Identity(), [nn.Identity()], ["identity", "plain"], nn.Identity(), family="x", depth=1,
+                      image_size=8), "1 units"),
+    (lambda: CifarNet(nn.Identity(), [nn.Identity()], ["residual"], nn.Identity(), family="x", depth=1,
+                      image_size=8), "'residual'"),
+])
+def test_unit_and_net_arguments_are_checked_as_user_errors(build, words):
+    # UserError, not assert: the checks hold under python -O too
+    with pytest.raises(UserError, match=re.escape(words)):
+        build()
 
 
 def test_register_model_refuses_duplicates():
