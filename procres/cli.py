@@ -4,6 +4,11 @@ Subcommands: models, spectrum, train, demo, plot, reproduce. Each has one
 ``_add_<name>(subparsers)`` that builds its parser and one ``_run_<name>(args)``
 that calls the library. Heavy imports (torch) happen inside the handlers so that
 ``procres --help`` is instant.
+
+Errors: a :class:`procres.errors.UserError` or an ``OSError`` (a bad value, a missing or
+unwritable path) and a diverged training run (``FloatingPointError``) print one sentence and exit
+1; any other exception is a bug and keeps its traceback. ``--debug`` (before or after the
+command) shows the traceback for every error.
 """
 
 from __future__ import annotations
@@ -106,7 +111,9 @@ def _run_train(args):
                     print(f"{key}: {100 * s['mean']:.2f} +- {100 * s['std']:.2f} % over seeds {summary['seeds']}")
         else:
             train(config, quiet=args.quiet)
-    except FloatingPointError as err:
+    except FloatingPointError as err:  # the run diverged: a fact about the run, not a bug
+        if args.debug:
+            raise
         print(f"procres train: error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -204,6 +211,7 @@ def _run_reproduce(args):
 
 # ---------------------------------------------------------------- entry point
 _COMMANDS = ["models", "spectrum", "train", "demo", "plot", "reproduce"]
+_DEBUG_HELP = "show the traceback of every error, including the one-sentence ones (bad values, missing files)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -214,9 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Norm-preserving deep networks: conv spectra, Procrustes ResNets, gradient-norm diagnostics.",
     )
     parser.add_argument("--version", action="version", version=f"procres {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMANDS:
-        globals()[f"_add_{name}"](sub).set_defaults(_handler=globals()[f"_run_{name}"])
+        p = globals()[f"_add_{name}"](sub)
+        p.set_defaults(_handler=globals()[f"_run_{name}"])
+        # also accepted after the command; SUPPRESS keeps a --debug given before it
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
 
 
@@ -229,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args._handler(args)
     except (UserError, OSError) as err:  # user errors (bad value, path not there / not writable): a sentence
+        if args.debug:
+            raise
         print(f"procres {args.command}: error: {err}", file=sys.stderr)
         return 1
     return int(result or 0)

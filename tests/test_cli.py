@@ -23,3 +23,24 @@ def test_unexpected_error_is_not_swallowed(monkeypatch):
     monkeypatch.setattr(cli, "_run_models", broken)
     with pytest.raises(ValueError, match="internal bug"):
         cli.main(["models"])
+
+
+@pytest.mark.parametrize("argv", [["--debug", "models", "--filter", "no-such-model"],
+                                  ["models", "--filter", "no-such-model", "--debug"]])
+def test_debug_shows_the_traceback_of_a_user_error(argv):
+    with pytest.raises(UserError, match="no-such-model"):
+        cli.main(argv)
+
+
+def test_diverged_training_is_one_sentence_unless_debug(monkeypatch, capsys):
+    import procres.train
+
+    def diverge(config, *, quiet=False):
+        raise FloatingPointError("non-finite loss in epoch 1, step 3")
+
+    monkeypatch.setattr(procres.train, "train", diverge)
+    assert cli.main(["train", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err == "procres train: error: non-finite loss in epoch 1, step 3\n"
+    with pytest.raises(FloatingPointError, match="step 3"):
+        cli.main(["--debug", "train", "--quiet"])
