@@ -7,24 +7,36 @@ one process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) nothing is initialised and n
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "gathered", "reduced"]
+__all__ = ["process_group", "gathered", "reduced"]
 
 
-def init_distributed(cuda: bool):
-    """(rank, world_size, local_rank, created_here) from torchrun's environment variables."""
+@contextlib.contextmanager
+def process_group(cuda: bool):
+    """Yield (rank, world_size, local_rank) from torchrun's environment variables.
+
+    The process group is initialised on entry when the environment asks for several ranks and
+    none exists yet, and destroyed on exit only if it was created here: a caller that holds a
+    group (several runs in one process) keeps it across them.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world <= 1:
-        return 0, 1, 0, False
+        yield 0, 1, 0
+        return
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), local_rank, False
+        yield dist.get_rank(), dist.get_world_size(), local_rank
+        return
     dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank, True
+    try:
+        yield dist.get_rank(), dist.get_world_size(), local_rank
+    finally:
+        dist.destroy_process_group()
 
 
 def gathered(obj, world) -> list:

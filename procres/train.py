@@ -1,4 +1,4 @@
-"""The training loop: one flat function, checkpoints that survive a kill, and DDP.
+"""The training loop, in named pieces; checkpoints that survive a kill; DDP.
 
 ``train(config)`` runs one :class:`procres.config.TrainConfig` and writes the run folder::
 
@@ -9,9 +9,14 @@
     result.json         final-epoch test error and test error at the best validation epoch
     train.log           what was printed (timestamped), plus resume events and errors
 
-The loop's parts that are not training live beside it: evaluation and the norm probe in
-``procres.evaluate``, the DDP process group and collectives in ``procres.distributed``, what a
-checkpoint holds in ``procres.checkpoint``, the logger and the printed table in ``procres.runlog``.
+``train`` reads top to bottom as the run goes: open the run folder, build data, model and
+optimizer (``_setup``), start (epoch 0 measured at initialisation) or resume, then per epoch
+``_train_epoch`` (``_train_step`` per batch, ``_save_mid_epoch`` when due) and ``_end_epoch``
+(``_epoch_record`` builds the history record, ``_record_epoch`` writes it), then ``_finish``.
+The state these pieces share is one ``_Run``. The parts that are not training live beside it:
+evaluation and the norm probe in ``procres.evaluate``, the DDP process group and collectives in
+``procres.distributed``, what a checkpoint holds in ``procres.checkpoint``, the logger and the
+printed table in ``procres.runlog``.
 
 Each step, in order: learning rate from ``lr_at`` -> forward (bf16 autocast on CUDA) -> loss ->
 backward -> optimizer step, after which the Procrustes hook (``procres.procrustes.attach_procrustes``,
@@ -59,7 +64,7 @@ RNG states. There is no LR-scheduler object (``lr_at`` is a pure function of epo
 no grad scaler (bf16 needs no loss scaling). A mid-epoch checkpoint also holds the norm recorder's
 window so far (rank 0's sums and counts), so a resumed epoch's norms equal an uninterrupted one's. On a resume
 ``history.jsonl`` is rewritten from the checkpoint, so it never holds an epoch twice. An
-unreadable checkpoint raises ValueError naming it and ``checkpoint.prev.pt``, which is kept.
+unreadable checkpoint raises UserError naming it and ``checkpoint.prev.pt``, which is kept.
 
 With ``deterministic`` on a CPU, a run killed at any point (SIGKILL included) and resumed with
 ``resume=True`` ends with weights bit-identical to an uninterrupted run (``tests/test_train.py``).
@@ -82,14 +87,16 @@ can read.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 import json
+import logging
 import os
 import random
-import re
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -100,16 +107,95 @@ import torch.nn.functional as F
 from procres.checkpoint import (append_jsonl, atomic_save, atomic_write_text, load_checkpoint, save_checkpoint,
                                 set_rng_state, training_state)
 from procres.config import TrainConfig, lr_at
-from procres.distributed import gathered, init_distributed, reduced
+from procres.distributed import gathered, process_group, reduced
 from procres.errors import UserError
 from procres.evaluate import eval_record, probe_norms
 from procres.graphs import graphed_loss  # looked up here at each run, so tests can patch train.graphed_loss
+from procres.models import create_model
 from procres.runlog import ROW_HEADER, logger, progress, row
 
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
 
-__all__ = ["train", "train_seeds", "build_model", "graphed_loss"]
+__all__ = ["train", "train_seeds", "graphed_loss"]
+
+# procres.demo imports this name; procres.models.create_model is the one model factory
+build_model = create_model
+
+
+@dataclass
+class _Run:
+    """What the pieces of the loop share: settings, place in DDP, data, model, optimizer, position."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    log: logging.Logger
+    data: object  # procres.data.DataSplits
+    train_loader: object  # procres.data.DeviceLoader, this rank's shard, per-rank batch
+    val_loader: object | None
+    test_loader: object
+    steps_per_epoch: int
+    model: torch.nn.Module  # the CifarNet itself
+    net: torch.nn.Module  # what the training forward calls: the model, wrapped by DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    hook: object | None  # procres.procrustes.ProcrustesHook
+    amp: dict  # torch.autocast keyword arguments
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    lr: float = 0.0  # the last step's learning rate
+    history: list = field(default_factory=list)
+    partial: dict | None = None  # the position and sums of a resumed, unfinished epoch
+    graphed: object | None = None  # (x, y) -> (loss, logits) replayed as CUDA graphs; None: eager
+    static_shape: torch.Size | None = None  # the batch shape the graphs were captured for
+    recorder: object | None = None  # procres.diagnostics.NormRecorder on model.blocks
+    last_checkpoint: float = 0.0  # time.monotonic() of the last save
+    bad: torch.Tensor | None = None  # non-finite losses since the last check (CUDA counts lazily)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out)
+
+
+@dataclass
+class _EpochSums:
+    """The running training sums of the epoch in progress (this rank's; a resumed epoch's earlier
+    part, already reduced over ranks, is held by rank 0 alone so that the all-reduce counts it once)."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+    epoch_step: int
+    started: float  # time.monotonic() when the epoch's training started, less the time before a resume
+
+    @classmethod
+    def from_partial(cls, partial: dict, run: _Run) -> "_EpochSums":
+        mine = run.main  # only rank 0 carries the saved sums
+        return cls(torch.tensor(partial["loss_sum"] if mine else 0.0, dtype=torch.float64, device=run.device),
+                   torch.tensor(partial["correct"] if mine else 0, dtype=torch.int64, device=run.device),
+                   partial["seen"] if mine else 0, partial["epoch_step"], time.monotonic() - partial["train_time"])
+
+    def add(self, loss: torch.Tensor, out: torch.Tensor, y: torch.Tensor) -> None:
+        self.epoch_step += 1
+        self.loss_sum += loss.detach().double() * len(y)
+        self.correct += (out.argmax(1) == y).sum()
+        self.seen += len(y)
+
+    def totals(self, run: _Run) -> list[float]:
+        """(loss sum, correct, seen) summed over ranks."""
+        return reduced([self.loss_sum.item(), self.correct.item(), self.seen], run.world, run.device)
+
+
+_FRESH_EPOCH = {"epoch_step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0}
 
 
 def train(config: TrainConfig, *, quiet: bool = False) -> dict:
@@ -119,235 +205,37 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
     test_error_at_best_val (None without a validation split), epochs, run_dir, history (list of
     records), model (the trained nn.Module, unwrapped).
     """
-    from procres.data import DeviceLoader, load_dataset
-
     cfg = config.resolved(cuda_available=torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' was requested but torch.cuda.is_available() is False")
-    cuda = cfg.device == "cuda"
-    rank, world, local_rank, own_group = init_distributed(cuda)
-    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    if cfg.batch_size % world:
-        raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
-    main = rank == 0
-    saved_flags = (torch.are_deterministic_algorithms_enabled(), torch.get_num_threads())
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    if cuda:
-        torch.backends.cudnn.benchmark = not cfg.deterministic
-    run_dir = Path(cfg.out)
-    log = logger(run_dir, main, quiet)
-    try:
-        checkpoint = load_checkpoint(run_dir) if cfg.resume else None
-        if not cfg.resume and (run_dir / "checkpoint.pt").exists():
-            raise UserError(f"{run_dir} already holds a run (checkpoint.pt): pass resume=True / --resume "
-                             "to continue it, or choose another out folder")
-        if main:
-            atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
-
-        # ---------------------------------------------------------------- data, model, optimizer
-        _seed_everything(cfg.seed)
-        data = load_dataset(cfg.dataset, cfg.data, val_size=cfg.val_size, seed=cfg.seed)
-        per_rank = cfg.batch_size // world
-        norm = dict(mean=data.mean, std=data.std, device=device, channels_last=bool(cfg.channels_last))
-        train_loader = DeviceLoader(data.train_x, data.train_y, batch_size=per_rank, train=True, pad=cfg.pad,
-                                    pad_mode=cfg.pad_mode, flip=data.flip, seed=cfg.seed, rank=rank,
-                                    world_size=world, **norm)
-        # evaluation loaders shard by rank too; the all-reduced sums count every image exactly once
-        val_loader = DeviceLoader(data.val_x, data.val_y, batch_size=cfg.eval_batch_size, train=False, rank=rank,
-                                  world_size=world, **norm) if len(data.val_y) else None
-        test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=cfg.eval_batch_size, train=False,
-                                   rank=rank, world_size=world, **norm)
-        steps_per_epoch = len(train_loader)
-        if cfg.max_steps_per_epoch:
-            steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-
-        model = build_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                            image_size=data.image_size).to(device)
-        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-        model = model.to(memory_format=memory_format)
-        optimizer = _sgd(model, cfg, fused=cuda)
-        hook = None
-        if cfg.projection_p > 0 and model.transitions():
-            from procres.procrustes import attach_procrustes
-
-            hook = attach_procrustes(model, optimizer, p=cfg.projection_p, method=cfg.projection_method,
-                                     faithful=cfg.faithful, seed=cfg.seed)
-        net = model
-        if world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cuda else None)
-        if cfg.compile:
-            net = torch.compile(net)
-        amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
-
-        # ---------------------------------------------------------------- start or resume
-        epoch, step, history = 0, 0, []
-        partial = None
-        if checkpoint is not None:
-            try:
-                model.load_state_dict(checkpoint["model"])
-            except RuntimeError as err:
-                raise UserError(f"the checkpoint in {run_dir} does not fit model {cfg.model!r}: {err}") from err
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            if hook is not None and checkpoint["projection"] is not None:
-                hook.load_state_dict(checkpoint["projection"])
-            elif hook is not None:  # the run so far had projection_p = 0: the hook starts from its seed
-                log.info(f"projection turned on at the resume (p={cfg.projection_p}); it was off before")
-            set_rng_state(checkpoint["rng"], cuda)
-            epoch, step = checkpoint["epoch"], checkpoint["step"]
-            history = json.loads(checkpoint["history"])
-            partial = checkpoint["partial"]
-            if partial is not None:
-                train_loader.set_epoch(epoch)
-                train_loader.load_state_dict(checkpoint["loader"][rank])
-            if main:
-                atomic_write_text(run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-            log.info(f"resumed from {run_dir / 'checkpoint.pt'} at epoch {epoch}, step {step}")
-        else:
-            if main:
-                atomic_write_text(run_dir / "history.jsonl", "")
-            record = {"epoch": 0, "step": 0, "lr": lr_at(cfg, 0, 0), "train_loss": None, "train_acc": None}
-            record.update(eval_record(model, val_loader, test_loader, device=device, amp=amp, world=world))
-            record.update(epoch_time=None, images_per_sec=None, block_kinds=model.block_kinds,
-                          norms=probe_norms(model, data, cfg, device, amp))
-            history.append(record)
-            if main:
-                append_jsonl(run_dir / "history.jsonl", record)
-        graphed, static_shape = None, None  # graphed: (x, y) -> (loss, logits) as CUDA graphs; None: eager
-        if cfg.cuda_graphs and world > 1:
-            log.info("cuda_graphs: not used with DDP (several ranks); training eagerly")
-        elif cfg.cuda_graphs:
-            sample = torch.zeros((per_rank, data.in_channels, data.image_size, data.image_size), device=device)
-            sample = sample.contiguous(memory_format=memory_format)
-            try:
-                graphed = graphed_loss(model, sample, torch.zeros(per_rank, dtype=torch.int64, device=device),
-                                       amp=bool(cfg.amp))
-            except Exception as err:  # a beta API on any torch/driver: never lose a run to it
-                message = f"CUDA graph capture failed, training eagerly instead ({type(err).__name__}: {err})"
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
-                log.warning(message)
-            static_shape = sample.shape  # a batch of another shape (none with drop_last) runs eagerly
-        log.info(f"{cfg.model} on {cfg.dataset}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-                 f"{len(data.train_y)} training images, {steps_per_epoch} steps/epoch, device {device}, "
-                 f"{world} rank(s), projection {'on' if hook else 'off'}, "
-                 f"CUDA graphs {'on' if graphed is not None else 'off'}")
-        log.info(ROW_HEADER)  # after the graph capture and its messages: the table stays in one piece
-        for h in history:
-            log.info(row(h))
-
-        # ---------------------------------------------------------------- the loop
-        recorder = None
-        if cfg.record_every and not cfg.compile:
-            from procres.diagnostics import NormRecorder
-
-            # with graphs only the eager steps reach the hooks, and they are exactly the recorded ones
-            recorder = NormRecorder(model.blocks, every=1 if graphed is not None else cfg.record_every)
-            if partial is not None and partial.get("norm_window") is not None:
-                recorder.load_state_dict(partial["norm_window"])  # the resumed epoch's window so far
-            recorder.steps_seen = step  # record the same global steps after a resume
-        last_checkpoint = time.monotonic()
-        bad = torch.zeros((), dtype=torch.int64, device=device)  # non-finite losses since the last check
-        model.train()
-        lr = lr_at(cfg, epoch, step)
-        while epoch < cfg.epochs:
-            if partial is None:  # a fresh epoch
-                train_loader.set_epoch(epoch)
-                partial = {"epoch_step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "train_time": 0.0}
-            loss_sum = torch.tensor(partial["loss_sum"] if main else 0.0, dtype=torch.float64, device=device)
-            correct = torch.tensor(partial["correct"] if main else 0, dtype=torch.int64, device=device)
-            seen = partial["seen"] if main else 0
-            epoch_step, started = partial["epoch_step"], time.monotonic() - partial["train_time"]
-            remaining = steps_per_epoch - epoch_step
-            bar = progress(itertools.islice(train_loader, remaining), remaining, f"epoch {epoch + 1}/{cfg.epochs}",
-                           quiet or not main)
-            for x, y in bar:
-                lr = lr_at(cfg, epoch, step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                record = recorder is not None and step % cfg.record_every == 0
-                if graphed is not None and not record and x.shape == static_shape:
-                    loss, out = graphed(x, y)  # replays the forward graph; backward() replays the other
-                else:
-                    with torch.autocast(**amp):
-                        out = net(x)
-                        loss = F.cross_entropy(out, y)
-                if not cuda:  # free on CPU: stop before a bad step touches the weights
-                    _check_finite(torch.isfinite(loss).logical_not(), None, world, epoch, step + 1, exact=True)
-                else:
-                    bad += torch.isfinite(loss).logical_not().long()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()  # the Procrustes hook projects here
-                step += 1
-                epoch_step += 1
-                loss_sum += loss.detach().double() * len(y)
-                correct += (out.argmax(1) == y).sum()
-                seen += len(y)
-                if cuda and step % _NAN_CHECK_EVERY == 0:
-                    _check_finite(bad, None, world, epoch, step, exact=False)
-                if epoch_step < steps_per_epoch and _checkpoint_due(cfg, step, last_checkpoint, world, device):
-                    _check_finite(bad, model, world, epoch, step, exact=False)
-                    sums = reduced([loss_sum.item(), correct.item(), seen], world, device)
-                    state = {"epoch_step": epoch_step, "loss_sum": sums[0], "correct": int(sums[1]),
-                             "seen": int(sums[2]), "train_time": time.monotonic() - started,
-                             "norm_window": recorder and recorder.state_dict()}
-                    loader_states = gathered(train_loader.state_dict(), world)  # one per rank
-                    if main:
-                        save_checkpoint(run_dir, training_state(model, optimizer, hook, loader_states, epoch, step,
-                                                                state, history, cfg, cuda))
-                    last_checkpoint = time.monotonic()
-            _check_finite(bad, model, world, epoch, step, exact=False)
-            train_time = time.monotonic() - started
-            if world > 1:
-                for buffer in model.buffers():  # BN running statistics: rank 0's, as DDP's forward does
-                    dist.broadcast(buffer, 0)
-            loss_total, correct_total, seen_total = reduced([loss_sum.item(), correct.item(), seen], world, device)
-            epoch += 1
-            partial = None
-            record = {"epoch": epoch, "step": step, "lr": lr, "train_loss": loss_total / seen_total,
-                      "train_acc": correct_total / seen_total}
-            record.update(eval_record(model, val_loader, test_loader, device=device, amp=amp, world=world))
-            record.update(epoch_time=time.monotonic() - started, images_per_sec=seen_total / train_time,
-                          block_kinds=model.block_kinds,
-                          norms=_epoch_norms(recorder, model, data, cfg, device, amp))
-            if recorder:
-                recorder.reset()
-            history.append(record)
-            if main:
-                save_checkpoint(run_dir, training_state(model, optimizer, hook, None, epoch, step, None, history,
-                                                        cfg, cuda))
-                append_jsonl(run_dir / "history.jsonl", record)
-            last_checkpoint = time.monotonic()
-            log.info(row(record))
-        if recorder:
-            recorder.remove()
-
-        # ---------------------------------------------------------------- result
-        result = _result(history, run_dir)
-        if main:
-            atomic_save({"model": model.state_dict(), "config": cfg.to_dict()}, run_dir / "model.pt")
-            atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
-        best = result["test_error_at_best_val"]
-        log.info(f"final test error {100 * result['final_test_error']:.2f}%"
-                 + (f", at the best validation epoch {result['best_val_epoch']}: {100 * best:.2f}%" if best is not None
-                    else " (no validation split)") + f"; run folder {run_dir}")
-        return {**result, "history": history, "model": model}
-    except FloatingPointError as err:
-        log.error(str(err))
-        raise
-    finally:
-        torch.use_deterministic_algorithms(saved_flags[0])
-        torch.set_num_threads(saved_flags[1])
-        for handler in list(log.handlers):
-            handler.close()
-            log.removeHandler(handler)
-        if own_group:
-            dist.destroy_process_group()
+    with process_group(cfg.device == "cuda") as (rank, world, local_rank), _torch_settings(cfg):
+        log = logger(Path(cfg.out), rank == 0, quiet)
+        try:
+            checkpoint = _open_run_folder(cfg, rank == 0)
+            run = _setup(cfg, rank, world, local_rank, log)
+            if checkpoint is not None:
+                _restore(run, checkpoint)
+            else:
+                _start(run)
+            _capture_graphs(run)
+            _log_start(run)
+            run.recorder = _norm_recorder(run)
+            run.last_checkpoint = time.monotonic()
+            run.model.train()
+            run.lr = lr_at(cfg, run.epoch, run.step)
+            while run.epoch < cfg.epochs:
+                sums = _train_epoch(run, quiet)
+                _end_epoch(run, sums)
+            if run.recorder:
+                run.recorder.remove()
+            return _finish(run)
+        except FloatingPointError as err:
+            log.error(str(err))
+            raise
+        finally:
+            for handler in list(log.handlers):
+                handler.close()
+                log.removeHandler(handler)
 
 
 def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
@@ -376,19 +264,88 @@ def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
     return summary
 
 
-def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
-    """``procres.models.create_model(name)``, or ``<family><depth>`` for an unregistered depth (procresnet13)."""
-    from procres import models
-
-    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+# ---------------------------------------------------------------- before the loop
+@contextlib.contextmanager
+def _torch_settings(cfg: TrainConfig):
+    """Threads, deterministic algorithms and cuDNN autotuning for the run; the first two restored after."""
+    saved = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    if cfg.device == "cuda":
+        torch.backends.cudnn.benchmark = not cfg.deterministic
     try:
-        return models.create_model(name, **kwargs)
-    except ValueError:
-        match = re.fullmatch(r"([a-z]+?)(\d+)", name)
-        family = match and match.group(1)
-        if family not in ("resnet", "preresnet", "procresnet", "plain", "plainpre", "plainproc"):
-            raise
-        return getattr(models, family)(int(match.group(2)), **kwargs)
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0])
+        torch.set_num_threads(saved[1])
+
+
+def _open_run_folder(cfg: TrainConfig, main: bool) -> dict | None:
+    """The checkpoint to resume from (None: a fresh run); refuses to start over an existing run."""
+    run_dir = Path(cfg.out)
+    checkpoint = load_checkpoint(run_dir) if cfg.resume else None
+    if not cfg.resume and (run_dir / "checkpoint.pt").exists():
+        raise UserError(f"{run_dir} already holds a run (checkpoint.pt): pass resume=True / --resume "
+                        "to continue it, or choose another out folder")
+    if main:
+        atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+    return checkpoint
+
+
+def _setup(cfg: TrainConfig, rank: int, world: int, local_rank: int, log) -> _Run:
+    """Seed, then build the data loaders, the model, the optimizer, the projection hook, DDP, compile."""
+    from procres.data import load_dataset
+
+    device = torch.device("cuda", local_rank) if cfg.device == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if cfg.batch_size % world:
+        raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
+    _seed_everything(cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data, val_size=cfg.val_size, seed=cfg.seed)
+    train_loader, val_loader, test_loader = _loaders(cfg, data, rank, world, device)
+    steps_per_epoch = len(train_loader)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+
+    model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                         image_size=data.image_size).to(device)
+    model = model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+    optimizer = _sgd(model, cfg, fused=device.type == "cuda")
+    hook = None
+    if cfg.projection_p > 0 and model.transitions():
+        from procres.procrustes import attach_procrustes
+
+        hook = attach_procrustes(model, optimizer, p=cfg.projection_p, method=cfg.projection_method,
+                                 faithful=cfg.faithful, seed=cfg.seed)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cfg.device == "cuda"
+                                                        else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
+    return _Run(cfg, rank, world, device, log, data, train_loader, val_loader, test_loader, steps_per_epoch,
+                model, net, optimizer, hook, amp, bad=torch.zeros((), dtype=torch.int64, device=device))
+
+
+def _loaders(cfg: TrainConfig, data, rank: int, world: int, device: torch.device):
+    """(train, validation or None, test) loaders of this rank's shard. Evaluation shards by rank
+    too: the all-reduced sums count every image exactly once."""
+    from procres.data import DeviceLoader
+
+    norm = dict(mean=data.mean, std=data.std, device=device, channels_last=bool(cfg.channels_last))
+    train_loader = DeviceLoader(data.train_x, data.train_y, batch_size=cfg.batch_size // world, train=True,
+                                pad=cfg.pad, pad_mode=cfg.pad_mode, flip=data.flip, seed=cfg.seed, rank=rank,
+                                world_size=world, **norm)
+    val_loader = DeviceLoader(data.val_x, data.val_y, batch_size=cfg.eval_batch_size, train=False, rank=rank,
+                              world_size=world, **norm) if len(data.val_y) else None
+    test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=cfg.eval_batch_size, train=False,
+                               rank=rank, world_size=world, **norm)
+    return train_loader, val_loader, test_loader
 
 
 def _sgd(model, cfg, *, fused: bool) -> torch.optim.SGD:
@@ -404,11 +361,192 @@ def _sgd(model, cfg, *, fused: bool) -> torch.optim.SGD:
     return torch.optim.SGD(params, **kwargs)
 
 
-# ---------------------------------------------------------------- pieces of the loop
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _start(run: _Run) -> None:
+    """A fresh run: history.jsonl starts with epoch 0, measured at initialisation."""
+    if run.main:
+        atomic_write_text(run.run_dir / "history.jsonl", "")
+    run.lr = lr_at(run.cfg, 0, 0)
+    record = _history_record(run, norms=probe_norms(run.model, run.data, run.cfg, run.device, run.amp))
+    run.history.append(record)
+    if run.main:
+        append_jsonl(run.run_dir / "history.jsonl", record)
+
+
+def _restore(run: _Run, checkpoint: dict) -> None:
+    """Continue from ``checkpoint``: weights, momentum, projection draws, RNG, position, history."""
+    try:
+        run.model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        raise UserError(f"the checkpoint in {run.run_dir} does not fit model {run.cfg.model!r}: {err}") from err
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    if run.hook is not None and checkpoint["projection"] is not None:
+        run.hook.load_state_dict(checkpoint["projection"])
+    elif run.hook is not None:  # the run so far had projection_p = 0: the hook starts from its seed
+        run.log.info(f"projection turned on at the resume (p={run.cfg.projection_p}); it was off before")
+    set_rng_state(checkpoint["rng"], run.cuda)
+    run.epoch, run.step = checkpoint["epoch"], checkpoint["step"]
+    run.history = json.loads(checkpoint["history"])
+    run.partial = checkpoint["partial"]
+    if run.partial is not None:
+        run.train_loader.set_epoch(run.epoch)
+        run.train_loader.load_state_dict(checkpoint["loader"][run.rank])
+    if run.main:  # rewritten from the checkpoint: never an epoch twice, never a torn last line
+        atomic_write_text(run.run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in run.history))
+    run.log.info(f"resumed from {run.run_dir / 'checkpoint.pt'} at epoch {run.epoch}, step {run.step}")
+
+
+def _capture_graphs(run: _Run) -> None:
+    """With ``cuda_graphs`` on one process, capture forward + loss + backward (see the module doc)."""
+    if not run.cfg.cuda_graphs:
+        return
+    if run.world > 1:
+        run.log.info("cuda_graphs: not used with DDP (several ranks); training eagerly")
+        return
+    data, per_rank = run.data, run.cfg.batch_size
+    sample = torch.zeros((per_rank, data.in_channels, data.image_size, data.image_size), device=run.device)
+    sample = sample.contiguous(memory_format=torch.channels_last if run.cfg.channels_last else torch.contiguous_format)
+    try:
+        run.graphed = graphed_loss(run.model, sample, torch.zeros(per_rank, dtype=torch.int64, device=run.device),
+                                   amp=bool(run.cfg.amp))
+    except Exception as err:  # a beta API on any torch/driver: never lose a run to it
+        message = f"CUDA graph capture failed, training eagerly instead ({type(err).__name__}: {err})"
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        run.log.warning(message)
+    run.static_shape = sample.shape  # a batch of another shape (none with drop_last) runs eagerly
+
+
+def _log_start(run: _Run) -> None:
+    """The run summary line, then the table header and the rows of the history so far."""
+    cfg, data = run.cfg, run.data
+    run.log.info(f"{cfg.model} on {cfg.dataset}: {sum(p.numel() for p in run.model.parameters()):,} parameters, "
+                 f"{len(data.train_y)} training images, {run.steps_per_epoch} steps/epoch, device {run.device}, "
+                 f"{run.world} rank(s), projection {'on' if run.hook else 'off'}, "
+                 f"CUDA graphs {'on' if run.graphed is not None else 'off'}")
+    run.log.info(ROW_HEADER)  # after the graph capture and its messages: the table stays in one piece
+    for h in run.history:
+        run.log.info(row(h))
+
+
+def _norm_recorder(run: _Run):
+    """The recorder of per-unit norm ratios (None without ``record_every`` or with ``compile``)."""
+    if not run.cfg.record_every or run.cfg.compile:
+        return None
+    from procres.diagnostics import NormRecorder
+
+    # with graphs only the eager steps reach the hooks, and they are exactly the recorded ones
+    recorder = NormRecorder(run.model.blocks, every=1 if run.graphed is not None else run.cfg.record_every)
+    if run.partial is not None and run.partial.get("norm_window") is not None:
+        recorder.load_state_dict(run.partial["norm_window"])  # the resumed epoch's window so far
+    recorder.steps_seen = run.step  # record the same global steps after a resume
+    return recorder
+
+
+# ---------------------------------------------------------------- the loop
+def _train_epoch(run: _Run, quiet: bool) -> _EpochSums:
+    """Train the rest of epoch ``run.epoch``: one step per batch, a mid-epoch checkpoint when due."""
+    if run.partial is None:  # a fresh epoch
+        run.train_loader.set_epoch(run.epoch)
+        run.partial = dict(_FRESH_EPOCH)
+    sums = _EpochSums.from_partial(run.partial, run)
+    remaining = run.steps_per_epoch - sums.epoch_step
+    batches = progress(itertools.islice(run.train_loader, remaining), remaining,
+                       f"epoch {run.epoch + 1}/{run.cfg.epochs}", quiet or not run.main)
+    for x, y in batches:
+        loss, out = _train_step(run, x, y)
+        sums.add(loss, out, y)
+        if run.cuda and run.step % _NAN_CHECK_EVERY == 0:
+            _check_finite(run.bad, None, run.world, run.epoch, run.step, exact=False)
+        if sums.epoch_step < run.steps_per_epoch and _checkpoint_due(run):
+            _save_mid_epoch(run, sums)
+    return sums
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor):
+    """One optimizer step on the batch: lr, forward and loss (a graph replay, or eager), backward,
+    step (the Procrustes hook projects inside it). Returns (loss, logits)."""
+    run.lr = lr_at(run.cfg, run.epoch, run.step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = run.lr
+    recorded = run.recorder is not None and run.step % run.cfg.record_every == 0
+    if run.graphed is not None and not recorded and x.shape == run.static_shape:
+        loss, out = run.graphed(x, y)  # replays the forward graph; backward() replays the other
+    else:
+        with torch.autocast(**run.amp):
+            out = run.net(x)
+            loss = F.cross_entropy(out, y)
+    if not run.cuda:  # free on CPU: stop before a bad step touches the weights
+        _check_finite(torch.isfinite(loss).logical_not(), None, run.world, run.epoch, run.step + 1, exact=True)
+    else:
+        run.bad += torch.isfinite(loss).logical_not().long()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()  # the Procrustes hook projects here
+    run.step += 1
+    return loss, out
+
+
+def _end_epoch(run: _Run, sums: _EpochSums) -> None:
+    """Close epoch ``run.epoch``: check it stayed finite, share BN statistics, record it."""
+    _check_finite(run.bad, run.model, run.world, run.epoch, run.step, exact=False)
+    train_time = time.monotonic() - sums.started
+    if run.world > 1:
+        for buffer in run.model.buffers():  # BN running statistics: rank 0's, as DDP's forward does
+            dist.broadcast(buffer, 0)
+    record = _epoch_record(run, sums, train_time)
+    run.partial = None
+    _record_epoch(run, record)
+
+
+def _epoch_record(run: _Run, sums: _EpochSums, train_time: float) -> dict:
+    """The history record of the epoch just trained (keys: module docstring); counts it done."""
+    loss_total, correct_total, seen_total = sums.totals(run)
+    run.epoch += 1
+    norms = _epoch_norms(run.recorder, run.model, run.data, run.cfg, run.device, run.amp)
+    if run.recorder:
+        run.recorder.reset()
+    return _history_record(run, train_loss=loss_total / seen_total, train_acc=correct_total / seen_total,
+                           started=sums.started, images_per_sec=seen_total / train_time, norms=norms)
+
+
+def _history_record(run: _Run, *, norms: dict, train_loss=None, train_acc=None, started=None,
+                    images_per_sec=None) -> dict:
+    """One history record at the current epoch and step: the training metrics given, evaluation now."""
+    record = {"epoch": run.epoch, "step": run.step, "lr": run.lr, "train_loss": train_loss, "train_acc": train_acc}
+    record.update(eval_record(run.model, run.val_loader, run.test_loader, device=run.device, amp=run.amp,
+                              world=run.world))
+    record.update(epoch_time=None if started is None else time.monotonic() - started,
+                  images_per_sec=images_per_sec, block_kinds=run.model.block_kinds, norms=norms)
+    return record
+
+
+def _record_epoch(run: _Run, record: dict) -> None:
+    """Where a finished epoch's record goes: the history, the checkpoint, history.jsonl, the table."""
+    run.history.append(record)
+    if run.main:
+        save_checkpoint(run.run_dir, training_state(run.model, run.optimizer, run.hook, None, run.epoch, run.step,
+                                                    None, run.history, run.cfg, run.cuda))
+        append_jsonl(run.run_dir / "history.jsonl", record)
+    run.last_checkpoint = time.monotonic()
+    run.log.info(row(record))
+
+
+def _save_mid_epoch(run: _Run, sums: _EpochSums) -> None:
+    """Checkpoint inside an epoch: the position of every rank's loader, the sums so far, the norm window."""
+    _check_finite(run.bad, run.model, run.world, run.epoch, run.step, exact=False)
+    loss_sum, correct, seen = sums.totals(run)
+    state = {"epoch_step": sums.epoch_step, "loss_sum": loss_sum, "correct": int(correct), "seen": int(seen),
+             "train_time": time.monotonic() - sums.started, "norm_window": run.recorder and run.recorder.state_dict()}
+    loader_states = gathered(run.train_loader.state_dict(), run.world)  # one per rank
+    if run.main:
+        save_checkpoint(run.run_dir, training_state(run.model, run.optimizer, run.hook, loader_states, run.epoch,
+                                                    run.step, state, run.history, run.cfg, run.cuda))
+    run.last_checkpoint = time.monotonic()
 
 
 def _check_finite(bad: torch.Tensor, model, world: int, epoch: int, step: int, *, exact: bool) -> None:
@@ -432,16 +570,18 @@ def _check_finite(bad: torch.Tensor, model, world: int, epoch: int, step: int, *
                                  f"loss was finite, the gradients overflowed): {stop}")
 
 
-def _checkpoint_due(cfg, step, last, world, device) -> bool:
+def _checkpoint_due(run: _Run) -> bool:
+    cfg, step = run.cfg, run.step
     if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
         return True
     if not cfg.checkpoint_minutes:
         return False
-    if world == 1:
-        return time.monotonic() - last >= 60 * cfg.checkpoint_minutes
+    if run.world == 1:
+        return time.monotonic() - run.last_checkpoint >= 60 * cfg.checkpoint_minutes
     if step % _DDP_TIME_CHECK_EVERY:
         return False
-    flag = torch.tensor(time.monotonic() - last >= 60 * cfg.checkpoint_minutes, device=device, dtype=torch.int64)
+    flag = torch.tensor(time.monotonic() - run.last_checkpoint >= 60 * cfg.checkpoint_minutes, device=run.device,
+                        dtype=torch.int64)
     dist.broadcast(flag, 0)  # rank 0's clock decides, so every rank checkpoints at the same step
     return bool(flag.item())
 
@@ -451,6 +591,20 @@ def _epoch_norms(recorder, model, data, cfg, device, amp) -> dict:
     if recorder is not None:
         return recorder.summary()
     return probe_norms(model, data, cfg, device, amp) if cfg.compile and cfg.record_every else {}
+
+
+# ---------------------------------------------------------------- after the loop
+def _finish(run: _Run) -> dict:
+    """Write model.pt and result.json, log the result line, return the result with history and model."""
+    result = _result(run.history, run.run_dir)
+    if run.main:
+        atomic_save({"model": run.model.state_dict(), "config": run.cfg.to_dict()}, run.run_dir / "model.pt")
+        atomic_write_text(run.run_dir / "result.json", json.dumps(result, indent=2) + "\n")
+    best = result["test_error_at_best_val"]
+    run.log.info(f"final test error {100 * result['final_test_error']:.2f}%"
+                 + (f", at the best validation epoch {result['best_val_epoch']}: {100 * best:.2f}%" if best is not None
+                    else " (no validation split)") + f"; run folder {run.run_dir}")
+    return {**result, "history": run.history, "model": run.model}
 
 
 def _result(history, run_dir) -> dict:

@@ -19,7 +19,8 @@ from procres.cli import build_parser, main
 from procres.config import TrainConfig, config_from_args
 import procres.train as train_module
 from procres.checkpoint import load_checkpoint
-from procres.train import _result, build_model, graphed_loss, train
+from procres.models import create_model
+from procres.train import _result, graphed_loss, train
 
 HISTORY_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                 "epoch_time", "images_per_sec", "norms", "block_kinds"}
@@ -90,7 +91,7 @@ def test_norm_probe_measures_every_unit_and_leaves_the_model_as_it_was():
     from procres.data import load_dataset
 
     data = load_dataset("digits")
-    model = build_model("procresnet13", num_classes=10, in_channels=1, image_size=16)
+    model = create_model("procresnet13", num_classes=10, in_channels=1, image_size=16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     amp = dict(device_type="cpu", dtype=torch.bfloat16, enabled=False)
     config = TrainConfig(compile=True, init_norm_batches=2, batch_size=16, channels_last=False)
@@ -124,7 +125,7 @@ def test_corrupt_checkpoint_gives_clear_error_and_keeps_previous(finished_run, t
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     def nan_on_third_training_forward(*args, **kwargs):
-        model = build_model(*args, **kwargs)
+        model = create_model(*args, **kwargs)
         calls = []
 
         def hook(module, inputs, out):
@@ -135,7 +136,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path,
         model.head.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(train_module, "build_model", nan_on_third_training_forward)
+    monkeypatch.setattr(train_module, "create_model", nan_on_third_training_forward)
     # checkpoint_minutes tiny: the time-based mid-epoch checkpoint fires after every step
     config = _tiny(tmp_path, init_norm_batches=0, checkpoint_minutes=1e-9)
     with pytest.raises(FloatingPointError, match="non-finite loss in epoch 1, step 3"):
@@ -187,7 +188,7 @@ def test_graph_branch_of_the_loop_matches_the_eager_run(finished_run, tmp_path, 
 
 
 def test_graphed_loss_refuses_cpu_tensors():
-    model = build_model("resnet8", num_classes=10, in_channels=1, image_size=16)
+    model = create_model("resnet8", num_classes=10, in_channels=1, image_size=16)
     with pytest.raises(ValueError, match="needs CUDA tensors.*cpu"):
         graphed_loss(model, torch.zeros(2, 1, 16, 16), torch.zeros(2, dtype=torch.int64), amp=False)
 
@@ -333,7 +334,7 @@ def test_cuda_graph_steps_match_eager_steps(amp):
     flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.benchmark = False
     try:
-        eager = build_model("procresnet13", num_classes=10, in_channels=3, image_size=16).to(device)
+        eager = create_model("procresnet13", num_classes=10, in_channels=3, image_size=16).to(device)
         eager = eager.to(memory_format=torch.channels_last)
         graph = copy.deepcopy(eager)
         before = {k: v.clone() for k, v in graph.state_dict().items()}
