@@ -81,8 +81,8 @@ DDP: launch with ``torchrun --nproc_per_node N -m procres train ...``. NCCL on C
 each batch order (DeviceLoader rank/world_size); the projection hook is seeded identically on
 every rank so it projects the same layers the same way; BN running statistics are broadcast from
 rank 0 at the end of each epoch; training and evaluation sums are all-reduced; only rank 0 writes
-files. Resuming needs the same number of ranks and the run folder on a file system every rank
-can read.
+files. ``train_seeds`` runs every seed in one process group. Resuming needs the same number of
+ranks and the run folder on a file system every rank can read.
 """
 
 from __future__ import annotations
@@ -242,15 +242,25 @@ def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
     """Train ``config`` once per seed in ``out/seed<k>``; write and return ``out/summary.json``.
 
     The summary holds, for final_test_error and test_error_at_best_val, the per-seed values, their
-    mean and the sample standard deviation (ddof=1; 0 for a single seed).
+    mean and the sample standard deviation (ddof=1; 0 for a single seed). Under torchrun one process
+    group serves every seed (each run uses it and leaves it alive) and rank 0 writes the summary.
     """
     seeds = [int(s) for s in seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise UserError(f"seeds {seeds} must be a non-empty list of distinct integers")
-    base = Path(config.resolved().out if config.out is None else config.out)
+    resolved = config.resolved(cuda_available=torch.cuda.is_available())
+    base = Path(resolved.out if config.out is None else config.out)
     if config.out is None:
         base = base.with_name(base.name.rsplit("-seed", 1)[0])
-    runs = [train(config.replace(seed=s, out=str(base / f"seed{s}")), quiet=quiet) for s in seeds]
+    with process_group(resolved.device == "cuda") as (rank, _, _):
+        runs = [train(config.replace(seed=s, out=str(base / f"seed{s}")), quiet=quiet) for s in seeds]
+        summary = _seed_summary(seeds, runs)
+        if rank == 0:
+            atomic_write_text(base / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _seed_summary(seeds: list[int], runs: list[dict]) -> dict:
     summary = {"seeds": seeds, "run_dirs": [r["run_dir"] for r in runs]}
     for key in ("final_test_error", "test_error_at_best_val"):
         values = [r[key] for r in runs]
@@ -259,8 +269,6 @@ def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
             continue
         summary[key] = {"values": values, "mean": float(np.mean(values)),
                         "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        atomic_write_text(base / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

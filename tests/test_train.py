@@ -244,12 +244,36 @@ def test_sigkill_and_resume_give_bit_identical_weights(tmp_path):
 
 
 # ---------------------------------------------------------------- DDP
+def _spawn_ranks(code_and_args, folder, world=2, timeout=120):
+    """Run ``python -c CODE ARGS...`` in ``folder`` once per rank with torchrun's environment and
+    assert that every rank exits 0; a rank still running after ``timeout`` seconds (a hang) is
+    killed and fails the test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-c", *code_and_args], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True, cwd=folder))
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, err
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 DDP_WORKER = textwrap.dedent("""
-    import sys, torch
+    import os, sys, torch
     from procres.config import TrainConfig
     from procres.train import train
     result = train(TrainConfig.from_json(open(sys.argv[1]).read()), quiet=True)
-    torch.save({"model": result["model"].state_dict()}, sys.argv[2])
+    torch.save({"model": result["model"].state_dict()}, f"rank{os.environ['RANK']}.pt")
 """)
 
 
@@ -257,17 +281,7 @@ def test_ddp_two_gloo_ranks_agree_and_follow_the_single_process_curve(tmp_path):
     config = _tiny(tmp_path, name="ddp", epochs=3, batch_size=64, max_steps_per_epoch=6, record_every=0,
                    init_norm_batches=0, checkpoint_every_steps=4)
     (tmp_path / "config.json").write_text(config.to_json())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-c", DDP_WORKER, str(tmp_path / "config.json"),
-                                       str(tmp_path / f"rank{rank}.pt")], env=env, stderr=subprocess.PIPE, text=True))
-    for proc in procs:
-        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    _spawn_ranks([DDP_WORKER, str(tmp_path / "config.json")], tmp_path)
     _assert_identical(_weights(tmp_path / "rank0.pt"), _weights(tmp_path / "rank1.pt"))
     _assert_identical(_weights(tmp_path / "rank0.pt"), _weights(tmp_path / "ddp" / "model.pt"))
 
@@ -282,6 +296,35 @@ def test_ddp_two_gloo_ranks_agree_and_follow_the_single_process_curve(tmp_path):
     # evaluation is sharded and all-reduced: it counts each test image once (270 digits)
     assert ddp[0]["test_acc"] == pytest.approx(single[0]["test_acc"])  # same initial weights
     assert round(ddp[0]["test_acc"] * 270, 6) == int(round(ddp[0]["test_acc"] * 270))
+
+
+SEEDS_WORKER = textwrap.dedent("""
+    import os, sys
+    import procres.train
+    from procres.cli import main
+    write = procres.train.atomic_write_text
+
+    def spy(path, text):  # who writes the summary
+        if path.name == "summary.json":
+            open(f"summary-written-by-rank{os.environ['RANK']}", "w").close()
+        write(path, text)
+
+    procres.train.atomic_write_text = spy
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def test_ddp_with_several_seeds_runs_every_seed_and_rank_0_writes_the_summary(tmp_path):
+    argv = ["train", "--model", "resnet8", "--recipe", "demo", "--epochs", "1", "--batch-size", "32",
+            "--max-steps-per-epoch", "2", "--init-norm-batches", "0", "--record-every", "0", "--threads", "1",
+            "--quiet", "--out", str(tmp_path / "runs"), "--seeds", "0", "1"]
+    _spawn_ranks([SEEDS_WORKER, *argv], tmp_path)
+    summary = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and len(summary["final_test_error"]["values"]) == 2
+    for seed in (0, 1):
+        assert (tmp_path / "runs" / f"seed{seed}" / "model.pt").is_file()
+        assert "2 rank(s)" in (tmp_path / "runs" / f"seed{seed}" / "train.log").read_text()
+    assert sorted(p.name for p in tmp_path.glob("summary-written-by-*")) == ["summary-written-by-rank0"]
 
 
 # ---------------------------------------------------------------- CLI
