@@ -4,7 +4,8 @@
 when ``amp`` enables it), with the sums all-reduced over DDP ranks so that each rank passes its own
 shard and every image counts once; ``eval_record`` is the validation and test part of a history
 record. ``probe_norms`` measures the per-unit gradient-norm ratios on a few un-augmented training
-batches and restores what the measurement changed (epoch 0, and every epoch end with ``compile``).
+batches, averaged over DDP ranks, and restores what the measurement changed (epoch 0, and every
+epoch end with ``compile``).
 """
 
 from __future__ import annotations
@@ -45,30 +46,35 @@ def eval_record(model, val_loader, test_loader, *, device, amp: dict, world: int
     return {"val_loss": val[0], "val_acc": val[1], "test_loss": test[0], "test_acc": test[1]}
 
 
-def probe_norms(model, data, cfg, device, amp) -> dict:
+def probe_norms(model, data, cfg, device, amp, *, rank: int = 0, world: int = 1) -> dict:
     """NormRecorder summary of the first ``init_norm_batches`` un-augmented training batches.
 
     Forward + backward in training mode without an optimizer step; gradients are cleared and the
     BN running statistics restored, so the model is left as it was. Used for epoch 0 and, with
     ``compile`` (where per-unit hooks would break the compiled graph), at the end of every epoch.
+    Only the probed images are copied to ``device``. Under DDP each of the ``world`` ranks measures
+    its shard of those images in batches of ``cfg.batch_size // world`` (the per-rank batch) and
+    the summary is averaged over the ranks (``NormRecorder.summary(reduce=True)``, a collective),
+    so every rank returns the same numbers.
     """
     if not cfg.init_norm_batches:
         return {}
     from procres.data import DeviceLoader
     from procres.diagnostics import NormRecorder
 
+    per_rank = cfg.batch_size // world
+    n = cfg.init_norm_batches * per_rank * world  # the first init_norm_batches global batches
     buffers = {k: v.clone() for k, v in model.named_buffers()}
-    loader = DeviceLoader(data.train_x, data.train_y, batch_size=cfg.batch_size, train=False, mean=data.mean,
-                          std=data.std, device=device, channels_last=bool(cfg.channels_last))
+    loader = DeviceLoader(data.train_x[:n], data.train_y[:n], batch_size=per_rank, train=False, mean=data.mean,
+                          std=data.std, device=device, channels_last=bool(cfg.channels_last), rank=rank,
+                          world_size=world)
     model.train()
     with NormRecorder(model.blocks, every=1) as recorder:
-        for i, (x, y) in enumerate(loader):
-            if i == cfg.init_norm_batches:
-                break
+        for x, y in loader:
             with torch.autocast(**amp):
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
-        summary = recorder.summary()
+        summary = recorder.summary(reduce=True)
     model.zero_grad(set_to_none=True)
     with torch.no_grad():
         for k, v in model.named_buffers():

@@ -49,9 +49,10 @@ the run trains eagerly.
 
 History record keys: epoch, step, lr, train_loss, train_acc, val_loss, val_acc, test_loss,
 test_acc, epoch_time (s, training + evaluation), images_per_sec (training only), norms
-(NormRecorder.summary()), block_kinds. Epoch 0 holds the norms of ``init_norm_batches``
-un-augmented training batches at initialisation (BN statistics restored afterwards) and the
-evaluation metrics; its train_* are null. val_* are null without a validation split.
+(NormRecorder.summary, averaged over DDP ranks), block_kinds. Epoch 0 holds the norms of
+``init_norm_batches`` un-augmented training batches at initialisation (BN statistics restored
+afterwards) and the evaluation metrics; its train_* are null. val_* are null without a
+validation split.
 
 The result is the final-epoch test error and the test error at the epoch with the best validation
 accuracy (earliest on ties) -- never the best test epoch. Errors are fractions in [0, 1].
@@ -61,10 +62,11 @@ of every epoch, every ``checkpoint_minutes`` and every ``checkpoint_every_steps`
 the model, the optimizer (momentum buffers), the projection hook's generator, each rank's data
 loader position, the partial epoch sums, the history so far and the Python / numpy / torch / CUDA
 RNG states. There is no LR-scheduler object (``lr_at`` is a pure function of epoch and step) and
-no grad scaler (bf16 needs no loss scaling). A mid-epoch checkpoint also holds the norm recorder's
-window so far (rank 0's sums and counts), so a resumed epoch's norms equal an uninterrupted one's. On a resume
-``history.jsonl`` is rewritten from the checkpoint, so it never holds an epoch twice. An
-unreadable checkpoint raises UserError naming it and ``checkpoint.prev.pt``, which is kept.
+no grad scaler (bf16 needs no loss scaling). A mid-epoch checkpoint also holds the norm
+recorder's window so far (every rank's sums and counts), so a resumed epoch's norms equal an
+uninterrupted one's. On a resume ``history.jsonl`` is rewritten from the checkpoint, so it never
+holds an epoch twice. An unreadable checkpoint raises UserError naming it and
+``checkpoint.prev.pt``, which is kept.
 
 With ``deterministic`` on a CPU, a run killed at any point (SIGKILL included) and resumed with
 ``resume=True`` ends with weights bit-identical to an uninterrupted run (``tests/test_train.py``).
@@ -380,7 +382,7 @@ def _start(run: _Run) -> None:
     if run.main:
         atomic_write_text(run.run_dir / "history.jsonl", "")
     run.lr = lr_at(run.cfg, 0, 0)
-    record = _history_record(run, norms=probe_norms(run.model, run.data, run.cfg, run.device, run.amp))
+    record = _history_record(run, norms=_probe(run))
     run.history.append(record)
     if run.main:
         append_jsonl(run.run_dir / "history.jsonl", record)
@@ -450,7 +452,7 @@ def _norm_recorder(run: _Run):
     # with graphs only the eager steps reach the hooks, and they are exactly the recorded ones
     recorder = NormRecorder(run.model.blocks, every=1 if run.graphed is not None else run.cfg.record_every)
     if run.partial is not None and run.partial.get("norm_window") is not None:
-        recorder.load_state_dict(run.partial["norm_window"])  # the resumed epoch's window so far
+        recorder.load_state_dict(run.partial["norm_window"][run.rank])  # this rank's window so far
     recorder.steps_seen = run.step  # record the same global steps after a resume
     return recorder
 
@@ -515,7 +517,7 @@ def _epoch_record(run: _Run, sums: _EpochSums, train_time: float) -> dict:
     """The history record of the epoch just trained (keys: module docstring); counts it done."""
     loss_total, correct_total, seen_total = sums.totals(run)
     run.epoch += 1
-    norms = _epoch_norms(run.recorder, run.model, run.data, run.cfg, run.device, run.amp)
+    norms = _epoch_norms(run)
     if run.recorder:
         run.recorder.reset()
     return _history_record(run, train_loss=loss_total / seen_total, train_acc=correct_total / seen_total,
@@ -548,8 +550,9 @@ def _save_mid_epoch(run: _Run, sums: _EpochSums) -> None:
     """Checkpoint inside an epoch: the position of every rank's loader, the sums so far, the norm window."""
     _check_finite(run.bad, run.model, run.world, run.epoch, run.step, exact=False)
     loss_sum, correct, seen = sums.totals(run)
+    windows = gathered(run.recorder.state_dict(), run.world) if run.recorder else None  # one per rank
     state = {"epoch_step": sums.epoch_step, "loss_sum": loss_sum, "correct": int(correct), "seen": int(seen),
-             "train_time": time.monotonic() - sums.started, "norm_window": run.recorder and run.recorder.state_dict()}
+             "train_time": time.monotonic() - sums.started, "norm_window": windows}
     loader_states = gathered(run.train_loader.state_dict(), run.world)  # one per rank
     if run.main:
         save_checkpoint(run.run_dir, training_state(run.model, run.optimizer, run.hook, loader_states, run.epoch,
@@ -594,11 +597,16 @@ def _checkpoint_due(run: _Run) -> bool:
     return bool(flag.item())
 
 
-def _epoch_norms(recorder, model, data, cfg, device, amp) -> dict:
-    """The epoch's norm summary: the recorder's window, or with ``compile`` a probe (see module doc)."""
-    if recorder is not None:
-        return recorder.summary()
-    return probe_norms(model, data, cfg, device, amp) if cfg.compile and cfg.record_every else {}
+def _epoch_norms(run: _Run) -> dict:
+    """The epoch's norm summary, averaged over ranks: the recorder's window, or with ``compile`` a
+    probe (see the module docstring)."""
+    if run.recorder is not None:
+        return run.recorder.summary(reduce=True)
+    return _probe(run) if run.cfg.compile and run.cfg.record_every else {}
+
+
+def _probe(run: _Run) -> dict:
+    return probe_norms(run.model, run.data, run.cfg, run.device, run.amp, rank=run.rank, world=run.world)
 
 
 # ---------------------------------------------------------------- after the loop

@@ -11,6 +11,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -95,11 +96,50 @@ def test_norm_probe_measures_every_unit_and_leaves_the_model_as_it_was():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     amp = dict(device_type="cpu", dtype=torch.bfloat16, enabled=False)
     config = TrainConfig(compile=True, init_norm_batches=2, batch_size=16, channels_last=False)
-    norms = train_module._epoch_norms(None, model, data, config, torch.device("cpu"), amp)
+    run = SimpleNamespace(recorder=None, model=model, data=data, cfg=config, device=torch.device("cpu"), amp=amp,
+                          rank=0, world=1)
+    norms = train_module._epoch_norms(run)
     assert norms["steps_recorded"] == 2 and len(norms["ratio"]) == len(model.block_kinds)
     _assert_identical(model.state_dict(), before)  # BN running statistics restored
     assert all(p.grad is None for p in model.parameters())
-    assert train_module._epoch_norms(None, model, data, config.replace(compile=False), torch.device("cpu"), amp) == {}
+    run.cfg = config.replace(compile=False)
+    assert train_module._epoch_norms(run) == {}
+
+
+def test_norm_probe_of_a_rank_copies_only_its_images_in_per_rank_batches(monkeypatch):
+    import procres.data
+    from procres.data import load_dataset
+    from procres.diagnostics import NormRecorder
+    from procres.evaluate import probe_norms
+
+    data = load_dataset("digits")
+    model = create_model("resnet8", num_classes=10, in_channels=1, image_size=16).double()
+    config = TrainConfig(init_norm_batches=2, batch_size=16, channels_last=False)
+    built = []
+
+    class Spy(procres.data.DeviceLoader):
+        def __init__(self, x, y, **kwargs):
+            built.append((len(x), kwargs["batch_size"]))
+            super().__init__(x, y, **kwargs)
+
+        def _normalise(self, xb):  # float64 batches for the float64 model
+            return super()._normalise(xb).double()
+
+    monkeypatch.setattr(procres.data, "DeviceLoader", Spy)
+    amp = dict(device_type="cpu", dtype=torch.bfloat16, enabled=False)
+    norms = probe_norms(model, data, config, torch.device("cpu"), amp, rank=1, world=2)
+    assert built == [(32, 8)]  # 2 global batches of 16 images, 8 per rank: not the training set
+    # reference: rank 1's share of the first 32 images (1, 3, ..., 31), two batches of 8
+    x = (data.train_x[:32].double() / 255 - data.mean[0]) / data.std[0]
+    y = data.train_y[:32].long()
+    with NormRecorder(model.blocks) as recorder:
+        for batch in (slice(1, 16, 2), slice(17, 32, 2)):
+            torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        expected = recorder.summary()
+    assert norms["steps_recorded"] == 2
+    # the loader normalises in float32 before the cast: agreement to float32 rounding; rank 0's
+    # images (0, 2, ...) or the global batches give ratios more than 1e-3 (relative) away
+    assert norms["ratio"] == pytest.approx(expected["ratio"], rel=1e-6, nan_ok=True)
 
 
 def test_existing_run_needs_resume(finished_run, tmp_path):
@@ -269,21 +309,31 @@ def _spawn_ranks(code_and_args, folder, world=2, timeout=120):
 
 
 DDP_WORKER = textwrap.dedent("""
-    import os, sys, torch
+    import json, os, sys, torch
     from procres.config import TrainConfig
+    from procres.diagnostics import NormRecorder
     from procres.train import train
+    summary, local = NormRecorder.summary, []
+
+    def spy(self, *, reduce=False):  # also keep this rank's own window
+        local.append(summary(self))
+        return summary(self, reduce=reduce)
+
+    NormRecorder.summary = spy
     result = train(TrainConfig.from_json(open(sys.argv[1]).read()), quiet=True)
     torch.save({"model": result["model"].state_dict()}, f"rank{os.environ['RANK']}.pt")
+    json.dump(local, open(f"norms-rank{os.environ['RANK']}.json", "w"))
 """)
 
 
 def test_ddp_two_gloo_ranks_agree_and_follow_the_single_process_curve(tmp_path):
-    config = _tiny(tmp_path, name="ddp", epochs=3, batch_size=64, max_steps_per_epoch=6, record_every=0,
-                   init_norm_batches=0, checkpoint_every_steps=4)
+    config = _tiny(tmp_path, name="ddp", epochs=3, batch_size=64, max_steps_per_epoch=6, record_every=2,
+                   init_norm_batches=1, checkpoint_every_steps=4)
     (tmp_path / "config.json").write_text(config.to_json())
     _spawn_ranks([DDP_WORKER, str(tmp_path / "config.json")], tmp_path)
     _assert_identical(_weights(tmp_path / "rank0.pt"), _weights(tmp_path / "rank1.pt"))
     _assert_identical(_weights(tmp_path / "rank0.pt"), _weights(tmp_path / "ddp" / "model.pt"))
+    _assert_norms_are_the_mean_over_ranks(tmp_path)
 
     single = train(config.replace(out=str(tmp_path / "single")), quiet=True)["history"]
     ddp = [json.loads(line) for line in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
@@ -296,6 +346,20 @@ def test_ddp_two_gloo_ranks_agree_and_follow_the_single_process_curve(tmp_path):
     # evaluation is sharded and all-reduced: it counts each test image once (270 digits)
     assert ddp[0]["test_acc"] == pytest.approx(single[0]["test_acc"])  # same initial weights
     assert round(ddp[0]["test_acc"] * 270, 6) == int(round(ddp[0]["test_acc"] * 270))
+
+
+def _assert_norms_are_the_mean_over_ranks(tmp_path):
+    """Each epoch's history norms (written by rank 0) average both ranks' windows, which differ:
+    every rank measured its own shard, at epoch 0 (the probe) as during training."""
+    history = [json.loads(line) for line in (tmp_path / "ddp" / "history.jsonl").read_text().splitlines()]
+    ranks = [json.loads((tmp_path / f"norms-rank{r}.json").read_text()) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == len(history) == 4  # epoch 0's probe, then epochs 1..3
+    for record, mine, other in zip(history, *ranks):
+        assert mine["ratio"] != pytest.approx(other["ratio"], rel=1e-3, nan_ok=True)
+        weights = mine["steps_recorded"], other["steps_recorded"]
+        for key in ("ratio", "grad_in", "fwd_out"):
+            expected = [(a * weights[0] + b * weights[1]) / sum(weights) for a, b in zip(mine[key], other[key])]
+            assert record["norms"][key] == pytest.approx(expected, rel=1e-9, nan_ok=True), (record["epoch"], key)
 
 
 SEEDS_WORKER = textwrap.dedent("""
