@@ -73,7 +73,9 @@ With ``deterministic`` on a CPU, a run killed at any point (SIGKILL included) an
 It needs the same thread count in both runs (``threads``).
 
 A NaN or infinite loss stops the run with FloatingPointError naming the epoch and step; no
-checkpoint is written after it. On CPU every step is checked before the backward pass; on CUDA
+checkpoint is written after it. So does a FloatingPointError raised inside ``optimizer.step()``
+(the Procrustes hook raises one, naming the layer, when it meets non-finite weights): the loop
+re-raises it with the epoch and step, and ``train.log`` records it. On CPU every step is checked before the backward pass; on CUDA
 the check runs every ``_NAN_CHECK_EVERY`` steps and before every checkpoint, because it costs a
 host-device synchronisation. A finite loss can still overflow the gradients, so before every
 checkpoint the weights are checked too: a saved checkpoint is always finite.
@@ -118,6 +120,7 @@ from procres.runlog import ROW_HEADER, logger, progress, row
 
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
+_STOPPED = "training stopped; nothing was saved after it (the last checkpoint, if there is one, is kept)"
 
 __all__ = ["train", "train_seeds", "graphed_loss"]
 
@@ -496,7 +499,10 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor):
         run.bad += torch.isfinite(loss).logical_not().long()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    run.optimizer.step()  # the Procrustes hook projects here
+    try:
+        run.optimizer.step()  # the Procrustes hook projects here
+    except FloatingPointError as err:  # the hook met non-finite weights (its message names the layer)
+        raise FloatingPointError(f"in epoch {run.epoch + 1}, step {run.step + 1}: {err}; {_STOPPED}") from err
     run.step += 1
     return loss, out
 
@@ -572,13 +578,12 @@ def _check_finite(bad: torch.Tensor, model, world: int, epoch: int, step: int, *
     if world > 1:
         dist.all_reduce(flags)
     loss_bad, weights_bad = (flags.tolist() + [0])[:2]
-    stop = "training stopped; nothing was saved after it (the last checkpoint, if there is one, is kept)"
     if loss_bad:
         when = f"step {step}" if exact else f"one of the {_NAN_CHECK_EVERY} steps up to step {step}"
-        raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}, {when}: {stop}")
+        raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}, {when}: {_STOPPED}")
     if weights_bad:
         raise FloatingPointError(f"non-finite weights in epoch {epoch + 1}, step {step} (found at a checkpoint; the "
-                                 f"loss was finite, the gradients overflowed): {stop}")
+                                 f"loss was finite, the gradients overflowed): {_STOPPED}")
 
 
 def _checkpoint_due(run: _Run) -> bool:

@@ -185,6 +185,33 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path,
     assert "non-finite loss" in (Path(config.out) / "train.log").read_text()
 
 
+def test_non_finite_weights_met_in_the_step_stop_naming_epoch_and_step(tmp_path, monkeypatch):
+    import procres.procrustes
+
+    class Hook:  # the projection hook's contract: FloatingPointError naming the layer, raised in step()
+        def __init__(self, model, optimizer, **kwargs):
+            self.model, self.steps = model, 0
+            optimizer.register_step_post_hook(self.after_step)
+
+        def after_step(self, optimizer, args, kwargs):
+            self.steps += 1
+            if self.steps == 3:
+                with torch.no_grad():
+                    self.model.stem.weight.fill_(float("inf"))
+                raise FloatingPointError("layer stem has non-finite weights")
+
+        def state_dict(self):
+            return {"steps": self.steps}
+
+    monkeypatch.setattr(procres.procrustes, "attach_procrustes", Hook)
+    config = _tiny(tmp_path, model="procresnet13", init_norm_batches=0, checkpoint_every_steps=1)
+    with pytest.raises(FloatingPointError, match=r"^in epoch 1, step 3: layer stem has non-finite weights; training"):
+        train(config, quiet=True)
+    checkpoint = load_checkpoint(config.out)
+    assert checkpoint["step"] == 2 and torch.isfinite(checkpoint["model"]["stem.weight"]).all()
+    assert "epoch 1, step 3: layer stem" in (Path(config.out) / "train.log").read_text()
+
+
 def test_diverging_run_stops_and_its_checkpoint_is_finite(tmp_path):
     config = _tiny(tmp_path, lr=1e6, epochs=3, max_steps_per_epoch=10, checkpoint_every_steps=1)
     with pytest.raises(FloatingPointError, match=r"non-finite (loss|weights) in epoch \d+, step \d+") as info:
