@@ -82,13 +82,15 @@ def _run_spectrum(args):
 
 # ---------------------------------------------------------------- train
 def _add_train(sub):
-    from procres.config import add_config_arguments
+    from procres.config import RESUME_MAY_CHANGE, add_config_arguments
 
+    may_change = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE if k != "resume")
     p = sub.add_parser(
         "train",
         help="train a model (CIFAR-10/100 from local archives, or the embedded digits)",
-        description="Train one model. Settings: TrainConfig defaults < --recipe < the flags you give. "
-        "Example: procres train --model resnet20 --recipe demo --epochs 3",
+        description="Train one model. Settings: TrainConfig defaults < --recipe < the flags you give. With "
+        f"--resume the run's own settings take the place of the defaults and the recipe, and only {may_change} "
+        "may differ from them. Example: procres train --model resnet20 --recipe demo --epochs 3",
     )
     p.add_argument("--seeds", type=int, nargs="+", metavar="S",
                    help="train once per seed in OUT/seed<S> and save mean +- std in OUT/summary.json")
@@ -98,19 +100,19 @@ def _add_train(sub):
 
 
 def _run_train(args):
-    from procres.config import config_from_args
-    from procres.train import train, train_seeds
+    from procres.config import config_from_args, given_fields
+    from procres.train import resume_config, train, train_seeds
 
-    config = config_from_args(args)
+    config, given = config_from_args(args), given_fields(args)
     try:
         if args.seeds:
-            summary = train_seeds(config, args.seeds, quiet=args.quiet)
+            summary = train_seeds(config, args.seeds, quiet=args.quiet, given=given)
             for key in ("final_test_error", "test_error_at_best_val"):
                 s = summary[key]
                 if s is not None:
                     print(f"{key}: {100 * s['mean']:.2f} +- {100 * s['std']:.2f} % over seeds {summary['seeds']}")
         else:
-            train(config, quiet=args.quiet)
+            train(resume_config(config, given), quiet=args.quiet)
     except FloatingPointError as err:  # the run diverged: a fact about the run, not a bug
         if args.debug:
             raise

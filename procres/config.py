@@ -25,6 +25,17 @@ paper trains on all 50,000, which is ``--val-size 0`` (then no best-validation e
 
 The learning-rate schedule is the pure function :func:`lr_at`; the training loop sets it before
 every step, so the schedule carries no state of its own to checkpoint.
+
+Resuming: the run's saved config (its latest checkpoint's) is the run's config. A resume may
+change only the fields in :data:`RESUME_MAY_CHANGE`: how long the run goes, where its files are,
+how often it saves, and how the same computation is executed (threads, device, deterministic
+kernels, memory format, CUDA graphs, evaluation batch), which changes at most the rounding of the
+remaining steps (a bit-identical resume needs the same device, threads and deterministic flag).
+Any other difference -- the model, the data set and split, the seed (the data order and the
+augmentation), the optimizer and schedule, augmentation, projection, bf16, epoch length, what
+the history measures (``record_every``, ``init_norm_batches``, and ``compile``, which moves the
+norm measurement to an end-of-epoch probe) -- is refused by :func:`resume_changes`.
+On the command line, ``--resume`` takes every field not given as a flag from the run.
 """
 
 from __future__ import annotations
@@ -195,6 +206,41 @@ class TrainConfig:
         return cls.from_dict(json.loads(text))
 
 
+# ---------------------------------------------------------------- resuming
+RESUME_MAY_CHANGE = {
+    "epochs": "extend the run (milestones are epochs, so the steps done keep their learning rates)",
+    "out": "the run folder was moved",
+    "data": "the archive was moved (the data set and its split stay pinned)",
+    "resume": "how the run is started",
+    "device": "the same computation on other hardware (augmentation and projection draws are made on the CPU)",
+    "threads": "CPU threads",
+    "deterministic": "deterministic kernels",
+    "channels_last": "memory format",
+    "cuda_graphs": "replays the same eager step",
+    "eval_batch_size": "evaluation memory",
+    "checkpoint_minutes": "how often the run saves",
+    "checkpoint_every_steps": "how often the run saves",
+}
+
+
+def resume_changes(saved: TrainConfig, new: TrainConfig, *, epochs_done: int = 0) -> dict[str, list]:
+    """``{field: [saved value, new value]}`` for each field but ``resume`` in which the resolved
+    config ``new`` differs from the run's ``saved`` one. Raises UserError naming every differing
+    field outside :data:`RESUME_MAY_CHANGE` with both values, and for ``epochs`` below ``epochs_done``."""
+    old, now = saved.to_dict(), new.to_dict()
+    diff = {k: [old[k], now[k]] for k in old if old[k] != now[k] and k != "resume"}
+    refused = {k: v for k, v in diff.items() if k not in RESUME_MAY_CHANGE}
+    if refused:
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        raise UserError(f"resuming {new.out}: {listed} differ from the run's config; a resume keeps the run's "
+                        f"settings and may change only {', '.join(k for k in RESUME_MAY_CHANGE if k != 'resume')} "
+                        "(start a new run in another out folder to change the others)")
+    if new.epochs < epochs_done:
+        raise UserError(f"resuming {new.out}: epochs {new.epochs} is fewer than the {epochs_done} epochs the run "
+                        "has already trained")
+    return diff
+
+
 # ---------------------------------------------------------------- recipes
 def _paper(model: str) -> dict:
     return dict(epochs=300, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, milestones=(150, 225),
@@ -283,11 +329,17 @@ def add_config_arguments(parser: argparse.ArgumentParser, *,
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig for parsed arguments: defaults < ``args.recipe`` < flags given explicitly."""
+def given_fields(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields set by flags given explicitly on the command line (field -> value)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in names}
     if "milestones" in given:
         given["milestones"] = tuple(given["milestones"])
+    return given
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig for parsed arguments: defaults < ``args.recipe`` < flags given explicitly."""
+    given = given_fields(args)
     recipe = given.pop("recipe", None)
     return TrainConfig.from_recipe(recipe, **given)

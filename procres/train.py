@@ -2,7 +2,8 @@
 
 ``train(config)`` runs one :class:`procres.config.TrainConfig` and writes the run folder::
 
-    config.json         the resolved config (TrainConfig.to_json)
+    config.json         the resolved config the run started with (TrainConfig.to_json; never
+                        rewritten: a resume may change only procres.config.RESUME_MAY_CHANGE)
     history.jsonl       one JSON object per epoch; epoch 0 is measured at initialisation
     checkpoint.pt       the latest full training state (checkpoint.prev.pt: the one before it)
     model.pt            final weights: {"model": state_dict, "config": dict}
@@ -49,7 +50,8 @@ the run trains eagerly.
 
 History record keys: epoch, step, lr, train_loss, train_acc, val_loss, val_acc, test_loss,
 test_acc, epoch_time (s, training + evaluation), images_per_sec (training only), norms
-(NormRecorder.summary, averaged over DDP ranks), block_kinds. Epoch 0 holds the norms of
+(NormRecorder.summary, averaged over DDP ranks), block_kinds, and in the first epoch after a
+resume that changed settings, config_changes ({field: [old, new]}). Epoch 0 holds the norms of
 ``init_norm_batches`` un-augmented training batches at initialisation (BN statistics restored
 afterwards) and the evaluation metrics; its train_* are null. val_* are null without a
 validation split.
@@ -110,7 +112,7 @@ import torch.nn.functional as F
 
 from procres.checkpoint import (append_jsonl, atomic_save, atomic_write_text, load_checkpoint, save_checkpoint,
                                 set_rng_state, training_state)
-from procres.config import TrainConfig, lr_at
+from procres.config import TrainConfig, lr_at, resume_changes
 from procres.distributed import gathered, process_group, reduced
 from procres.errors import UserError
 from procres.evaluate import eval_record, probe_norms
@@ -122,7 +124,7 @@ _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a de
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
 _STOPPED = "training stopped; nothing was saved after it (the last checkpoint, if there is one, is kept)"
 
-__all__ = ["train", "train_seeds", "graphed_loss"]
+__all__ = ["train", "train_seeds", "resume_config", "graphed_loss"]
 
 # procres.demo imports this name; procres.models.create_model is the one model factory
 build_model = create_model
@@ -155,6 +157,7 @@ class _Run:
     graphed: object | None = None  # (x, y) -> (loss, logits) replayed as CUDA graphs; None: eager
     static_shape: torch.Size | None = None  # the batch shape the graphs were captured for
     recorder: object | None = None  # procres.diagnostics.NormRecorder on model.blocks
+    changes: dict = field(default_factory=dict)  # settings changed at a resume, for the next epoch's record
     last_checkpoint: float = 0.0  # time.monotonic() of the last save
     bad: torch.Tensor | None = None  # non-finite losses since the last check (CUDA counts lazily)
 
@@ -216,10 +219,10 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
     with process_group(cfg.device == "cuda") as (rank, world, local_rank), _torch_settings(cfg):
         log = logger(Path(cfg.out), rank == 0, quiet)
         try:
-            checkpoint = _open_run_folder(cfg, rank == 0)
+            checkpoint, changes = _open_run_folder(cfg, rank == 0)
             run = _setup(cfg, rank, world, local_rank, log)
             if checkpoint is not None:
-                _restore(run, checkpoint)
+                _restore(run, checkpoint, changes)
             else:
                 _start(run)
             _capture_graphs(run)
@@ -243,9 +246,11 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                 log.removeHandler(handler)
 
 
-def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
+def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False, given=None) -> dict:
     """Train ``config`` once per seed in ``out/seed<k>``; write and return ``out/summary.json``.
 
+    ``given``: with ``resume``, the fields set on the command line; the others come from each
+    seed's saved run (:func:`resume_config`).
     The summary holds, for final_test_error and test_error_at_best_val, the per-seed values, their
     mean and the sample standard deviation (ddof=1; 0 for a single seed). Under torchrun one process
     group serves every seed (each run uses it and leaves it alive) and rank 0 writes the summary.
@@ -258,7 +263,12 @@ def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
     if config.out is None:
         base = base.with_name(base.name.rsplit("-seed", 1)[0])
     with process_group(resolved.device == "cuda") as (rank, _, _):
-        runs = [train(config.replace(seed=s, out=str(base / f"seed{s}")), quiet=quiet) for s in seeds]
+        runs = []
+        for seed in seeds:
+            run = config.replace(seed=seed, out=str(base / f"seed{seed}"))
+            if given is not None:
+                run = resume_config(run, {*given, "seed", "out"})
+            runs.append(train(run, quiet=quiet))
         summary = _seed_summary(seeds, runs)
         if rank == 0:
             atomic_write_text(base / "summary.json", json.dumps(summary, indent=2) + "\n")
@@ -296,16 +306,32 @@ def _torch_settings(cfg: TrainConfig):
         torch.set_num_threads(saved[1])
 
 
-def _open_run_folder(cfg: TrainConfig, main: bool) -> dict | None:
-    """The checkpoint to resume from (None: a fresh run); refuses to start over an existing run."""
+def _open_run_folder(cfg: TrainConfig, main: bool) -> tuple[dict | None, dict]:
+    """(the checkpoint to resume from, the settings the resume changes); (None, {}) for a fresh run,
+    which writes config.json. Refuses to start over an existing run, and to resume one with a
+    setting it may not change (``procres.config.resume_changes``)."""
     run_dir = Path(cfg.out)
     checkpoint = load_checkpoint(run_dir) if cfg.resume else None
     if not cfg.resume and (run_dir / "checkpoint.pt").exists():
         raise UserError(f"{run_dir} already holds a run (checkpoint.pt): pass resume=True / --resume "
                         "to continue it, or choose another out folder")
-    if main:
-        atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
-    return checkpoint
+    if checkpoint is None:
+        if main:
+            atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        return None, {}
+    saved = TrainConfig.from_json(checkpoint["config"]).resolved(cuda_available=torch.cuda.is_available())
+    return checkpoint, resume_changes(saved, cfg, epochs_done=checkpoint["epoch"])
+
+
+def resume_config(config: TrainConfig, given) -> TrainConfig:
+    """What ``--resume`` means on the command line: the config of the run in ``config.out`` (its
+    latest checkpoint's) with the fields named in ``given`` (the flags given) taken from ``config``;
+    ``config`` itself when ``resume`` is off or the folder holds no checkpoint yet."""
+    checkpoint = load_checkpoint(config.resolved().out) if config.resume else None
+    if checkpoint is None:
+        return config
+    saved = TrainConfig.from_json(checkpoint["config"])
+    return saved.replace(**{name: getattr(config, name) for name in {*given, "resume"}})
 
 
 def _setup(cfg: TrainConfig, rank: int, world: int, local_rank: int, log) -> _Run:
@@ -391,17 +417,16 @@ def _start(run: _Run) -> None:
         append_jsonl(run.run_dir / "history.jsonl", record)
 
 
-def _restore(run: _Run, checkpoint: dict) -> None:
-    """Continue from ``checkpoint``: weights, momentum, projection draws, RNG, position, history."""
+def _restore(run: _Run, checkpoint: dict, changes: dict) -> None:
+    """Continue from ``checkpoint``: weights, momentum, projection draws, RNG, position, history;
+    ``changes`` (allowed settings changed at this resume) go to train.log and the next record."""
     try:
         run.model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:
         raise UserError(f"the checkpoint in {run.run_dir} does not fit model {run.cfg.model!r}: {err}") from err
     run.optimizer.load_state_dict(checkpoint["optimizer"])
-    if run.hook is not None and checkpoint["projection"] is not None:
+    if run.hook is not None:
         run.hook.load_state_dict(checkpoint["projection"])
-    elif run.hook is not None:  # the run so far had projection_p = 0: the hook starts from its seed
-        run.log.info(f"projection turned on at the resume (p={run.cfg.projection_p}); it was off before")
     set_rng_state(checkpoint["rng"], run.cuda)
     run.epoch, run.step = checkpoint["epoch"], checkpoint["step"]
     run.history = json.loads(checkpoint["history"])
@@ -412,6 +437,11 @@ def _restore(run: _Run, checkpoint: dict) -> None:
     if run.main:  # rewritten from the checkpoint: never an epoch twice, never a torn last line
         atomic_write_text(run.run_dir / "history.jsonl", "".join(json.dumps(h) + "\n" for h in run.history))
     run.log.info(f"resumed from {run.run_dir / 'checkpoint.pt'} at epoch {run.epoch}, step {run.step}")
+    if changes:
+        run.log.info("changed at this resume (config.json keeps the run's first settings): "
+                     + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    pending = (run.partial or {}).get("config_changes", {})  # from a resume earlier in this epoch
+    run.changes = {k: [pending.get(k, [a])[0], b] for k, (a, b) in {**pending, **changes}.items()}
 
 
 def _capture_graphs(run: _Run) -> None:
@@ -526,8 +556,11 @@ def _epoch_record(run: _Run, sums: _EpochSums, train_time: float) -> dict:
     norms = _epoch_norms(run)
     if run.recorder:
         run.recorder.reset()
-    return _history_record(run, train_loss=loss_total / seen_total, train_acc=correct_total / seen_total,
-                           started=sums.started, images_per_sec=seen_total / train_time, norms=norms)
+    record = _history_record(run, train_loss=loss_total / seen_total, train_acc=correct_total / seen_total,
+                             started=sums.started, images_per_sec=seen_total / train_time, norms=norms)
+    if run.changes:  # the settings a resume changed take effect in this epoch
+        record["config_changes"], run.changes = run.changes, {}
+    return record
 
 
 def _history_record(run: _Run, *, norms: dict, train_loss=None, train_acc=None, started=None,
@@ -558,7 +591,7 @@ def _save_mid_epoch(run: _Run, sums: _EpochSums) -> None:
     loss_sum, correct, seen = sums.totals(run)
     windows = gathered(run.recorder.state_dict(), run.world) if run.recorder else None  # one per rank
     state = {"epoch_step": sums.epoch_step, "loss_sum": loss_sum, "correct": int(correct), "seen": int(seen),
-             "train_time": time.monotonic() - sums.started, "norm_window": windows}
+             "train_time": time.monotonic() - sums.started, "norm_window": windows, "config_changes": run.changes}
     loader_states = gathered(run.train_loader.state_dict(), run.world)  # one per rank
     if run.main:
         save_checkpoint(run.run_dir, training_state(run.model, run.optimizer, run.hook, loader_states, run.epoch,

@@ -6,7 +6,8 @@ import typing
 
 import pytest
 
-from procres.config import RECIPES, TrainConfig, add_config_arguments, config_from_args, lr_at
+from procres.config import (RECIPES, RESUME_MAY_CHANGE, TrainConfig, add_config_arguments, config_from_args, lr_at,
+                            resume_changes)
 
 
 def _parse(argv):
@@ -129,3 +130,17 @@ def test_cuda_graphs_default_explicit_and_conflicts():
         TrainConfig(cuda_graphs=True, compile=True).resolved(cuda_available=True)
     # configs saved before the field existed still load (resolved as automatic)
     assert TrainConfig.from_json('{"model": "resnet8"}').cuda_graphs is None
+
+
+def test_resume_changes_allow_execution_and_length_and_refuse_the_rest():
+    saved = TrainConfig(model="resnet8", epochs=3).resolved()
+    assert set(RESUME_MAY_CHANGE) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    allowed = saved.replace(epochs=5, threads=4, device="cuda", out="moved", resume=True)
+    assert resume_changes(saved, allowed, epochs_done=3) == {
+        "epochs": [3, 5], "out": [saved.out, "moved"], "device": ["cpu", "cuda"], "threads": [0, 4]}
+    for name, value in (("seed", 1), ("compile", True), ("amp", True), ("record_every", 3), ("milestones", (1,)),
+                        ("max_steps_per_epoch", 9), ("model", "resnet14")):
+        with pytest.raises(ValueError, match=f"{name} .* -> .*differ from the run's config.*may change only epochs"):
+            resume_changes(saved, saved.replace(**{name: value}))
+    with pytest.raises(ValueError, match="epochs 2 is fewer than the 3 epochs"):
+        resume_changes(saved, saved.replace(epochs=2), epochs_done=3)

@@ -20,6 +20,7 @@ from procres.cli import build_parser, main
 from procres.config import TrainConfig, config_from_args
 import procres.train as train_module
 from procres.checkpoint import load_checkpoint
+from procres.errors import UserError
 from procres.models import create_model
 from procres.train import _result, graphed_loss, train
 
@@ -429,6 +430,12 @@ def test_cli_seeds_summarise_mean_and_std(tmp_path, capsys):
     assert summary["final_test_error"]["mean"] == pytest.approx(sum(values) / 2)
     assert summary["final_test_error"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
     assert "+-" in capsys.readouterr().out
+    # resuming every seed with a longer run: the other settings come from each seed's run
+    assert main(["train", "--out", str(tmp_path), "--seeds", "0", "1", "--resume", "--epochs", "2", "--quiet"]) == 0
+    for seed in (0, 1):
+        result = json.loads((tmp_path / f"seed{seed}" / "result.json").read_text())
+        assert result["epochs"] == 2 and TrainConfig.from_json((tmp_path / f"seed{seed}" / "config.json").read_text()
+                                                               ).seed == seed
 
 
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
@@ -562,11 +569,58 @@ def test_cli_out_path_that_cannot_be_a_folder_is_a_sentence_not_a_traceback(tmp_
     assert err.startswith("procres train: error:") and str(blocker) in err
 
 
-def test_resume_may_turn_the_projection_on(tmp_path):
-    # a run trained without projection (projection_p=0) and extended with it: the checkpoint holds no
-    # projection state; this was a TypeError traceback from the hook's load_state_dict(None)
-    config = _tiny(tmp_path, model="procresnet13", projection_p=0.0, epochs=1)
+def test_resume_refuses_changed_settings_and_never_rewrites_config_json(tmp_path):
+    config = _tiny(tmp_path, epochs=1)
     train(config, quiet=True)
-    result = train(config.replace(projection_p=0.5, epochs=2, resume=True), quiet=True)
+    config_json = (Path(config.out) / "config.json").read_text()
+    changed = config.replace(resume=True, batch_size=16, lr=0.7, seed=5, weight_decay=0.0, projection_p=0.0)
+    with pytest.raises(UserError, match=r"batch_size 32 -> 16, lr 0\.05 -> 0\.7, weight_decay 0\.0005 -> 0\.0, "
+                                        r"projection_p 0\.5 -> 0\.0, seed 0 -> 5 differ from the run's config"):
+        train(changed, quiet=True)
+    assert (Path(config.out) / "config.json").read_text() == config_json
+    assert load_checkpoint(config.out)["epoch"] == 1  # nothing trained
+
+    result = train(config.replace(resume=True, epochs=2, threads=2, checkpoint_every_steps=3), quiet=True)
     assert [h["epoch"] for h in result["history"]] == [0, 1, 2]
-    assert "projection turned on at the resume" in (Path(config.out) / "train.log").read_text()
+    assert (Path(config.out) / "config.json").read_text() == config_json
+    history = [json.loads(line) for line in (Path(config.out) / "history.jsonl").read_text().splitlines()]
+    assert "config_changes" not in history[1]
+    assert history[2]["config_changes"] == {"epochs": [1, 2], "threads": [1, 2], "checkpoint_every_steps": [0, 3]}
+    assert "changed at this resume (config.json keeps the run's first settings): epochs 1 -> 2" in (
+        Path(config.out) / "train.log").read_text()
+    with pytest.raises(UserError, match="epochs 1 is fewer than the 2 epochs the run has already trained"):
+        train(config.replace(resume=True), quiet=True)
+
+
+def test_a_change_made_mid_epoch_reaches_that_epochs_record(finished_run, tmp_path, monkeypatch):
+    reference, _ = finished_run  # 4 steps per epoch
+    config = reference.replace(out=str(tmp_path / "run"), checkpoint_every_steps=1)
+    real_save = train_module.save_checkpoint
+    stops = [5, 6]  # mid-epoch 2, twice
+
+    def save_then_stop(run_dir, state):
+        real_save(run_dir, state)
+        if stops and state["step"] == stops[0]:
+            stops.pop(0)
+            raise _Interrupted
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    with pytest.raises(_Interrupted):
+        train(config, quiet=True)
+    with pytest.raises(_Interrupted):  # a change, then a mid-epoch checkpoint that must carry it
+        train(config.replace(resume=True, eval_batch_size=100), quiet=True)
+    result = train(config.replace(resume=True, eval_batch_size=100, epochs=3), quiet=True)
+    changes = [h.get("config_changes") for h in result["history"]]
+    assert changes == [None, None, {"eval_batch_size": [1024, 100], "epochs": [2, 3]}, None]
+
+
+def test_cli_resume_takes_the_runs_settings_and_refuses_a_changed_flag(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet8", "--recipe", "demo", "--epochs", "1", "--max-steps-per-epoch", "2",
+                 "--init-norm-batches", "0", "--threads", "1", "--quiet", "--out", str(run)]) == 0
+    # the model, recipe, steps and threads come from the run; the default lr would be refused
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0, 1, 2] and history[2]["step"] == 4
+    assert main(["train", "--out", str(run), "--resume", "--seed", "5", "--quiet"]) == 1
+    assert "seed 0 -> 5 differ from the run's config" in capsys.readouterr().err
