@@ -22,7 +22,9 @@ from procres.errors import UserError
 # ---------------------------------------------------------------- models
 def _add_models(sub):
     p = sub.add_parser("models", help="list the registered models")
-    p.add_argument("--filter", default="", help="only names containing this string")
+    p.add_argument("--filter", default="", metavar="PATTERN",
+                   help="only names matching this fnmatch pattern (procresnet*, *16?); without wildcards, "
+                        "names containing it")
     p.add_argument("--image-size", type=int, default=32, help="input resolution for the transition grids")
     return p
 
@@ -32,9 +34,9 @@ def _run_models(args):
 
     from procres.models import create_model, list_models
 
-    names = [name for name in list_models() if args.filter in name]
+    names = list_models(filter=args.filter)
     if not names:
-        raise UserError(f"no registered model name contains {args.filter!r}")
+        raise UserError(f"no registered model name matches {args.filter!r}")
     print(f"{'name':<17} {'depth':>5} {'parameters':>11} {'blocks':>6}  transitions (kernel/stride input->grid)")
     for name in names:
         with torch.device("meta"):  # shapes only: no memory, no init cost, no forward

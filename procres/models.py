@@ -98,6 +98,7 @@ Zaeemzadeh, Rahnavard & Shah, TPAMI 2020 (arXiv 1805.07477) and their released c
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import functools
 import re
 from typing import Callable
@@ -121,6 +122,7 @@ __all__ = [
     "register_model",
     "create_model",
     "list_models",
+    "smallest_variant",
 ]
 
 KINDS = ("identity", "projection", "transition", "plain")
@@ -271,8 +273,14 @@ def _head(channels: int, num_classes: int, *, preact: bool) -> nn.Sequential:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
 
-def _check(family: str, depth, step: int, offset: int, num_classes, in_channels, image_size) -> int:
+# family -> (step, offset): its depths are step * n + offset, n >= 1 units per stage
+_DEPTHS = {"resnet": (6, 2), "plain": (6, 2), "preresnet": (9, 2), "plainpre": (9, 2), "procresnet": (9, 4),
+           "plainproc": (9, 4)}
+
+
+def _check(family: str, depth, num_classes, in_channels, image_size) -> int:
     """Validate the common arguments; return n, the number of units per stage."""
+    step, offset = _DEPTHS[family]
     valid = isinstance(depth, int) and not isinstance(depth, bool)
     if not valid or depth < step + offset or (depth - offset) % step:
         first = ", ".join(str(step * n + offset) for n in (1, 2, 3))
@@ -289,7 +297,7 @@ def _check(family: str, depth, step: int, offset: int, num_classes, in_channels,
 # ---------------------------------------------------------------- depth factories
 def _resnet(depth, num_classes, in_channels, image_size, *, residual):
     family = "resnet" if residual else "plain"
-    n = _check(family, depth, 6, 2, num_classes, in_channels, image_size)
+    n = _check(family, depth, num_classes, in_channels, image_size)
     stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
     units, kinds, channels = [], [], 16
     for stage, width in enumerate((16, 32, 64)):
@@ -305,7 +313,7 @@ def _resnet(depth, num_classes, in_channels, image_size, *, residual):
 
 def _preresnet(depth, num_classes, in_channels, image_size, *, residual):
     family = "preresnet" if residual else "plainpre"
-    n = _check(family, depth, 9, 2, num_classes, in_channels, image_size)
+    n = _check(family, depth, num_classes, in_channels, image_size)
     stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
     units, kinds, channels = [], [], 16
     for stage, planes in enumerate((16, 32, 64)):
@@ -322,7 +330,7 @@ def _preresnet(depth, num_classes, in_channels, image_size, *, residual):
 def _procresnet(depth, num_classes, in_channels, image_size, *, residual, transition_kernel,
                 project_transitions):
     family = "procresnet" if residual else "plainproc"
-    n = _check(family, depth, 9, 4, num_classes, in_channels, image_size)
+    n = _check(family, depth, num_classes, in_channels, image_size)
     if transition_kernel not in (1, 2):
         raise UserError(
             f"transition_kernel must be 1 (the paper) or 2 (kernel = stride), got {transition_kernel!r}")
@@ -428,35 +436,60 @@ def register_model(name: str | Callable | None = None):
     return decorator(name) if callable(name) else decorator
 
 
-def create_model(
-    name: str, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32
-) -> nn.Module:
-    """Build the registered model ``name`` (see :func:`list_models`).
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build model ``name`` (see :func:`list_models`); keyword arguments go to its factory, over
+    the defaults ``num_classes=10, in_channels=3, image_size=32`` (ProcResNets also take
+    ``transition_kernel`` and ``project_transitions``).
 
-    Any other ``<family><depth>`` name (``procresnet13``, ``plain8``, ``procresnet22k2``) builds
-    that depth with the family's factory, so small CPU nets can be named in configs; a depth the
-    family does not have raises the factory's ValueError.
+    Any other ``<family><depth>[k2]`` name (``procresnet13``, ``plain8``, ``procresnet22k2``)
+    builds that depth with the family's factory, so small CPU nets can be named in configs; a
+    depth the family does not have raises the factory's UserError.
     """
-    kwargs = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    kwargs = {"num_classes": 10, "in_channels": 3, "image_size": 32, **kwargs}
     if name in _MODELS:
         return _MODELS[name](**kwargs)
-    match = _FAMILY_DEPTH.fullmatch(name) if isinstance(name, str) else None
-    if match and (match[3] is None or match[1] in ("procresnet", "plainproc")):
-        if match[3]:
-            kwargs["transition_kernel"] = 2
-        return _FAMILIES[match[1]](int(match[2]), **kwargs)
+    parsed = _parse_name(name)
+    if parsed is not None:
+        family, depth, kernel = parsed
+        if kernel != 1:
+            kwargs.setdefault("transition_kernel", kernel)
+        return _FAMILIES[family](depth, **kwargs)
     close = difflib.get_close_matches(str(name), list(_MODELS), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UserError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)} names)")
 
 
-def list_models() -> list[str]:
-    """Registered names, family by family, shallow to deep."""
-    return list(_MODELS)
+def list_models(filter: str = "") -> list[str]:
+    """Registered names, family by family, shallow to deep; ``filter`` keeps those matching an
+    ``fnmatch`` pattern (``"procresnet*"``, ``"*res*16?"``). A filter without wildcards (``*?[``)
+    matches anywhere in the name: ``"166"`` finds procresnet166 and plainproc166k2."""
+    if not filter:
+        return list(_MODELS)
+    pattern = filter if any(c in filter for c in "*?[") else f"*{filter}*"
+    return [name for name in _MODELS if fnmatch.fnmatchcase(name, pattern)]
+
+
+def smallest_variant(name: str) -> str:
+    """The smallest depth of ``name``'s family with the same transitions (procresnet166 ->
+    procresnet13, resnet110 -> resnet8, procresnet166k2 -> procresnet13k2), for smoke runs."""
+    parsed = _parse_name(name)
+    if parsed is None:
+        raise UserError(f"model {name!r} is not <family><depth> of a family in {', '.join(_FAMILIES)}")
+    family, _, kernel = parsed
+    step, offset = _DEPTHS[family]
+    return f"{family}{step + offset}" + ("k2" if kernel == 2 else "")
+
+
+def _parse_name(name) -> tuple[str, int, int] | None:
+    """``(family, depth, transition kernel)`` of a ``<family><depth>[k2]`` name; None for any other."""
+    match = _FAMILY_DEPTH.fullmatch(name) if isinstance(name, str) else None
+    if match is None or (match[3] and match[1] not in ("procresnet", "plainproc")):
+        return None
+    return match[1], int(match[2]), 2 if match[3] else 1
 
 
 _FAMILIES = {f.__name__: f for f in (resnet, preresnet, procresnet, plain, plainpre, plainproc)}
-_FAMILY_DEPTH = re.compile(r"(resnet|plain|preresnet|plainpre|procresnet|plainproc)(\d+)(k2)?")
+_FAMILY_DEPTH = re.compile(rf"({'|'.join(_FAMILIES)})(\d+)(k2)?")
 
 for _factory, _depths in (
     (resnet, (20, 32, 44, 56, 110, 1202)),

@@ -27,20 +27,20 @@ SGD, bf16 autocast, channels_last, Procrustes projection p=0.5 on ProcResNets) p
 of 15k images takes on one GPU, timed with ``benchmarks/reproduce_cost.py`` on the card named in
 ``EPOCH_SECONDS_SOURCE``; models not timed are scaled from the nearest timed one by forward
 multiply-accumulates. They are estimates, not promises: left out are the training loop's other
-work (norm recording every 10 steps, on-device augmentation, checkpoints: more time) and both
-CUDA graphs (``procres train``'s default on one GPU) and the CPU-offloaded projection SVDs of
-commit aae4929 (less time: the ProcResNet steps were timed while the projection still cost
-~90 ms per step, so their hours may be up to 2x too high). Re-time with the script on the card
-you use. With N GPUs under DDP the global batch of 128 is split (128/N per GPU), so small nets
+work (norm recording every 10 steps, on-device augmentation, checkpoints: more time) and the
+opt-in CUDA graphs (``--cuda-graphs``: less time). The ProcResNet steps were timed with a
+projection that ran its SVDs on the GPU (~90 ms per step); the current one runs them on the CPU
+and costs less, so ProcResNet hours may be up to 2x too high. The times were taken with torch
+2.11; the pinned torch 2.13 has not been timed. Re-time with the script on the card you use. With N GPUs under DDP the global batch of 128 is split (128/N per GPU), so small nets
 scale poorly: the wall time is at best GPU-hours / N.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import pickle
-import re
 import shlex
 import statistics
 import subprocess
@@ -62,12 +62,13 @@ FORWARD_MMACS = {
     "procresnet274": 407.0, "preresnet632": 942.9, "procresnet634": 941.8, "preresnet1001": 1491.0,
     "procresnet1003": 1490.0,
 }
-# Seconds per epoch (train 45k + evaluate 10k + 5k) on one GPU; see the module docstring.
-# Measured 2026-11-27 with benchmarks/reproduce_cost.py (20 timed steps after 3 warm-up steps).
-# ProcResNets paid ~90 ms per step for the p=0.5 projection (batched SVDs on the GPU) with the
-# projection of commit 3d7e2f6; aae4929 moved those SVDs to the CPU (157 -> 81 ms/step reported).
+# Seconds per epoch (train 45k + evaluate 10k + 5k) on one GPU, timed with
+# benchmarks/reproduce_cost.py (20 timed steps after 3 warm-up steps); see the module docstring.
+# The ProcResNet times include ~90 ms per step for the p=0.5 projection with its SVDs on the GPU;
+# with the SVDs on the CPU, as the projection runs them now, a procresnet166 step takes 81 ms
+# instead of 157 ms.
 EPOCH_SECONDS_SOURCE = ("measured on one NVIDIA H200 (torch 2.11, bf16, eager, batch 128; ProcResNets "
-                        "before the faster projection of aae4929)")
+                        "with the projection's SVDs on the GPU, slower than the current CPU ones)")
 EPOCH_SECONDS: dict[str, float] = {
     "resnet20": 3.2, "resnet56": 9.2, "resnet110": 18.0, "resnet1202": 167.3,
     "preresnet164": 27.7, "procresnet166": 59.9, "preresnet272": 38.0, "procresnet274": 77.4,
@@ -130,18 +131,6 @@ RECIPES = {r.name: r for r in (
            "cifar100", ("preresnet164", "procresnet166"), "paper", (0, 1, 2), 300,
            published={"preresnet164": 24.33}, source="He 2016b (no ProcResNet number was published)"),
 )}
-
-# smallest depth of each family, for --smoke
-_TINY = {"resnet": 8, "plain": 8, "preresnet": 11, "plainpre": 11, "procresnet": 13, "plainproc": 13}
-_NAME = re.compile(r"^(resnet|plain|preresnet|plainpre|procresnet|plainproc)(\d+)$")
-
-
-def tiny_model(name: str) -> str:
-    m = _NAME.match(name)
-    if m is None:
-        raise UserError(f"cannot shrink model {name!r} for a smoke run")
-    return f"{m.group(1)}{_TINY[m.group(1)]}"
-
 
 def _seeds(recipe: Recipe, seeds) -> tuple[int, ...]:
     return tuple(recipe.seeds if seeds is None else seeds)
@@ -295,37 +284,43 @@ SMOKE_OVERRIDES = ("--epochs", "2", "--max-steps-per-epoch", "2", "--batch-size"
                    "--checkpoint-minutes", "0", "--milestones", "1", "--threads", "1")
 
 
-def smoke(name: str, workdir, *, quiet: bool = True) -> dict:
+def smoke(name: str, workdir, *, quiet: bool = True) -> tuple[str, dict]:
     """Run the recipe's whole plan in this process on a synthetic archive, tiny depths, few steps.
 
-    The same commands as the real plan (first seed, one process), with each model replaced by the
-    smallest depth of its family (``procres train`` builds any ``<family><depth>``) and
-    ``SMOKE_OVERRIDES`` appended. Returns the summary data.
+    The plan of :func:`commands` (first seed, one process), with each model replaced by the
+    smallest depth of its family (``procres.models.smallest_variant``) and ``SMOKE_OVERRIDES``
+    appended: every ``procres train`` argument list is parsed with the train command's config
+    flags and trained, the ``procres plot`` one drawn with ``procres.plots.plot_runs``. Returns
+    :func:`summarize`'s (table, data) of the finished runs (printed unless ``quiet``).
     """
-    from procres.cli import main
+    from procres.config import add_config_arguments, config_from_args
+    from procres.models import smallest_variant
+    from procres.plots import plot_runs
+    from procres.train import train
 
     recipe = get_recipe(name)
     workdir = Path(workdir)
     archive = synthetic_cifar(workdir / "data", dataset=recipe.dataset)
     out = str(workdir / "runs")
     small = Recipe(**{**recipe.__dict__, "name": name + "-smoke", "seeds": recipe.seeds[:1],
-                      "models": tuple(dict.fromkeys(tiny_model(m) for m in recipe.models))})
+                      "models": tuple(dict.fromkeys(smallest_variant(m) for m in recipe.models))})
+    train_flags = add_config_arguments(argparse.ArgumentParser(prog="procres train"))
     RECIPES[small.name] = small
     try:
-        extra = SMOKE_OVERRIDES + (("--quiet",) if quiet else ())
-        plan = commands(small.name, data=str(archive), gpus=1, out=out, extra=extra)
         t0 = time.perf_counter()
-        for argv in plan:
+        for argv in commands(small.name, data=str(archive), gpus=1, out=out, extra=SMOKE_OVERRIDES):
             if not quiet:
                 print("$", shlex.join(argv), flush=True)
-            code = main(argv[1:])
-            if code:
-                raise RuntimeError(f"smoke step failed with exit code {code}: {shlex.join(argv)}")
+            if argv[1] == "train":
+                train(config_from_args(train_flags.parse_args(argv[2:])), quiet=quiet)
+            elif argv[1] == "plot":  # procres plot RUN_DIR... --out FOLDER
+                plot_runs(argv[2:-2], argv[-1])
+        table, data = summarize(small.name, out=out)  # the plan's last command
         if not quiet:
-            print(f"smoke run of {name} finished in {time.perf_counter() - t0:.1f} s")
-        return summarize(small.name, out=out)[1]
+            print(f"{table}\nsmoke run of {name} finished in {time.perf_counter() - t0:.1f} s")
+        return table, data
     finally:
-        RECIPES.pop(name + "-smoke", None)
+        RECIPES.pop(small.name, None)
 
 
 def execute(name: str, *, data: str, gpus: int = 1, seeds=None, out: str = "runs/reproduce") -> int:

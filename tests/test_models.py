@@ -151,6 +151,31 @@ def test_unit_and_net_arguments_are_checked_as_user_errors(build, words):
         build()
 
 
+def test_create_model_passes_keyword_arguments_to_the_factory():
+    model = create_model("procresnet166", image_size=16, num_classes=7, transition_kernel=2)
+    assert model.transitions()[1][0].kernel_size == (2, 2) and model.head[-1].out_features == 7
+    assert model.transitions()[1][1] == 16  # image_size reached the factory
+    projected = create_model("procresnet13", project_transitions=True)
+    sv = conv_singular_values(projected.transitions()[1][0].weight.detach().double(), 32, stride=2)
+    assert torch.allclose(sv[sv > 1e-6], torch.full_like(sv[sv > 1e-6], 2**0.5))
+    with pytest.raises(TypeError, match="transition_kernel"):
+        create_model("resnet20", transition_kernel=2)
+
+
+def test_list_models_filter_is_an_fnmatch_pattern_or_a_substring():
+    assert list_models(filter="procresnet*") == ["procresnet166", "procresnet274", "procresnet634",
+                                                 "procresnet1003", "procresnet166k2"]
+    assert list_models(filter="*res*16?") == ["preresnet164", "procresnet166"]
+    assert list_models(filter="166k2") == ["procresnet166k2", "plainproc166k2"]  # no wildcard: substring
+    assert list_models(filter="") == list_models() and list_models(filter="nope*") == []
+
+
+def test_cli_models_filter_uses_the_pattern(capsys):
+    assert cli.main(["models", "--filter", "plainpre1*"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [r.split()[0] for r in rows] == ["plainpre164", "plainpre1001"]
+
+
 def test_register_model_refuses_duplicates():
     with pytest.raises(ValueError, match="resnet20"):
         register_model("resnet20")(lambda **kw: None)

@@ -1,8 +1,10 @@
 """Reproduction recipes: the plan is well formed, the synthetic archive is official-format, --smoke runs."""
 
+import ast
 import json
 import pickle
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +98,15 @@ def test_running_the_plan_again_continues_instead_of_stopping(tmp_path, monkeypa
     monkeypatch.setattr(reproduce.subprocess, "call", lambda argv: ran.append(argv) or 0)
     assert reproduce.execute("figure", data="/d/cifar-10-python.tar.gz", out=str(tmp_path)) == 0
     assert sum("--resume" in argv for argv in ran) == len(reproduce.RECIPES["figure"].models)
+
+
+def test_recipes_call_the_library_never_the_command_line():
+    # procres.cli imports procres.reproduce: an import back would close a circle
+    tree = ast.parse(Path(reproduce.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+    assert "procres.config" in imported and not {"procres.cli", "procres.__main__"} & imported
