@@ -12,7 +12,6 @@ _API = {
     "conv_operator_norm": "spectral",
     "conv_min_singular_value": "spectral",
     "conv_matrix": "spectral",
-    "batched_svdvals": "spectral",
     # procrustes: polar factor and the norm-preserving projection
     "polar": "procrustes",
     "project_conv_": "procrustes",
@@ -34,7 +33,6 @@ _API = {
     # diagnostics: norm ratios during training; jacobian: Jacobian spectra and the bounds
     "NormRecorder": "diagnostics",
     "depth_study": "diagnostics",
-    "log_ratio_spread": "diagnostics",
     "jacobian_singular_values": "jacobian",
     "check_bounds": "jacobian",
     "JacobianSpectrum": "jacobian",

@@ -25,3 +25,13 @@ def test_python_dash_m_procres_prints_help_and_version():
     assert out.returncode == 0
     for command in ("models", "spectrum", "train", "demo", "plot", "reproduce"):
         assert command in out.stdout
+
+
+def test_internal_helpers_are_not_public_but_stay_importable():
+    from procres.diagnostics import log_ratio_spread
+    from procres.spectral import batched_svdvals
+
+    assert callable(batched_svdvals) and callable(log_ratio_spread)
+    assert not {"batched_svdvals", "log_ratio_spread"} & set(procres.__all__)
+    with pytest.raises(AttributeError):
+        procres.batched_svdvals  # noqa: B018
