@@ -2,6 +2,7 @@
 # Both create (or reuse) the virtual environment .venv and install what they need.
 PYTHON ?= python3
 VENV   ?= .venv
+TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -9,8 +10,9 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# torch first, pinned: resolves to the local CPU wheel instead of a CUDA build
-	$(BIN)/python -m pip install -q torch==2.13.0
+	# torch first, pinned to the tested release (the local CPU wheel, not a multi-GB CUDA build);
+	# the package's own range (torch>=2.3) is then already met, so pip keeps it
+	$(BIN)/python -m pip install -q '$(TORCH)'
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 

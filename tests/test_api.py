@@ -1,9 +1,12 @@
 """The public API: every listed name resolves, the CLI entry point answers."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 import procres
 
@@ -35,3 +38,15 @@ def test_internal_helpers_are_not_public_but_stay_importable():
     assert not {"batched_svdvals", "log_ratio_spread"} & set(procres.__all__)
     with pytest.raises(AttributeError):
         procres.batched_svdvals  # noqa: B018
+
+
+def test_the_package_accepts_an_installed_torch_and_make_pins_the_tested_one():
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    (requirement,) = re.findall(r'^\s*"(torch[^"]*)",', pyproject, re.M)
+    assert re.fullmatch(r"torch>=2\.3", requirement)  # a floor, never a pin: pip keeps the user's torch
+    installed = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", torch.__version__).groups())
+    assert installed >= (2, 3)
+    makefile = (root / "Makefile").read_text()
+    assert "TORCH  ?= torch==2.13.0" in makefile
+    assert makefile.index("pip install -q '$(TORCH)'") < makefile.index("pip install -q -e '.[test]'")
