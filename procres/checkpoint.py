@@ -5,7 +5,7 @@ Every file is written atomically: a temporary file in the same folder, flush, ``
 durable. ``save_checkpoint`` first renames the checkpoint it replaces to ``checkpoint.prev.pt``;
 ``load_checkpoint`` reads with ``torch.load(weights_only=True)`` (no arbitrary unpickling), uses
 ``checkpoint.prev.pt`` only when ``checkpoint.pt`` is missing (a kill between the two renames) and
-turns an unreadable ``checkpoint.pt`` into a ValueError that names it and the previous one, which
+turns an unreadable ``checkpoint.pt`` into a UserError that names it and the previous one, which
 it leaves untouched. RNG states are stored as lists, ints and tensors so that ``weights_only``
 loading accepts them (Python's ``random.getstate()`` tuple becomes a list and back).
 ``training_state`` assembles what a training checkpoint holds; ``procres.train`` restores it key by key.
@@ -43,7 +43,7 @@ def load_checkpoint(run_dir) -> dict | None:
     """The latest checkpoint in ``run_dir`` (None when there is none), read with weights_only=True.
 
     Falls back to checkpoint.prev.pt only when checkpoint.pt is *missing* (a kill between the two
-    renames of :func:`save_checkpoint`); an unreadable checkpoint.pt raises ValueError.
+    renames of :func:`save_checkpoint`); an unreadable checkpoint.pt raises UserError.
     """
     run_dir = Path(run_dir)
     path, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.prev.pt"

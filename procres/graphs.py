@@ -31,7 +31,7 @@ def graphed_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, am
     norm recorder); ``model.train()``/``eval()`` does not affect the graph, which always runs the
     training-mode forward.  BN running statistics changed by the capture's warm-up iterations are
     restored.  ``x`` and ``y`` give only shapes, dtypes and layout; they become the static
-    inputs.  Raises ValueError off CUDA, or whatever the capture raises (the caller may fall back
+    inputs.  Raises UserError off CUDA, or whatever the capture raises (the caller may fall back
     to eager steps).
     """
     if x.device.type != "cuda" or y.device.type != "cuda":

@@ -423,7 +423,7 @@ def register_model(name: str | Callable | None = None):
     """Decorator adding a factory ``fn(*, num_classes, in_channels, image_size)`` under ``name``.
 
     ``@register_model`` uses the function's name, ``@register_model("x")`` the given one.
-    Registering a name twice raises ValueError.
+    Registering a name twice raises UserError.
     """
 
     def decorator(fn):

@@ -31,8 +31,9 @@ work (norm recording every 10 steps, on-device augmentation, checkpoints: more t
 opt-in CUDA graphs (``--cuda-graphs``: less time). The ProcResNet steps were timed with a
 projection that ran its SVDs on the GPU (~90 ms per step); the current one runs them on the CPU
 and costs less, so ProcResNet hours may be up to 2x too high. The times were taken with torch
-2.11; the pinned torch 2.13 has not been timed. Re-time with the script on the card you use. With N GPUs under DDP the global batch of 128 is split (128/N per GPU), so small nets
-scale poorly: the wall time is at best GPU-hours / N.
+2.11; the pinned torch 2.13 has not been timed. Re-time with the script on the card you use.
+With N GPUs under DDP the global batch of 128 is split (128/N per GPU), so small nets scale
+poorly: the wall time is at best GPU-hours / N.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The training loop on the digits set with tiny nets: run files, result reporting, kill -9 + resume
-bit-identity, corrupt checkpoints, NaN stop, DDP with 2 gloo ranks, the multi-seed CLI."""
+bit-identity, the config a resume may and may not change, corrupt checkpoints, NaN stops, the norm
+probe, DDP with 2 gloo ranks (one seed and several), the multi-seed CLI."""
 
 import json
 import os
@@ -540,8 +541,8 @@ class _Interrupted(Exception):
 
 def test_resume_mid_epoch_keeps_the_norm_window(finished_run, tmp_path, monkeypatch):
     # finished_run records steps 0, 2, 4, 6 (record_every=2) and checkpoints at steps 3 and 6; stop it
-    # right after the mid-epoch checkpoint at step 3 and resume: epoch 1's norms must still hold the
-    # two recorded steps (before the fix only the resumed step 3 counted: none recorded, all NaN)
+    # right after the mid-epoch checkpoint at step 3 and resume: epoch 1's norms hold both recorded
+    # steps, 0 and 2, although the resumed part (step 3) records none
     reference, result = finished_run
     config = reference.replace(out=str(tmp_path / "stopped"))
     real_save = train_module.save_checkpoint
