@@ -3,6 +3,14 @@ collectives the loop needs, each a no-op on a single process.
 
 Launch with ``torchrun --nproc_per_node N -m procres train ...``: NCCL on CUDA, gloo on CPU. With
 one process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``) nothing is initialised and no collective runs.
+
+What the training loop does under DDP: ``batch_size`` is the global batch (split evenly over
+ranks); every rank reads its own shard of each batch order (DeviceLoader rank/world_size); the
+projection hook is seeded identically on every rank so it projects the same layers the same way;
+BN running statistics are broadcast from rank 0 at the end of each epoch; training and
+evaluation sums and the norm summaries are reduced over ranks; only rank 0 writes files;
+``train_seeds`` runs every seed in one process group. Resuming needs the same number of ranks and
+the run folder on a file system every rank can read.
 """
 
 from __future__ import annotations

@@ -2,8 +2,24 @@
 
 A 164-layer net at batch 128 is launch-bound on a large GPU: replaying a captured graph costs a
 few launches instead of thousands. :func:`graphed_loss` captures ``model``'s training forward,
-the cross-entropy and the backward with ``torch.cuda.make_graphed_callables``; ``procres.train``
-uses it when ``cuda_graphs`` is on (how the loop mixes graph and eager steps is described there).
+the cross-entropy and the backward with ``torch.cuda.make_graphed_callables``.
+
+How the training loop uses it (``cuda_graphs``, opt-in with ``--cuda-graphs``, for a single CUDA
+process without ``compile``): ``procres.run.capture_graphs`` captures once per run. What stays
+eager: copying each batch into the graph's static input (the train loader drops the last
+partial batch, so every batch has the captured shape; any other shape runs eagerly), the
+optimizer step (fused SGD on CUDA, where torch has it) and the Procrustes hook, which writes the
+projected kernel into the weight's own storage (``copy_``), where the graph reads it. BN runs in
+training mode inside the graph; the running statistics changed by the capture's warm-up
+iterations are restored, so the graph path starts from the same state as the eager one. The
+norm recorder's hooks cannot run inside a graph, so the recorded steps (global step a multiple
+of ``record_every``) run eagerly with the recorder, the same forward, loss, backward and update
+on the same batch: the history's norms mean the same with and without graphs (an eager step
+costs a whole eager step; raise ``record_every`` to pay it less often). Evaluation and the norm
+probes are eager (the captured callable wraps the model; the model itself is untouched). Not
+with DDP (the gradient all-reduce would need capturing too; DDP runs train eagerly) and not with
+``compile`` (the config refuses both at once). If capture fails (an operation that cannot be
+captured, an older torch), a warning is logged and the run trains eagerly.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@
     train.log           what was printed (timestamped), plus resume events and errors
 
 ``train`` reads top to bottom as the run goes: open the run folder, build data, model and
-optimizer (``_setup``), start (epoch 0 measured at initialisation) or resume, then per epoch
-``_train_epoch`` (``_train_step`` per batch, ``_save_mid_epoch`` when due) and ``_end_epoch``
-(``_epoch_record`` builds the history record, ``_record_epoch`` writes it), then ``_finish``.
-The state these pieces share is one ``_Run``. The parts that are not training live beside it:
-evaluation and the norm probe in ``procres.evaluate``, the DDP process group and collectives in
-``procres.distributed``, what a checkpoint holds in ``procres.checkpoint``, the logger and the
-printed table in ``procres.runlog``.
+optimizer (``procres.run.build_run``), start (epoch 0 measured at initialisation) or resume,
+then per epoch ``_train_epoch`` (``_train_step`` per batch, ``_save_mid_epoch`` when due) and
+``_end_epoch`` (``_epoch_record`` builds the history record, ``_record_epoch`` writes it), then
+``_finish``. The state these pieces share is one ``procres.run.Run``. The parts that are not
+training live beside it: evaluation and the norm probe in ``procres.evaluate``, DDP in
+``procres.distributed``, what a checkpoint holds in ``procres.checkpoint``, CUDA graphs in
+``procres.graphs``, the logger and the printed table in ``procres.runlog``.
 
 Each step, in order: learning rate from ``lr_at`` -> forward (bf16 autocast on CUDA) -> loss ->
 backward -> optimizer step, after which the Procrustes hook (``procres.procrustes.attach_procrustes``,
@@ -27,26 +27,6 @@ records per-unit gradient-norm ratios on every ``record_every``-th training step
 goes into the epoch's history record and is then reset. With ``compile`` the recorder's hooks
 would break the compiled graph at every unit, so the norms are measured instead at each epoch end
 on the same few batches as epoch 0.
-
-CUDA graphs (``cuda_graphs``, opt-in with ``--cuda-graphs`` for a single CUDA process without ``compile``): the
-training forward, the loss and the backward are captured once with
-``torch.cuda.make_graphed_callables`` (:func:`procres.graphs.graphed_loss`) and then replayed, so a step costs a
-few launches instead of thousands (a 164-layer net at batch 128 is launch-bound on a large GPU).
-What stays eager: copying each batch into the graph's static input (the train loader drops the
-last partial batch, so every batch has the captured shape; any other shape runs eagerly), the
-optimizer step (fused SGD on CUDA, where torch has it) and the Procrustes hook, which writes
-the projected kernel into the weight's own storage (``copy_``), where the graph reads it. BN runs
-in training mode inside the graph; the running statistics changed by the capture's warm-up
-iterations are restored, so the graph path starts from the same state as the eager one. The
-recorder's hooks cannot run inside a graph, so with graphs the recorded steps (global step a
-multiple of ``record_every``) run eagerly with the recorder, the same forward, loss, backward and
-update on the same batch: the history's norms mean the same with and without graphs (an eager
-step costs a whole eager step; raise ``record_every`` to pay it less often). Evaluation and the
-norm probes are eager (the captured callable wraps the model; the model itself is untouched).
-Not with DDP (the gradient all-reduce would need capturing too; DDP runs train eagerly) and not
-with ``compile`` (the config refuses both at once; automatic graphs are off when compiling). If
-capture fails (an operation that cannot be captured, an older torch), a warning is logged and
-the run trains eagerly.
 
 History record keys: epoch, step, lr, train_loss, train_acc, val_loss, val_acc, test_loss,
 test_acc, epoch_time (s, training + evaluation), images_per_sec (training only), norms
@@ -72,37 +52,31 @@ holds an epoch twice. An unreadable checkpoint raises UserError naming it and
 
 With ``deterministic`` on a CPU, a run killed at any point (SIGKILL included) and resumed with
 ``resume=True`` ends with weights bit-identical to an uninterrupted run (``tests/test_train.py``).
-It needs the same thread count in both runs (``threads``).
+It needs the same device, thread count and ``deterministic`` in both runs (a resume may change
+them: ``procres.config.RESUME_MAY_CHANGE``).
 
 A NaN or infinite loss stops the run with FloatingPointError naming the epoch and step; no
 checkpoint is written after it. So does a FloatingPointError raised inside ``optimizer.step()``
 (the Procrustes hook raises one, naming the layer, when it meets non-finite weights): the loop
-re-raises it with the epoch and step, and ``train.log`` records it. On CPU every step is checked before the backward pass; on CUDA
-the check runs every ``_NAN_CHECK_EVERY`` steps and before every checkpoint, because it costs a
-host-device synchronisation. A finite loss can still overflow the gradients, so before every
-checkpoint the weights are checked too: a saved checkpoint is always finite.
+re-raises it with the epoch and step, and ``train.log`` records it. On CPU every step's loss is
+checked before the backward pass; on CUDA the check runs every ``_NAN_CHECK_EVERY`` steps and
+before every checkpoint, because it costs a host-device synchronisation. A finite loss can still
+overflow the gradients, so before every checkpoint the weights are checked too: a saved
+checkpoint is always finite.
 
-DDP: launch with ``torchrun --nproc_per_node N -m procres train ...``. NCCL on CUDA, gloo on CPU.
-``batch_size`` is the global batch (split evenly over ranks); every rank reads its own shard of
-each batch order (DeviceLoader rank/world_size); the projection hook is seeded identically on
-every rank so it projects the same layers the same way; BN running statistics are broadcast from
-rank 0 at the end of each epoch; training and evaluation sums are all-reduced; only rank 0 writes
-files. ``train_seeds`` runs every seed in one process group. Resuming needs the same number of
-ranks and the run folder on a file system every rank can read.
+DDP (``torchrun --nproc_per_node N -m procres train ...``; see ``procres.distributed``): every
+rank trains its shard with the per-rank batch, sums and norm summaries are reduced over ranks,
+only rank 0 writes files, and ``train_seeds`` runs every seed in one process group.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import itertools
 import json
-import logging
 import os
-import random
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,62 +90,18 @@ from procres.config import TrainConfig, lr_at, resume_changes
 from procres.distributed import gathered, process_group, reduced
 from procres.errors import UserError
 from procres.evaluate import eval_record, probe_norms
-from procres.graphs import graphed_loss  # looked up here at each run, so tests can patch train.graphed_loss
 from procres.models import create_model
+from procres.run import Run, build_run, capture_graphs, norm_recorder
 from procres.runlog import ROW_HEADER, logger, progress, row
 
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
 _STOPPED = "training stopped; nothing was saved after it (the last checkpoint, if there is one, is kept)"
 
-__all__ = ["train", "train_seeds", "resume_config", "graphed_loss"]
+__all__ = ["train", "train_seeds", "resume_config"]
 
 # procres.demo imports this name; procres.models.create_model is the one model factory
 build_model = create_model
-
-
-@dataclass
-class _Run:
-    """What the pieces of the loop share: settings, place in DDP, data, model, optimizer, position."""
-
-    cfg: TrainConfig
-    rank: int
-    world: int
-    device: torch.device
-    log: logging.Logger
-    data: object  # procres.data.DataSplits
-    train_loader: object  # procres.data.DeviceLoader, this rank's shard, per-rank batch
-    val_loader: object | None
-    test_loader: object
-    steps_per_epoch: int
-    model: torch.nn.Module  # the CifarNet itself
-    net: torch.nn.Module  # what the training forward calls: the model, wrapped by DDP and/or torch.compile
-    optimizer: torch.optim.Optimizer
-    hook: object | None  # procres.procrustes.ProcrustesHook
-    amp: dict  # torch.autocast keyword arguments
-    epoch: int = 0  # epochs completed
-    step: int = 0  # optimizer steps taken
-    lr: float = 0.0  # the last step's learning rate
-    history: list = field(default_factory=list)
-    partial: dict | None = None  # the position and sums of a resumed, unfinished epoch
-    graphed: object | None = None  # (x, y) -> (loss, logits) replayed as CUDA graphs; None: eager
-    static_shape: torch.Size | None = None  # the batch shape the graphs were captured for
-    recorder: object | None = None  # procres.diagnostics.NormRecorder on model.blocks
-    changes: dict = field(default_factory=dict)  # settings changed at a resume, for the next epoch's record
-    last_checkpoint: float = 0.0  # time.monotonic() of the last save
-    bad: torch.Tensor | None = None  # non-finite losses since the last check (CUDA counts lazily)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.cfg.out)
 
 
 @dataclass
@@ -186,7 +116,7 @@ class _EpochSums:
     started: float  # time.monotonic() when the epoch's training started, less the time before a resume
 
     @classmethod
-    def from_partial(cls, partial: dict, run: _Run) -> "_EpochSums":
+    def from_partial(cls, partial: dict, run: Run) -> "_EpochSums":
         mine = run.main  # only rank 0 carries the saved sums
         return cls(torch.tensor(partial["loss_sum"] if mine else 0.0, dtype=torch.float64, device=run.device),
                    torch.tensor(partial["correct"] if mine else 0, dtype=torch.int64, device=run.device),
@@ -198,7 +128,7 @@ class _EpochSums:
         self.correct += (out.argmax(1) == y).sum()
         self.seen += len(y)
 
-    def totals(self, run: _Run) -> list[float]:
+    def totals(self, run: Run) -> list[float]:
         """(loss sum, correct, seen) summed over ranks."""
         return reduced([self.loss_sum.item(), self.correct.item(), self.seen], run.world, run.device)
 
@@ -220,14 +150,14 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
         log = logger(Path(cfg.out), rank == 0, quiet)
         try:
             checkpoint, changes = _open_run_folder(cfg, rank == 0)
-            run = _setup(cfg, rank, world, local_rank, log)
+            run = build_run(cfg, rank, world, local_rank, log)
             if checkpoint is not None:
                 _restore(run, checkpoint, changes)
             else:
                 _start(run)
-            _capture_graphs(run)
+            capture_graphs(run)
             _log_start(run)
-            run.recorder = _norm_recorder(run)
+            run.recorder = norm_recorder(run)
             run.last_checkpoint = time.monotonic()
             run.model.train()
             run.lr = lr_at(cfg, run.epoch, run.step)
@@ -334,79 +264,7 @@ def resume_config(config: TrainConfig, given) -> TrainConfig:
     return saved.replace(**{name: getattr(config, name) for name in {*given, "resume"}})
 
 
-def _setup(cfg: TrainConfig, rank: int, world: int, local_rank: int, log) -> _Run:
-    """Seed, then build the data loaders, the model, the optimizer, the projection hook, DDP, compile."""
-    from procres.data import load_dataset
-
-    device = torch.device("cuda", local_rank) if cfg.device == "cuda" else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if cfg.batch_size % world:
-        raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
-    _seed_everything(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data, val_size=cfg.val_size, seed=cfg.seed)
-    train_loader, val_loader, test_loader = _loaders(cfg, data, rank, world, device)
-    steps_per_epoch = len(train_loader)
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
-
-    model = create_model(cfg.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                         image_size=data.image_size).to(device)
-    model = model.to(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    optimizer = _sgd(model, cfg, fused=device.type == "cuda")
-    hook = None
-    if cfg.projection_p > 0 and model.transitions():
-        from procres.procrustes import attach_procrustes
-
-        hook = attach_procrustes(model, optimizer, p=cfg.projection_p, method=cfg.projection_method,
-                                 faithful=cfg.faithful, seed=cfg.seed)
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if cfg.device == "cuda"
-                                                        else None)
-    if cfg.compile:
-        net = torch.compile(net)
-    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=bool(cfg.amp))
-    return _Run(cfg, rank, world, device, log, data, train_loader, val_loader, test_loader, steps_per_epoch,
-                model, net, optimizer, hook, amp, bad=torch.zeros((), dtype=torch.int64, device=device))
-
-
-def _loaders(cfg: TrainConfig, data, rank: int, world: int, device: torch.device):
-    """(train, validation or None, test) loaders of this rank's shard. Evaluation shards by rank
-    too: the all-reduced sums count every image exactly once."""
-    from procres.data import DeviceLoader
-
-    norm = dict(mean=data.mean, std=data.std, device=device, channels_last=bool(cfg.channels_last))
-    train_loader = DeviceLoader(data.train_x, data.train_y, batch_size=cfg.batch_size // world, train=True,
-                                pad=cfg.pad, pad_mode=cfg.pad_mode, flip=data.flip, seed=cfg.seed, rank=rank,
-                                world_size=world, **norm)
-    val_loader = DeviceLoader(data.val_x, data.val_y, batch_size=cfg.eval_batch_size, train=False, rank=rank,
-                              world_size=world, **norm) if len(data.val_y) else None
-    test_loader = DeviceLoader(data.test_x, data.test_y, batch_size=cfg.eval_batch_size, train=False,
-                               rank=rank, world_size=world, **norm)
-    return train_loader, val_loader, test_loader
-
-
-def _sgd(model, cfg, *, fused: bool) -> torch.optim.SGD:
-    """SGD with the config's settings; the fused CUDA kernel where this torch has it (same update,
-    fewer launches: with CUDA graphs the optimizer step is the largest eager part of a step)."""
-    kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    params = list(model.parameters())
-    if fused and "fused" in inspect.signature(torch.optim.SGD).parameters:
-        try:
-            return torch.optim.SGD(params, fused=True, **kwargs)
-        except (RuntimeError, ValueError):
-            pass
-    return torch.optim.SGD(params, **kwargs)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _start(run: _Run) -> None:
+def _start(run: Run) -> None:
     """A fresh run: history.jsonl starts with epoch 0, measured at initialisation."""
     if run.main:
         atomic_write_text(run.run_dir / "history.jsonl", "")
@@ -417,7 +275,7 @@ def _start(run: _Run) -> None:
         append_jsonl(run.run_dir / "history.jsonl", record)
 
 
-def _restore(run: _Run, checkpoint: dict, changes: dict) -> None:
+def _restore(run: Run, checkpoint: dict, changes: dict) -> None:
     """Continue from ``checkpoint``: weights, momentum, projection draws, RNG, position, history;
     ``changes`` (allowed settings changed at this resume) go to train.log and the next record."""
     try:
@@ -444,27 +302,7 @@ def _restore(run: _Run, checkpoint: dict, changes: dict) -> None:
     run.changes = {k: [pending.get(k, [a])[0], b] for k, (a, b) in {**pending, **changes}.items()}
 
 
-def _capture_graphs(run: _Run) -> None:
-    """With ``cuda_graphs`` on one process, capture forward + loss + backward (see the module doc)."""
-    if not run.cfg.cuda_graphs:
-        return
-    if run.world > 1:
-        run.log.info("cuda_graphs: not used with DDP (several ranks); training eagerly")
-        return
-    data, per_rank = run.data, run.cfg.batch_size
-    sample = torch.zeros((per_rank, data.in_channels, data.image_size, data.image_size), device=run.device)
-    sample = sample.contiguous(memory_format=torch.channels_last if run.cfg.channels_last else torch.contiguous_format)
-    try:
-        run.graphed = graphed_loss(run.model, sample, torch.zeros(per_rank, dtype=torch.int64, device=run.device),
-                                   amp=bool(run.cfg.amp))
-    except Exception as err:  # a beta API on any torch/driver: never lose a run to it
-        message = f"CUDA graph capture failed, training eagerly instead ({type(err).__name__}: {err})"
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-        run.log.warning(message)
-    run.static_shape = sample.shape  # a batch of another shape (none with drop_last) runs eagerly
-
-
-def _log_start(run: _Run) -> None:
+def _log_start(run: Run) -> None:
     """The run summary line, then the table header and the rows of the history so far."""
     cfg, data = run.cfg, run.data
     run.log.info(f"{cfg.model} on {cfg.dataset}: {sum(p.numel() for p in run.model.parameters()):,} parameters, "
@@ -476,22 +314,8 @@ def _log_start(run: _Run) -> None:
         run.log.info(row(h))
 
 
-def _norm_recorder(run: _Run):
-    """The recorder of per-unit norm ratios (None without ``record_every`` or with ``compile``)."""
-    if not run.cfg.record_every or run.cfg.compile:
-        return None
-    from procres.diagnostics import NormRecorder
-
-    # with graphs only the eager steps reach the hooks, and they are exactly the recorded ones
-    recorder = NormRecorder(run.model.blocks, every=1 if run.graphed is not None else run.cfg.record_every)
-    if run.partial is not None and run.partial.get("norm_window") is not None:
-        recorder.load_state_dict(run.partial["norm_window"][run.rank])  # this rank's window so far
-    recorder.steps_seen = run.step  # record the same global steps after a resume
-    return recorder
-
-
 # ---------------------------------------------------------------- the loop
-def _train_epoch(run: _Run, quiet: bool) -> _EpochSums:
+def _train_epoch(run: Run, quiet: bool) -> _EpochSums:
     """Train the rest of epoch ``run.epoch``: one step per batch, a mid-epoch checkpoint when due."""
     if run.partial is None:  # a fresh epoch
         run.train_loader.set_epoch(run.epoch)
@@ -510,7 +334,7 @@ def _train_epoch(run: _Run, quiet: bool) -> _EpochSums:
     return sums
 
 
-def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor):
+def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor):
     """One optimizer step on the batch: lr, forward and loss (a graph replay, or eager), backward,
     step (the Procrustes hook projects inside it). Returns (loss, logits)."""
     run.lr = lr_at(run.cfg, run.epoch, run.step)
@@ -537,7 +361,7 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor):
     return loss, out
 
 
-def _end_epoch(run: _Run, sums: _EpochSums) -> None:
+def _end_epoch(run: Run, sums: _EpochSums) -> None:
     """Close epoch ``run.epoch``: check it stayed finite, share BN statistics, record it."""
     _check_finite(run.bad, run.model, run.world, run.epoch, run.step, exact=False)
     train_time = time.monotonic() - sums.started
@@ -549,7 +373,7 @@ def _end_epoch(run: _Run, sums: _EpochSums) -> None:
     _record_epoch(run, record)
 
 
-def _epoch_record(run: _Run, sums: _EpochSums, train_time: float) -> dict:
+def _epoch_record(run: Run, sums: _EpochSums, train_time: float) -> dict:
     """The history record of the epoch just trained (keys: module docstring); counts it done."""
     loss_total, correct_total, seen_total = sums.totals(run)
     run.epoch += 1
@@ -563,7 +387,7 @@ def _epoch_record(run: _Run, sums: _EpochSums, train_time: float) -> dict:
     return record
 
 
-def _history_record(run: _Run, *, norms: dict, train_loss=None, train_acc=None, started=None,
+def _history_record(run: Run, *, norms: dict, train_loss=None, train_acc=None, started=None,
                     images_per_sec=None) -> dict:
     """One history record at the current epoch and step: the training metrics given, evaluation now."""
     record = {"epoch": run.epoch, "step": run.step, "lr": run.lr, "train_loss": train_loss, "train_acc": train_acc}
@@ -574,7 +398,7 @@ def _history_record(run: _Run, *, norms: dict, train_loss=None, train_acc=None, 
     return record
 
 
-def _record_epoch(run: _Run, record: dict) -> None:
+def _record_epoch(run: Run, record: dict) -> None:
     """Where a finished epoch's record goes: the history, the checkpoint, history.jsonl, the table."""
     run.history.append(record)
     if run.main:
@@ -585,7 +409,7 @@ def _record_epoch(run: _Run, record: dict) -> None:
     run.log.info(row(record))
 
 
-def _save_mid_epoch(run: _Run, sums: _EpochSums) -> None:
+def _save_mid_epoch(run: Run, sums: _EpochSums) -> None:
     """Checkpoint inside an epoch: the position of every rank's loader, the sums so far, the norm window."""
     _check_finite(run.bad, run.model, run.world, run.epoch, run.step, exact=False)
     loss_sum, correct, seen = sums.totals(run)
@@ -619,7 +443,7 @@ def _check_finite(bad: torch.Tensor, model, world: int, epoch: int, step: int, *
                                  f"loss was finite, the gradients overflowed): {_STOPPED}")
 
 
-def _checkpoint_due(run: _Run) -> bool:
+def _checkpoint_due(run: Run) -> bool:
     cfg, step = run.cfg, run.step
     if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
         return True
@@ -635,7 +459,7 @@ def _checkpoint_due(run: _Run) -> bool:
     return bool(flag.item())
 
 
-def _epoch_norms(run: _Run) -> dict:
+def _epoch_norms(run: Run) -> dict:
     """The epoch's norm summary, averaged over ranks: the recorder's window, or with ``compile`` a
     probe (see the module docstring)."""
     if run.recorder is not None:
@@ -643,12 +467,12 @@ def _epoch_norms(run: _Run) -> dict:
     return _probe(run) if run.cfg.compile and run.cfg.record_every else {}
 
 
-def _probe(run: _Run) -> dict:
+def _probe(run: Run) -> dict:
     return probe_norms(run.model, run.data, run.cfg, run.device, run.amp, rank=run.rank, world=run.world)
 
 
 # ---------------------------------------------------------------- after the loop
-def _finish(run: _Run) -> dict:
+def _finish(run: Run) -> dict:
     """Write model.pt and result.json, log the result line, return the result with history and model."""
     result = _result(run.history, run.run_dir)
     if run.main:

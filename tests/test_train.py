@@ -19,11 +19,13 @@ import torch
 
 from procres.cli import build_parser, main
 from procres.config import TrainConfig, config_from_args
+import procres.run as run_module
 import procres.train as train_module
 from procres.checkpoint import load_checkpoint
 from procres.errors import UserError
 from procres.models import create_model
-from procres.train import _result, graphed_loss, train
+from procres.graphs import graphed_loss
+from procres.train import _result, train
 
 HISTORY_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
                 "epoch_time", "images_per_sec", "norms", "block_kinds"}
@@ -178,7 +180,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path,
         model.head.register_forward_hook(hook)
         return model
 
-    monkeypatch.setattr(train_module, "create_model", nan_on_third_training_forward)
+    monkeypatch.setattr(run_module, "create_model", nan_on_third_training_forward)
     # checkpoint_minutes tiny: the time-based mid-epoch checkpoint fires after every step
     config = _tiny(tmp_path, init_norm_batches=0, checkpoint_minutes=1e-9)
     with pytest.raises(FloatingPointError, match="non-finite loss in epoch 1, step 3"):
@@ -246,7 +248,7 @@ def test_graph_branch_of_the_loop_matches_the_eager_run(finished_run, tmp_path, 
 
     resolved = TrainConfig.resolved
     monkeypatch.setattr(TrainConfig, "resolved", lambda self, **kw: resolved(self, **kw).replace(cuda_graphs=True))
-    monkeypatch.setattr(train_module, "graphed_loss", stand_in)
+    monkeypatch.setattr(run_module, "graphed_loss", stand_in)
     graphs = train(config.replace(out=str(tmp_path / "graphs")), quiet=True)
     assert "CUDA graphs on" in (tmp_path / "graphs" / "train.log").read_text()
     assert len(replays) == 4  # 8 steps, record_every=2: steps 1, 3, 5, 7 replayed, 0, 2, 4, 6 eager
@@ -528,7 +530,7 @@ def test_cuda_run_with_graphs_records_norms_eagerly_and_falls_back(tmp_path, mon
     def broken(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(train_module, "graphed_loss", broken)
+    monkeypatch.setattr(run_module, "graphed_loss", broken)
     with pytest.warns(RuntimeWarning, match="capture failed, training eagerly"):
         fallback = train(config.replace(out=str(tmp_path / "fallback")), quiet=True)
     assert "CUDA graphs off" in (tmp_path / "fallback" / "train.log").read_text()
