@@ -379,40 +379,22 @@ def plainpre(depth: int, *, num_classes: int = 10, in_channels: int = 3, image_s
     return _preresnet(depth, num_classes, in_channels, image_size, residual=False)
 
 
-def procresnet(
-    depth: int,
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    image_size: int = 32,
-    transition_kernel: int = 1,
-    project_transitions: bool = False,
-) -> CifarNet:
+def procresnet(depth: int, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+               transition_kernel: int = 1, project_transitions: bool = False) -> CifarNet:
     """Procrustes ResNet (Zaeemzadeh et al. 2020), depth 9n+4 (166, 1003, or 13, 22, 31 for CPU).
 
     ``transition_kernel=2`` makes the transitions 2x2 stride-2 convs (see the module docstring);
     ``project_transitions=True`` applies ``project_conv_`` to every transition once at construction.
     """
-    return _procresnet(
-        depth, num_classes, in_channels, image_size,
-        residual=True, transition_kernel=transition_kernel, project_transitions=project_transitions,
-    )
+    return _procresnet(depth, num_classes, in_channels, image_size, residual=True,
+                       transition_kernel=transition_kernel, project_transitions=project_transitions)
 
 
-def plainproc(
-    depth: int,
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    image_size: int = 32,
-    transition_kernel: int = 1,
-    project_transitions: bool = False,
-) -> CifarNet:
+def plainproc(depth: int, *, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+              transition_kernel: int = 1, project_transitions: bool = False) -> CifarNet:
     """Plain twin of :func:`procresnet`: bottlenecks without skips, transitions unchanged."""
-    return _procresnet(
-        depth, num_classes, in_channels, image_size,
-        residual=False, transition_kernel=transition_kernel, project_transitions=project_transitions,
-    )
+    return _procresnet(depth, num_classes, in_channels, image_size, residual=False,
+                       transition_kernel=transition_kernel, project_transitions=project_transitions)
 
 
 # ---------------------------------------------------------------- registry
