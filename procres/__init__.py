@@ -35,6 +35,7 @@ _API = {
     "NormRecorder": "diagnostics",
     "depth_study": "diagnostics",
     "log_ratio_spread": "diagnostics",
+    "log_norms": "tensorboard",
     "jacobian_singular_values": "jacobian",
     "check_bounds": "jacobian",
     "JacobianSpectrum": "jacobian",

@@ -8,6 +8,7 @@
     model.pt            final weights: {"model": state_dict, "config": dict}
     result.json         final-epoch test error and test error at the best validation epoch
     train.log           what was printed (timestamped), plus resume events and errors
+    tb/                 TensorBoard event files, with ``tensorboard="auto"`` (``procres.tensorboard``)
 
 The loop's parts that are not training live beside it: evaluation and the norm probe in
 ``procres.evaluate``, the DDP process group and collectives in ``procres.distributed``, what a
@@ -105,6 +106,7 @@ from procres.errors import UserError
 from procres.evaluate import eval_record, probe_norms
 from procres.graphs import graphed_loss  # looked up here at each run, so tests can patch train.graphed_loss
 from procres.runlog import ROW_HEADER, logger, progress, row
+from procres.tensorboard import open_tensorboard
 
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
@@ -142,6 +144,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
         torch.backends.cudnn.benchmark = not cfg.deterministic
     run_dir = Path(cfg.out)
     log = logger(run_dir, main, quiet)
+    tb = None
     try:
         checkpoint = load_checkpoint(run_dir) if cfg.resume else None
         if not cfg.resume and (run_dir / "checkpoint.pt").exists():
@@ -149,6 +152,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
                              "to continue it, or choose another out folder")
         if main:
             atomic_write_text(run_dir / "config.json", cfg.to_json() + "\n")
+        tb = open_tensorboard(cfg, run_dir, main, checkpoint)  # does nothing unless rank 0 with cfg.tensorboard
 
         # ---------------------------------------------------------------- data, model, optimizer
         _seed_everything(cfg.seed)
@@ -218,6 +222,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             history.append(record)
             if main:
                 append_jsonl(run_dir / "history.jsonl", record)
+            tb.write_epoch(record, model)
         graphed, static_shape = None, None  # graphed: (x, y) -> (loss, logits) as CUDA graphs; None: eager
         if cfg.cuda_graphs and world > 1:
             log.info("cuda_graphs: not used with DDP (several ranks); training eagerly")
@@ -318,6 +323,7 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             if recorder:
                 recorder.reset()
             history.append(record)
+            tb.write_epoch(record, model)  # before the checkpoint: the event files never miss a saved epoch
             if main:
                 save_checkpoint(run_dir, training_state(model, optimizer, hook, None, epoch, step, None, history,
                                                         cfg, cuda))
@@ -341,6 +347,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
         log.error(str(err))
         raise
     finally:
+        if tb is not None:
+            tb.close()
         torch.use_deterministic_algorithms(saved_flags[0])
         torch.set_num_threads(saved_flags[1])
         for handler in list(log.handlers):
