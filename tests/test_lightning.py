@@ -198,6 +198,14 @@ def test_resumed_fit_continues_the_draws_and_the_recording_cadence(tmp_path):
     assert resumed_norms.summary["steps_recorded"] == 1  # forward 4 only, as in the straight fit
 
 
+def test_the_integrations_subpackage_is_in_the_distribution():
+    tomllib = pytest.importorskip("tomllib")
+    listed = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]
+    root = Path(procres.__file__).parent
+    packages = {".".join(p.parent.relative_to(root.parent).parts) for p in root.rglob("__init__.py")}
+    assert packages <= set(listed["packages"])
+
+
 def test_core_package_does_not_import_lightning():
     code = "import sys, procres, procres.train, procres.tensorboard; print('lightning' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
