@@ -39,7 +39,7 @@ from pathlib import Path
 from procres.errors import UserError
 
 __all__ = ["NORM_PREFIX", "summary_writer", "epoch_scalars", "norm_scalars", "add_norm_histogram", "log_norms",
-           "transition_errors", "RunBoard", "log_dir", "open_tensorboard"]
+           "transition_errors", "RunBoard", "log_dir", "seed_log_dir", "open_tensorboard"]
 
 NORM_PREFIX = "norm_ratio"
 EXTRA = "pip install 'procrustes-resnets[tensorboard]'"
@@ -156,6 +156,15 @@ def log_dir(cfg, run_dir) -> Path | None:
     if cfg.tensorboard is None:
         return None
     return Path(run_dir) / "tb" if cfg.tensorboard == "auto" else Path(cfg.tensorboard)
+
+
+def seed_log_dir(tensorboard: str | None, seed: int) -> str | None:
+    """The ``tensorboard`` setting of one seed's run in a multi-seed training: a folder of the
+    user's gets a ``seed<k>`` subfolder (TensorBoard shows each as a run; one folder would hold
+    one run), ``"auto"`` and None stay (each run folder has its own ``tb/``)."""
+    if tensorboard is None or tensorboard == "auto":
+        return tensorboard
+    return str(Path(tensorboard) / f"seed{seed}")
 
 
 def open_tensorboard(cfg, run_dir, main: bool, checkpoint: dict | None) -> RunBoard:

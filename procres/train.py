@@ -106,7 +106,7 @@ from procres.errors import UserError
 from procres.evaluate import eval_record, probe_norms
 from procres.graphs import graphed_loss  # looked up here at each run, so tests can patch train.graphed_loss
 from procres.runlog import ROW_HEADER, logger, progress, row
-from procres.tensorboard import open_tensorboard
+from procres.tensorboard import open_tensorboard, seed_log_dir
 
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
@@ -370,7 +370,8 @@ def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False) -> dict:
     base = Path(config.resolved().out if config.out is None else config.out)
     if config.out is None:
         base = base.with_name(base.name.rsplit("-seed", 1)[0])
-    runs = [train(config.replace(seed=s, out=str(base / f"seed{s}")), quiet=quiet) for s in seeds]
+    runs = [train(config.replace(seed=s, out=str(base / f"seed{s}"), tensorboard=seed_log_dir(config.tensorboard, s)),
+                  quiet=quiet) for s in seeds]
     summary = {"seeds": seeds, "run_dirs": [r["run_dir"] for r in runs]}
     for key in ("final_test_error", "test_error_at_best_val"):
         values = [r[key] for r in runs]

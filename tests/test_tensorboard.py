@@ -21,7 +21,7 @@ from procres.cli import build_parser, main
 from procres.config import TrainConfig, config_from_args
 from procres.errors import UserError
 from procres.tensorboard import log_norms, summary_writer, transition_errors
-from procres.train import train
+from procres.train import train, train_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(recipe="demo", epochs=2, batch_size=32, max_steps_per_epoch=4, init_norm_batches=1, record_every=2,
@@ -150,6 +150,16 @@ def test_tensorboard_turned_on_at_a_resume_gets_the_history_first(tmp_path):
     acc = _events(folder)
     _assert_matches_history(acc, _history(tmp_path / "run"))
     assert not (tmp_path / "run" / "tb").exists()
+
+
+def test_several_seeds_write_one_subfolder_each(tmp_path):
+    pytest.importorskip("tensorboard")
+    config = _tiny(tmp_path, epochs=1, max_steps_per_epoch=2, init_norm_batches=0, tensorboard=str(tmp_path / "tb"))
+    train_seeds(config, [0, 1], quiet=True)
+    for seed in (0, 1):
+        acc = _events(tmp_path / "tb" / f"seed{seed}")
+        assert [e.step for e in acc.Scalars("loss/train")] == [2]
+        assert acc.Scalars("loss/train")[0].value == _f32(_history(tmp_path / "run" / f"seed{seed}")[1]["train_loss"])
 
 
 def test_missing_tensorboard_is_one_sentence_naming_the_extra(tmp_path, monkeypatch, capsys):
