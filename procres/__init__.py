@@ -33,6 +33,7 @@ _API = {
     # diagnostics: norm ratios during training; jacobian: Jacobian spectra and the bounds
     "NormRecorder": "diagnostics",
     "depth_study": "diagnostics",
+    "log_norms": "tensorboard",
     "jacobian_singular_values": "jacobian",
     "check_bounds": "jacobian",
     "JacobianSpectrum": "jacobian",

@@ -94,6 +94,8 @@ class TrainConfig:
     # diagnostics
     record_every: int = _f(10, "record per-block norm ratios on every k-th training step (0: never)")
     init_norm_batches: int = _f(4, "batches measured for the epoch-0 (initialisation) norms")
+    tensorboard: str | None = _f(None, "TensorBoard event folder (needs the [tensorboard] extra); 'auto', or the "
+                                       "flag without a value: the run folder's tb/; None: off")
     # run, device and speed
     seed: int = _f(0, "seeds init, split, data order, augmentation and projection draws")
     device: str = _f("auto", "auto | cpu | cuda")
@@ -131,6 +133,8 @@ class TrainConfig:
                      "checkpoint_every_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} {getattr(self, name)} must not be negative")
+        if self.tensorboard is not None and not (isinstance(self.tensorboard, str) and self.tensorboard.strip()):
+            raise UserError(f"tensorboard {self.tensorboard!r} must be a folder, 'auto' or None")
         if self.val_size is not None and self.val_size < 0:
             raise UserError(f"val_size {self.val_size} must not be negative")
         if self.lr <= 0 or self.warmup_lr <= 0:
@@ -220,6 +224,7 @@ RESUME_MAY_CHANGE = {
     "eval_batch_size": "evaluation memory",
     "checkpoint_minutes": "how often the run saves",
     "checkpoint_every_steps": "how often the run saves",
+    "tensorboard": "where the event files go (procres.tensorboard writes the epochs before the resume too)",
 }
 
 
@@ -325,6 +330,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *,
                 kwargs["choices"] = list(PROJECTION_METHODS)
             elif f.name == "pad_mode":
                 kwargs["choices"] = ["reflect", "zeros"]
+            elif f.name == "tensorboard":  # the flag alone means "auto"; "auto" stays a value, not None
+                kwargs.update(nargs="?", const="auto", metavar="DIR",
+                              type=lambda text: None if text.lower() == "none" else text)
         group.add_argument(_flag(f.name), help=help_text, **kwargs)
     return parser
 

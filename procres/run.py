@@ -60,6 +60,7 @@ class Run:
     changes: dict = field(default_factory=dict)  # settings changed at a resume, for the next epoch's record
     last_checkpoint: float = 0.0  # time.monotonic() of the last save
     bad: torch.Tensor | None = None  # non-finite losses since the last check (CUDA counts lazily)
+    board: object | None = None  # procres.tensorboard.RunBoard (writes nothing unless asked, rank 0)
 
     @property
     def main(self) -> bool:

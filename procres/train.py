@@ -9,6 +9,7 @@
     model.pt            final weights: {"model": state_dict, "config": dict}
     result.json         final-epoch test error and test error at the best validation epoch
     train.log           what was printed (timestamped), plus resume events and errors
+    tb/                 TensorBoard event files, with ``tensorboard="auto"`` (``procres.tensorboard``)
 
 ``train`` reads top to bottom as the run goes: open the run folder, build data, model and
 optimizer (``procres.run.build_run``), start (epoch 0 measured at initialisation) or resume,
@@ -93,6 +94,7 @@ from procres.evaluate import eval_record, probe_norms
 from procres.models import create_model
 from procres.run import Run, build_run, capture_graphs, norm_recorder
 from procres.runlog import ROW_HEADER, logger, progress, row
+from procres.tensorboard import open_tensorboard, seed_log_dir
 
 _NAN_CHECK_EVERY = 50  # CUDA steps between non-finite-loss checks (each is a device sync)
 _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broadcasts
@@ -148,9 +150,12 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
         raise UserError("device 'cuda' was requested but torch.cuda.is_available() is False")
     with process_group(cfg.device == "cuda") as (rank, world, local_rank), _torch_settings(cfg):
         log = logger(Path(cfg.out), rank == 0, quiet)
+        board = None
         try:
             checkpoint, changes = _open_run_folder(cfg, rank == 0)
+            board = open_tensorboard(cfg, Path(cfg.out), rank == 0, checkpoint)  # a no-op unless asked, rank 0
             run = build_run(cfg, rank, world, local_rank, log)
+            run.board = board
             if checkpoint is not None:
                 _restore(run, checkpoint, changes)
             else:
@@ -171,6 +176,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             log.error(str(err))
             raise
         finally:
+            if board is not None:
+                board.close()
             for handler in list(log.handlers):
                 handler.close()
                 log.removeHandler(handler)
@@ -195,7 +202,8 @@ def train_seeds(config: TrainConfig, seeds, *, quiet: bool = False, given=None) 
     with process_group(resolved.device == "cuda") as (rank, _, _):
         runs = []
         for seed in seeds:
-            run = config.replace(seed=seed, out=str(base / f"seed{seed}"))
+            run = config.replace(seed=seed, out=str(base / f"seed{seed}"),
+                                 tensorboard=seed_log_dir(config.tensorboard, seed))
             if given is not None:
                 run = resume_config(run, {*given, "seed", "out"})
             runs.append(train(run, quiet=quiet))
@@ -273,6 +281,7 @@ def _start(run: Run) -> None:
     run.history.append(record)
     if run.main:
         append_jsonl(run.run_dir / "history.jsonl", record)
+    run.board.write_epoch(record, run.model)
 
 
 def _restore(run: Run, checkpoint: dict, changes: dict) -> None:
@@ -399,8 +408,9 @@ def _history_record(run: Run, *, norms: dict, train_loss=None, train_acc=None, s
 
 
 def _record_epoch(run: Run, record: dict) -> None:
-    """Where a finished epoch's record goes: the history, the checkpoint, history.jsonl, the table."""
+    """Where a finished epoch's record goes: the history, TensorBoard, the checkpoint, history.jsonl, the table."""
     run.history.append(record)
+    run.board.write_epoch(record, run.model)  # before the checkpoint: the event files never miss a saved epoch
     if run.main:
         save_checkpoint(run.run_dir, training_state(run.model, run.optimizer, run.hook, None, run.epoch, run.step,
                                                     None, run.history, run.cfg, run.cuda))
