@@ -152,7 +152,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
 
         # ---------------------------------------------------------------- data, model, optimizer
         _seed_everything(cfg.seed)
-        data = load_dataset(cfg.dataset, cfg.data, val_size=cfg.val_size, seed=cfg.seed)
+        data = load_dataset(cfg.dataset, cfg.data, val_size=cfg.val_size, seed=cfg.seed,
+                            image_size=cfg.image_size)
         per_rank = cfg.batch_size // world
         norm = dict(mean=data.mean, std=data.std, device=device, channels_last=bool(cfg.channels_last))
         train_loader = DeviceLoader(data.train_x, data.train_y, batch_size=per_rank, train=True, pad=cfg.pad,

@@ -71,7 +71,8 @@ def reference_norms(units, x, loss_fn):
         ps_in, ps_out = gi.flatten(1).norm(dim=1), b.grad.flatten(1).norm(dim=1)
         per = ps_in / ps_out
         vals = dict(grad_in=gi.norm(), grad_out=b.grad.norm(), fwd_in=a.norm(), fwd_out=b.norm(),
-                    ratio=gi.norm() / b.grad.norm(), ratio_min=per.min(), ratio_max=per.max(), ratio_mean=per.mean())
+                    ratio=gi.norm() / b.grad.norm(), ratio_min=per.min(), ratio_max=per.max(), ratio_mean=per.mean(),
+                    grad_nonfinite=torch.tensor(float(a.grad is not None and not torch.isfinite(a.grad).all())))
         for f in FIELDS:
             ref[f].append(float(vals[f].detach()))
     return ref
