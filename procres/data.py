@@ -1,6 +1,6 @@
 """Data: CIFAR-10/100 from the user's local files, the bundled digits set, device-resident batches.
 
-Spec (issue 5; recipe in ``REFERENCE.md`` section 6):
+Spec (recipe in ``REFERENCE.md`` section 6):
 
 * ``load_dataset("cifar10" | "cifar100", path)`` reads the official *python* archives
   (``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``), their extracted folders or a

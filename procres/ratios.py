@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-__all__ = ["log_ratio_spread", "overflow_unit"]
+__all__ = ["log_ratio_spread", "overflow_unit", "kind_group", "group_spreads"]
 
 
 def log_ratio_spread(ratios, kinds=None, *, only=None) -> dict:
@@ -52,3 +52,16 @@ def overflow_unit(grad_nonfinite) -> int | None:
     (the last unit with a non-zero ``grad_nonfinite``), or None when every gradient was finite."""
     bad = [i for i, f in enumerate(grad_nonfinite or [], start=1) if f is not None and f > 0]
     return bad[-1] if bad else None
+
+
+def kind_group(kind: str) -> str:
+    """The group a unit kind is compared in: ``transition`` for transition and projection units
+    (where the dimension changes), else the kind itself (``identity``, ``plain``)."""
+    return "transition" if kind in ("transition", "projection") else kind
+
+
+def group_spreads(ratios, kinds) -> dict[str, dict]:
+    """:func:`log_ratio_spread` per unit group (:func:`kind_group`); ``ratios`` and ``kinds``
+    are parallel lists (several recordings of a net may be concatenated)."""
+    groups = {kind_group(k) for k in kinds}
+    return {g: log_ratio_spread(ratios, [kind_group(k) for k in kinds], only=(g,)) for g in sorted(groups)}

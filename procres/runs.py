@@ -9,6 +9,8 @@ Files read (the run-folder layout of :mod:`procres.train` and the demo's extras)
   ``ratio`` is one float per unit of ``model.blocks``, ``grad_nonfinite`` the fraction of
   recorded steps whose input gradient overflowed) and ``block_kinds`` (one of ``identity``,
   ``projection``, ``transition``, ``plain`` per unit).
+- ``stopped.json`` (written by the demo) ``{"reason": ...}``: training stopped early, e.g. at a
+  float32 overflow (``history.jsonl`` then ends before the planned last epoch).
 - ``depth_study.json`` :func:`procres.diagnostics.depth_study`'s dict: ``depths``,
   ``results`` ``{family: {phase: [r_l per unit, or None when not measured] per depth}}``,
   ``block_kinds``, ``model_depths`` and ``overflow`` ``{family: [None or {"unit", "units",
@@ -23,6 +25,7 @@ Files read (the run-folder layout of :mod:`procres.train` and the demo's extras)
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +43,7 @@ class Run:
     path: Path
     config: dict
     history: list[dict] = field(default_factory=list)
+    stopped: str | None = None  # why training stopped early (stopped.json), None when it did not
 
     @property
     def model(self) -> str:
@@ -48,6 +52,12 @@ class Run:
     @property
     def family(self) -> str:
         return model_family(self.model)
+
+    @property
+    def depth(self) -> int | None:
+        """The depth in the model's name (preresnet164 -> 164), None without one."""
+        digits = re.search(r"(\d+)", self.model)
+        return int(digits.group(1)) if digits else None
 
     @property
     def label(self) -> str:
@@ -109,7 +119,7 @@ def read_history(path) -> list[dict]:
 
 
 def load_run(run_dir) -> Run:
-    """Read a run folder (``config.json`` + ``history.jsonl``)."""
+    """Read a run folder (``config.json`` + ``history.jsonl``, and ``stopped.json`` if present)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run folder not found")
@@ -119,7 +129,8 @@ def load_run(run_dir) -> Run:
             f"{run_dir}: not a run folder, missing {', '.join(missing)} "
             "(expected config.json and history.jsonl written by `procres train`)"
         )
-    return Run(run_dir, read_json(run_dir / "config.json"), read_history(run_dir / "history.jsonl"))
+    stopped = read_json(run_dir / "stopped.json")["reason"] if (run_dir / "stopped.json").is_file() else None
+    return Run(run_dir, read_json(run_dir / "config.json"), read_history(run_dir / "history.jsonl"), stopped)
 
 
 def collect(folders) -> tuple[list[Run], list[dict], list[dict]]:
