@@ -239,14 +239,14 @@ STUDY_EXTRA_DEPTH = {"residual": 0, "procrustes": 2, "plain": 0}  # procresnet i
 
 _REASONS = (
     "Why this budget. Image size 8: the digits' native resolution (the 16x16 loader only upsamples them "
-    "bilinearly), with 8/4/2-pixel grids per stage; a 164-layer step costs about half of what it costs at 16x16. "
-    "Batch 32: a 164-layer step takes a fraction of a second on one core, and r_l (a ratio of whole-batch "
-    "gradient norms) is stable from step to step. {steps} steps in {epochs} windows of {per} steps: long enough for the ratios to move far "
-    "from their initial values (the change is measured below) and for the nets to learn the digits, short enough "
-    "to train three 164-layer nets on two CPU cores in about a minute; each window is one row of the heat map. "
-    "The depth study measures the paper's depths up to its extreme ({depths}) at initialisation and after "
-    "{study_steps} steps, where a 1001-layer step costs about six 164-layer steps; depth {shallow} is kept "
-    "to show the same claims in a shallow net, side by side."
+    "bilinearly), with 8/4/2-pixel grids per stage; a 164-layer step costs about half of what it costs at "
+    "16x16. Batch 32: a 164-layer step takes a fraction of a second on one core, and r_l (a ratio of "
+    "whole-batch gradient norms) is stable from step to step. {steps} steps in {epochs} windows of {per} "
+    "steps: long enough for the ratios to move far from their initial values (the change is measured below) "
+    "and for the nets to learn the digits, short enough to train three 164-layer nets on two CPU cores in "
+    "about a minute; each window is one row of the heat map. The depth study measures the paper's depths up "
+    "to its extreme ({depths}) at initialisation and after {study_steps} steps, where a 1001-layer step costs "
+    "about six 164-layer steps; depth {shallow} shows the same claims in a shallow net, side by side."
 )
 
 
