@@ -205,7 +205,7 @@ def verdict_matrix(found: list[Finding]) -> str:
         rows.setdefault(verdicts.row_label(f), {})[_short(f.where)] = f.holds
     table = [[label] + [_MARK[cells[_short(p)]] if _short(p) in cells else "" for p in places]
              for label, cells in rows.items()]
-    return markdown_table(["claim \\ depth, phase"] + [_short(p) for p in places], table)
+    return markdown_table(["claim"] + [_short(p) for p in places], table)
 
 
 def thresholds_text() -> str:

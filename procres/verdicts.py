@@ -311,16 +311,18 @@ def row_label(f: Finding) -> str:
 
 
 def compare_depths(found: list[Finding], paper_depth: int = 164) -> list[str]:
-    """Sentences for the claims whose verdict differs between depths of the study (same phase),
-    naming the depths where each verdict came out and which of them the paper is about."""
-    lines = []
+    """Sentences for the claims whose verdict differs between depths of the study, naming the
+    depths where each verdict came out (phases with the same split share a sentence) and what
+    holds at the paper's depths (``paper_depth`` and deeper)."""
     single = [f for f in found if "-" not in f.where.depth and f.holds is not None]
+    splits: dict[tuple, list[str]] = {}
     for label, phase in dict.fromkeys((row_label(f), f.where.phase) for f in single):
         same = [f for f in single if row_label(f) == label and f.where.phase == phase]
-        if len({f.holds for f in same}) < 2:
-            continue
-        held = [f.where.depth for f in same if f.holds]
-        failed = [f.where.depth for f in same if not f.holds]
+        if len({f.holds for f in same}) == 2:
+            split = (tuple(f.where.depth for f in same if f.holds), tuple(f.where.depth for f in same if not f.holds))
+            splits.setdefault((label, split), []).append(phase)
+    lines = []
+    for (label, (held, failed)), phases in splits.items():
         deep_held, deep_failed = ([d for d in ds if int(d) >= paper_depth] for ds in (held, failed))
         if deep_held and deep_failed:
             about = (f"at the paper's depths it holds at {', '.join(deep_held)} and is contradicted at "
@@ -330,6 +332,6 @@ def compare_depths(found: list[Finding], paper_depth: int = 164) -> list[str]:
                 ("holds" if deep_held else "is contradicted")
         else:
             about = f"the paper is about deeper nets (depth {paper_depth} and more)"
-        lines.append(f"'{label}' {phase}: holds at depth {', '.join(held)}, contradicted at depth "
+        lines.append(f"'{label}' {' and '.join(phases)}: holds at depth {', '.join(held)}, contradicted at depth "
                      f"{', '.join(failed)}; {about}.")
     return lines
