@@ -84,7 +84,8 @@ def _when(record: dict) -> str:
 
 
 def _title(run: Run) -> str:
-    return run.label + (f": training stopped ({run.stopped})" if run.stopped else "")
+    """The run's label; for a run that stopped early, the first clause of why (the full reason is in the report)."""
+    return run.label + (f": training stopped ({run.stopped.split(' (')[0]})" if run.stopped else "")
 
 
 def _x_axis(run: Run) -> str:
