@@ -250,15 +250,17 @@ _REASONS = (
 )
 
 
-def _prepare(out: Path, budget: Budget) -> None:
+def _prepare(out: Path) -> None:
+    """Make ``out`` the demo's folder: refuse one holding run folders the demo did not write (no
+    marker file), and clear the run folders of an earlier demo (another budget's nets included:
+    the report reads every run folder under ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = [out / "runs" / m for m in (budget.residual, budget.procrustes, budget.plain)]
-    if not (out / MARKER).exists() and any(r.exists() for r in runs):
+    runs = sorted(r for r in (out / "runs").glob("*") if r.is_dir()) if (out / "runs").is_dir() else []
+    if runs and not (out / MARKER).exists():
         raise UserError(f"{out} holds run folders not written by the demo; choose another --out")
     (out / MARKER).write_text("written by procres demo; the demo may overwrite this folder\n")
-    for r in (out / "runs").glob("*") if (out / "runs").is_dir() else ():
-        if r.is_dir() and (r / "history.jsonl").exists():
-            shutil.rmtree(r)  # earlier demo runs (another budget's nets): the report reads every run folder
+    for r in runs:
+        shutil.rmtree(r)
 
 
 def _train_with_progress(config, bar, desc: str):
@@ -410,7 +412,7 @@ def run_demo(out="runs/demo", *, quick: bool = False, seed: int = 0, threads: in
     """
     budget = QUICK if quick else FULL
     out = Path(out)
-    _prepare(out, budget)
+    _prepare(out)
     threads = threads or auto_threads()
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)

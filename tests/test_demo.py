@@ -53,14 +53,16 @@ def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch):
     assert study["depths"] == [20, 29] and set(study["results"]) == {"residual", "procrustes", "plain"}
     assert study["model_depths"]["procrustes"] == [22, 31] and study["overflow"]["plain"] == [None, None]
     # a second run into the same folder is allowed (the demo owns it) ...
-    from procres.demo import _prepare, QUICK
+    from procres.demo import _prepare
 
-    _prepare(out, QUICK)
-    # ... but not into a folder holding someone else's runs
+    _prepare(out)
+    assert not any((out / "runs").iterdir())  # its earlier run folders are cleared
+    # ... but not into a folder holding someone else's runs, which stay untouched
     foreign = tmp_path / "foreign"
-    (foreign / "runs" / "preresnet20").mkdir(parents=True)
+    (foreign / "runs" / "resnet20-cifar10-seed0").mkdir(parents=True)
     with pytest.raises(ValueError, match="not written by the demo"):
-        _prepare(foreign, QUICK)
+        _prepare(foreign)
+    assert (foreign / "runs" / "resnet20-cifar10-seed0").is_dir()
 
 
 def test_demo_threads_default_to_the_usable_cores():
