@@ -69,6 +69,7 @@ class TrainConfig:
                                   "names cifar-100, otherwise cifar10")
     data: str | None = _f(None, "CIFAR archive (.tar.gz) or its extracted folder")
     val_size: int | None = _f(None, "held-out training images; None: the data set's default; 0: none")
+    image_size: int | None = _f(None, "input side; None: the data set's own (CIFAR 32, digits 16); digits also 8")
     recipe: str | None = _f(None, "named recipe applied over the defaults, under explicit flags: "
                                   "paper | he2016 | demo")
     # optimisation

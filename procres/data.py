@@ -1,6 +1,6 @@
 """Data: CIFAR-10/100 from the user's local files, the bundled digits set, device-resident batches.
 
-Spec (issue 5; recipe in ``REFERENCE.md`` section 6):
+Spec (recipe in ``REFERENCE.md`` section 6):
 
 * ``load_dataset("cifar10" | "cifar100", path)`` reads the official *python* archives
   (``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz``), their extracted folders or a
@@ -13,12 +13,14 @@ Spec (issue 5; recipe in ``REFERENCE.md`` section 6):
   50,000 (the paper's protocol).
 * ``load_dataset("digits")``: scikit-learn's bundled handwritten digits (1,797 real 8x8 images,
   values 0..16, no network), scaled to 0..255, upsampled to 16x16 bilinearly (half-pixel centres,
-  like ``F.interpolate(..., align_corners=False)``), 1 channel, 10 classes.  A fixed test set of
+  like ``F.interpolate(..., align_corners=False)``), 1 channel, 10 classes.
+  ``image_size=8`` keeps the native 8x8 pixels (the upsampling adds no information; a net's
+  step costs about half as much), with its own ``DIGITS8_MEAN``/``DIGITS8_STD``.  A fixed test set of
   270 images (permutation seeded with ``DIGITS_SPLIT_SEED``, independent of ``seed``); from the
   remaining 1,527 the validation split (default 270, seeded with ``seed``) is held out, leaving
   1,257 for training.  ``DIGITS_MEAN``/``DIGITS_STD`` are computed over those 1,527 non-test images
   (as the CIFAR constants are over all 50k training images).  No flips (digits are not mirror
-  symmetric); recommended crop padding 2.
+  symmetric); recommended crop padding 2 (1 at 8x8).
 * Normalisation constants: CIFAR mean (125.3, 123.0, 113.9)/255, std (63.0, 62.1, 66.7)/255 (the
   authors' code and the paper use them for CIFAR-100 as well, so ``CIFAR100_*`` alias them).
 * :class:`DeviceLoader` keeps uint8 images on the device and builds each batch there: seeded
@@ -39,7 +41,8 @@ from procres.cifar import DatasetError, read_cifar
 from procres.errors import UserError
 
 __all__ = ["load_dataset", "DataSplits", "DatasetError", "DeviceLoader", "augment_batch", "CIFAR10_MEAN",
-           "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "DIGITS_MEAN", "DIGITS_STD"]
+           "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "DIGITS_MEAN", "DIGITS_STD", "DIGITS8_MEAN",
+           "DIGITS8_STD"]
 
 CIFAR10_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR10_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
@@ -53,6 +56,10 @@ DIGITS_VAL_SIZE = 270
 # (test_data.py recomputes them from the data).
 DIGITS_MEAN = (0.3053,)
 DIGITS_STD = (0.3186,)
+# the same over the native 8x8 images (image_size=8)
+DIGITS8_MEAN = (0.3053,)
+DIGITS8_STD = (0.3758,)
+DIGITS_SIZES = (8, 16)
 
 CIFAR_VAL_SIZE = 5000
 
@@ -103,23 +110,27 @@ class DataSplits:
                             mean=self.mean, std=self.std, **kwargs)
 
 
-def load_dataset(name, path=None, *, val_size=None, seed=0):
+def load_dataset(name, path=None, *, val_size=None, seed=0, image_size=None):
     """Load ``name`` in {"cifar10", "cifar100", "digits"} into a :class:`DataSplits`.
 
     ``path``: the official ``.tar.gz``, its extracted folder or a directory holding either
     (required for CIFAR, must be None for digits).  ``val_size``: images held out of the
     training set for validation (None: 5,000 for CIFAR, 270 for digits; 0: no validation split),
-    chosen by a permutation seeded with ``seed``.
+    chosen by a permutation seeded with ``seed``.  ``image_size``: None for the data set's own
+    (CIFAR 32, digits 16); digits also takes 8 (native pixels), CIFAR only 32.
     """
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in _SPECS and key != "digits":
         raise UserError(f"unknown dataset {name!r}; choose one of 'cifar10', 'cifar100', 'digits'")
     if val_size is not None and (isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 0):
         raise UserError(f"val_size must be None or an int >= 0, got {val_size!r}")
+    sizes = DIGITS_SIZES if key == "digits" else (32,)
+    if image_size is not None and image_size not in sizes:
+        raise UserError(f"image_size {image_size!r} is not available for {key}; choose one of {sizes}")
     if key == "digits":
         if path is not None:
             raise UserError(f"the digits set is bundled with scikit-learn and takes no path, got {path!r}")
-        return _load_digits(DIGITS_VAL_SIZE if val_size is None else val_size, seed)
+        return _load_digits(DIGITS_VAL_SIZE if val_size is None else val_size, seed, image_size or 16)
     if path is None:
         spec = _SPECS[key]
         raise DatasetError(f"{key} needs path= pointing at {spec.archive} or its extracted folder "
@@ -155,28 +166,30 @@ def _split(n, val_size, seed, name):
 # ---------------------------------------------------------------------------------------------
 # digits
 
-@lru_cache(maxsize=1)
-def _digits_arrays():
-    """(images uint8 (1797, 1, 16, 16), labels int64) from scikit-learn's bundled copy."""
+@lru_cache(maxsize=len(DIGITS_SIZES))
+def _digits_arrays(size=16):
+    """(images uint8 (1797, 1, size, size), labels int64) from scikit-learn's bundled copy."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)
-    x = torch.nn.functional.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
+    if size != 8:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     x = x.round_().clamp_(0, 255).to(torch.uint8)
     return x, torch.from_numpy(bunch.target.astype(np.int64))
 
 
-def _load_digits(val_size, seed):
-    x, y = _digits_arrays()
+def _load_digits(val_size, seed, size):
+    x, y = _digits_arrays(size)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
     test, pool = perm[:DIGITS_TEST_SIZE].sort().values, perm[DIGITS_TEST_SIZE:].sort().values
     tr, va = _split(len(pool), val_size, seed, "digits")
     tr, va = pool[tr], pool[va]
     return DataSplits(
         name="digits", train_x=x[tr], train_y=y[tr], val_x=x[va], val_y=y[va],
-        test_x=x[test], test_y=y[test], num_classes=10, in_channels=1, image_size=16,
-        mean=DIGITS_MEAN, std=DIGITS_STD, flip=False, pad=2,
+        test_x=x[test], test_y=y[test], num_classes=10, in_channels=1, image_size=size,
+        mean=DIGITS8_MEAN if size == 8 else DIGITS_MEAN, std=DIGITS8_STD if size == 8 else DIGITS_STD,
+        flip=False, pad=size // 8,
         classes=tuple(str(i) for i in range(10)))
 
 

@@ -1,28 +1,31 @@
 """The one-command demo, and the per-layer spectrum table behind ``procres spectrum``.
 
-``run_demo(out)`` tells the paper's story with measured numbers, on CPU, in about two minutes,
-on the embedded digits data (1-channel 16x16, :func:`procres.data.load_dataset`):
+``run_demo(out)`` checks the paper's claims at the paper's depths with measured numbers, on CPU,
+in about two minutes on two cores, on the embedded digits at their native 8x8 pixels
+(:func:`procres.data.load_dataset`):
 
-1. Trains, with the same seed and budget (:func:`procres.train.train`, recipe ``demo``), a
-   pre-activation ResNet, its plain twin and a Procrustes ResNet of similar depth
-   (``preresnet38``, ``plainpre38``, ``procresnet40``; 12 epochs), recording the per-unit
-   gradient-norm ratios r_l throughout (history.jsonl of each run folder).
-2. Depth study (:func:`procres.diagnostics.depth_study`): pre-act ResNet vs plain twin at
-   depths 20/38/56/110, r_l at initialisation and after 30 SGD steps.
+1. Trains, with the same seed and budget (:func:`procres.train.train`, recipe ``demo``),
+   ``preresnet164``, ``procresnet166`` and ``plainpre164`` for 120 steps of batch 32, recording
+   the per-unit gradient-norm ratios r_l at initialisation and every 3rd step, averaged per
+   window of 15 steps (one history record each: history.jsonl of each run folder).
+2. Depth study (:func:`procres.diagnostics.depth_study`): residual vs Procrustes vs plain at
+   depths 38, 164 and 1001 (procresnet 40/166/1003), r_l at initialisation and after 6 SGD
+   steps; a plain net whose backward pass overflows is recorded as such and not trained.
 3. Spectra: the exact operator singular values of the Procrustes ResNet's projected convs
    (stem ``conv1`` and the two transitions) at initialisation, before and after one Procrustes
    projection, with circular and zero padding.
 4. Figures (:mod:`procres.plots`) and ``report.md`` (:mod:`procres.report`), both from the
-   files alone; the verdict sentences are computed from the numbers and can contradict the paper.
+   files alone; the verdicts (:mod:`procres.verdicts`) are computed from the numbers, say
+   where each was checked, and can contradict the paper.
 
-Output folder (default ``runs/demo``)::
+Each stage's time is printed and listed in the report. Output folder (default ``runs/demo``)::
 
     runs/<model>/        run folders (config.json, history.jsonl, model.pt, ...)
     depth_study.json     spectra.json     summary.json
     figures/*.png        report.md
 
-``quick=True`` shrinks everything (depths 20/22, 2 epochs of 4 steps, 3 depths x 5 steps) so a test
-can run the whole pipeline in well under a minute.
+``quick=True`` shrinks everything (depths 20/22, 2 windows of 4 steps, depths 20 and 29 with 2
+steps) so a test can run the whole pipeline in seconds.
 
 ``layer_spectra(model, image_size)`` lists, per conv layer, sigma_max, sigma_min (smallest
 non-zero), the condition number and the distance of the non-zero singular values from the
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -209,38 +213,54 @@ def load_model(name: str | None, *, checkpoint=None, image_size: int | None = No
 # ---------------------------------------------------------------- the demo
 @dataclass(frozen=True)
 class Budget:
-    """How much the demo trains: nets, epochs, depth-study depths and steps."""
+    """What the demo trains and measures (the full budget's reasons are in ``_REASONS``)."""
 
-    residual: str = "preresnet38"
-    procrustes: str = "procresnet40"
-    plain: str = "plainpre38"
-    epochs: int = 12
-    milestones: tuple = (8, 11)
-    max_steps_per_epoch: int = 0
-    record_every: int = 2
-    study_residual: str = "preresnet"
-    study_plain: str = "plainpre"
-    study_depths: tuple = (20, 38, 56, 110)
-    study_steps: int = 30
+    residual: str = "preresnet164"
+    procrustes: str = "procresnet166"
+    plain: str = "plainpre164"
+    image_size: int = 8
+    batch_size: int = 32
+    epochs: int = 8  # windows of steps_per_epoch steps: one history record (heat-map row) each
+    steps_per_epoch: int = 15
+    milestones: tuple = (6,)
+    record_every: int = 3
+    study_depths: tuple = (38, 164, 1001)  # preresnet / plainpre depths; the Procrustes nets have 2 more
+    study_steps: int = 6
     study_batch: int = 32
-    study_measure_batches: int = 4
+    study_measure_batches: int = 2
 
 
-QUICK = Budget(residual="preresnet20", procrustes="procresnet22", plain="plainpre20", epochs=2, milestones=(1,),
-               max_steps_per_epoch=4, record_every=1, study_depths=(20, 29, 38), study_steps=5,
-               study_batch=16, study_measure_batches=2)
+QUICK = Budget(residual="preresnet20", procrustes="procresnet22", plain="plainpre20", epochs=2, steps_per_epoch=4,
+               milestones=(1,), record_every=1, study_depths=(20, 29), study_steps=2, study_batch=16,
+               study_measure_batches=1)
 FULL = Budget()
+STUDY_MODELS = {"residual": "preresnet", "procrustes": "procresnet", "plain": "plainpre"}
+STUDY_EXTRA_DEPTH = {"residual": 0, "procrustes": 2, "plain": 0}  # procresnet is 9n+4 where preresnet is 9n+2
+
+_REASONS = (
+    "Why this budget. Image size 8: the digits' native resolution (the 16x16 loader only upsamples them "
+    "bilinearly), with 8/4/2-pixel grids per stage; a 164-layer step costs about half of what it costs at "
+    "16x16. Batch 32: a 164-layer step takes a fraction of a second on one core, and r_l (a ratio of "
+    "whole-batch gradient norms) is stable from step to step. {steps} steps in {epochs} windows of {per} "
+    "steps: long enough for the ratios to move far from their initial values (the change is measured below) "
+    "and for the nets to learn the digits, short enough to train three 164-layer nets on two CPU cores in "
+    "about a minute; each window is one row of the heat map. The depth study measures the paper's depths up "
+    "to its extreme ({depths}) at initialisation and after {study_steps} steps, where a 1001-layer step costs "
+    "about six 164-layer steps; depth {shallow} shows the same claims in a shallow net, side by side."
+)
 
 
-def _prepare(out: Path, budget: Budget) -> None:
+def _prepare(out: Path) -> None:
+    """Make ``out`` the demo's folder: refuse one holding run folders the demo did not write (no
+    marker file), and clear the run folders of an earlier demo (another budget's nets included:
+    the report reads every run folder under ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
-    runs = [out / "runs" / m for m in (budget.residual, budget.procrustes, budget.plain)]
-    if not (out / MARKER).exists() and any(r.exists() for r in runs):
+    runs = sorted(r for r in (out / "runs").glob("*") if r.is_dir()) if (out / "runs").is_dir() else []
+    if runs and not (out / MARKER).exists():
         raise UserError(f"{out} holds run folders not written by the demo; choose another --out")
     (out / MARKER).write_text("written by procres demo; the demo may overwrite this folder\n")
     for r in runs:
-        if r.exists():
-            shutil.rmtree(r)
+        shutil.rmtree(r)
 
 
 def _train_with_progress(config, bar, desc: str):
@@ -264,100 +284,125 @@ def _train_with_progress(config, bar, desc: str):
         return job.result()
 
 
+def _train_config(budget: Budget, model: str, seed: int, out: Path, threads: int):
+    from procres.config import TrainConfig
+
+    return TrainConfig.from_recipe(
+        "demo", model=model, seed=seed, image_size=budget.image_size, pad=max(1, budget.image_size // 8),
+        val_size=0, batch_size=budget.batch_size, epochs=budget.epochs, milestones=budget.milestones,
+        max_steps_per_epoch=budget.steps_per_epoch, record_every=budget.record_every, init_norm_batches=2,
+        out=str(out / "runs" / model), checkpoint_minutes=0, threads=threads)
+
+
 def _spectra(budget: Budget, seed: int, data) -> dict:
     """Spectra of the Procrustes ResNet's projected convs at init, before/after one projection."""
+    from procres.models import create_model
     from procres.procrustes import project_conv_
     from procres.spectral import norm_preserving_target
-    from procres.train import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the same initial weights as the trained run's
-        model = build_model(budget.procrustes, num_classes=data.num_classes, in_channels=data.in_channels,
-                            image_size=data.image_size)
+        model = create_model(budget.procrustes, num_classes=data.num_classes, in_channels=data.in_channels,
+                             image_size=data.image_size)
     names = {id(conv): name for name, conv in model.named_modules()}
     layers = []
     for i, (conv, size) in enumerate(model.transitions()):
         where = names[id(conv)]
         label = "conv1 (stem)" if where.startswith("stem") else f"trans_conv{i} ({where})"
-        before = _both_paddings(conv, size)
+        target = norm_preserving_target(conv.weight, conv.stride)
+        before = _both_paddings(conv, size, target)
         project_conv_(conv, size)
-        after = _both_paddings(conv, size)
+        after = _both_paddings(conv, size, target)
         layers.append({"name": label, "input_size": size, "stride": conv.stride[0],
-                       "kernel": conv.kernel_size[0], "target": norm_preserving_target(conv.weight, conv.stride),
-                       "before": before, "after": after})
+                       "kernel": conv.kernel_size[0], "target": target, "before": before, "after": after})
     return {"model": budget.procrustes, "seed": seed, "layers": layers}
 
 
-def _both_paddings(conv: nn.Conv2d, size: int) -> dict:
-    from procres.spectral import conv_singular_values
+def _both_paddings(conv: nn.Conv2d, size: int, target: float) -> dict:
+    """Non-zero singular values with circular and (where the dense operator is affordable) zero
+    padding, and their :func:`procres.spectral.spectrum_stats`."""
+    from procres.spectral import conv_singular_values, spectrum_stats
 
     w = conv.weight.detach().double()
-    circ = conv_singular_values(w, size, stride=conv.stride[0])
-    out = {"circular": circ.tolist()}
+    spectra = {"circular": conv_singular_values(w, size, stride=conv.stride[0])}
     if conv.kernel_size[0] == 1 and conv.padding[0] == 0:
-        out["zeros"] = out["circular"]  # no padding: the two operators are the same
+        spectra["zeros"] = spectra["circular"]  # no padding: the two operators are the same
     else:
-        dense = _zero_padding_dense(w, size, conv.stride[0], conv.padding[0])
-        if dense is not None:
-            out["zeros"] = dense.tolist()
+        try:
+            spectra["zeros"] = conv_singular_values(w, size, stride=conv.stride[0], padding_mode="zeros")
+        except UserError:  # above spectral.DENSE_LIMIT: the circular spectrum only
+            pass
+    out = {"stats": {}}
+    for pad, sv in spectra.items():
+        stats = spectrum_stats(sv, target)
+        out[pad] = sv[: stats["nonzero"]].tolist()  # sorted descending: the non-zero values first
+        out["stats"][pad] = stats
     return out
 
 
-def _depth_study(budget: Budget, seed: int, data) -> dict:
+def _depth_study(budget: Budget, seed: int, data, on_model=None) -> dict:
     from procres import models
     from procres.diagnostics import depth_study
 
     mean = torch.tensor(data.mean).view(1, -1, 1, 1)
     std = torch.tensor(data.std).view(1, -1, 1, 1)
-    x = (data.train_x.float() / 255 - mean) / std
+    # channels_last: on CPU the NCHW path of these nets' convolutions is slower
+    x = ((data.train_x.float() / 255 - mean) / std).contiguous(memory_format=torch.channels_last)
     kw = dict(num_classes=data.num_classes, in_channels=data.in_channels, image_size=data.image_size)
-    # channels_last: on CPU the NCHW path of these nets' convolutions is several times slower
-    factories = {"residual": lambda d: getattr(models, budget.study_residual)(d, **kw).to(memory_format=torch.channels_last),
-                 "plain": lambda d: getattr(models, budget.study_plain)(d, **kw).to(memory_format=torch.channels_last)}
-    x = x.contiguous(memory_format=torch.channels_last)
-    study = depth_study(factories, list(budget.study_depths), (x, data.train_y), steps=budget.study_steps,
-                        batch_size=budget.study_batch, measure_batches=budget.study_measure_batches, seed=seed)
-    study["models"] = {"residual": budget.study_residual, "plain": budget.study_plain}
+
+    def factory(family):
+        build = getattr(models, STUDY_MODELS[family])
+        return lambda d: build(d + STUDY_EXTRA_DEPTH[family], **kw).to(memory_format=torch.channels_last)
+
+    study = depth_study({f: factory(f) for f in STUDY_MODELS}, list(budget.study_depths), (x, data.train_y),
+                        steps=budget.study_steps, batch_size=budget.study_batch,
+                        measure_batches=budget.study_measure_batches, seed=seed, on_model=on_model)
+    study["models"] = dict(STUDY_MODELS)
     study.pop("summaries", None)  # per-unit forward/backward norms: large, not used by the figures
     return study
 
 
-def _what_was_run(budget: Budget, seed: int, data, seconds: dict, threads: int) -> str:
-    flags = (f"--epochs {budget.epochs} --milestones {' '.join(map(str, budget.milestones))} "
-             f"--record-every {budget.record_every} --seed {seed}")
-    if budget.max_steps_per_epoch:
-        flags += f" --max-steps-per-epoch {budget.max_steps_per_epoch}"
-    every = "on every training step" if budget.record_every == 1 else f"every {budget.record_every} training steps"
+def _what_was_run(budget: Budget, seed: int, data, seconds: dict, threads: int, load: tuple) -> str:
+    flags = (f"--image-size {budget.image_size} --pad {max(1, budget.image_size // 8)} --val-size 0 "
+             f"--batch-size {budget.batch_size} --epochs {budget.epochs} --max-steps-per-epoch "
+             f"{budget.steps_per_epoch} --milestones {' '.join(map(str, budget.milestones))} "
+             f"--record-every {budget.record_every} --init-norm-batches 2 --seed {seed}")
+    steps = budget.epochs * budget.steps_per_epoch
+    depths = ", ".join(f"{d} ({'/'.join(f'{STUDY_MODELS[f]}{d + STUDY_EXTRA_DEPTH[f]}' for f in STUDY_MODELS)})"
+                       for d in budget.study_depths)
+    stages = ", ".join(f"{name} {sec:.1f} s" for name, sec in seconds.items())
+    reasons = _REASONS.format(steps=steps, epochs=budget.epochs, per=budget.steps_per_epoch,
+                              depths=", ".join(map(str, budget.study_depths)), study_steps=budget.study_steps,
+                              shallow=budget.study_depths[0]) if budget == FULL else \
+        "Quick budget: a seconds-long check of the pipeline; its numbers mean little."
+    every = "on every step" if budget.record_every == 1 else f"every {budget.record_every} steps"
     return (
-        f"Data: the embedded digits set ({len(data.train_y)} training, {len(data.val_y)} validation, "
-        f"{len(data.test_y)} test images, 1x16x16). Seed {seed}, CPU, {threads} torch thread(s).\n\n"
-        f"- Trained `{budget.residual}` (pre-activation ResNet), `{budget.plain}` (its plain twin: identity "
-        f"additions removed) and `{budget.procrustes}` (Procrustes ResNet, projection p=0.5 after every step) "
-        f"with the same recipe (`procres train --model NAME --recipe demo {flags}`), recording r_l {every} "
-        f"({seconds.get('train', 0):.0f} s).\n"
-        f"- Depth study: `{budget.study_residual}` vs `{budget.study_plain}` at depths "
-        f"{', '.join(map(str, budget.study_depths))}, r_l at initialisation and after {budget.study_steps} SGD "
-        f"steps ({seconds.get('depth', 0):.0f} s).\n"
+        f"Data: the embedded digits set at {data.image_size}x{data.image_size} ({len(data.train_y)} training and "
+        f"{len(data.test_y)} test images; no validation split, since nothing is selected). Seed {seed}, CPU, "
+        f"{threads} torch thread(s) on {os.cpu_count()} core(s); load average {load[0]:.2f} at the start, "
+        f"{load[1]:.2f} at the end.\n\n"
+        f"- Trained `{budget.residual}` (pre-activation ResNet), `{budget.procrustes}` (Procrustes ResNet, "
+        f"projection p=0.5 after every step) and `{budget.plain}` (the ResNet's plain twin: identity additions "
+        f"removed) with the same seed and budget: {steps} SGD steps of batch {budget.batch_size} "
+        f"(`procres train --model NAME --recipe demo {flags}`), r_l recorded at initialisation and {every}, "
+        f"averaged per window of {budget.steps_per_epoch} steps.\n"
+        f"- Depth study: residual vs Procrustes vs plain at depths {depths}; r_l at initialisation and after "
+        f"{budget.study_steps} SGD steps (batch {budget.study_batch}, lr 0.02, ratios averaged over "
+        f"{budget.study_measure_batches} fixed batches); a net whose backward pass overflows is recorded and "
+        f"not trained.\n"
         f"- Spectra of `{budget.procrustes}`'s projected convs at initialisation, before and after one "
-        f"Procrustes projection ({seconds.get('spectra', 0):.0f} s).\n"
+        f"Procrustes projection.\n\n"
+        f"{reasons}\n\nStage times: {stages}.\n"
     )
 
 
 def auto_threads() -> int:
-    """CPU threads for torch: the cores not already busy (1-minute load average), at least 1.
-
-    On a shared machine, more OpenMP threads than idle cores make every parallel region wait
-    for descheduled threads: measured here, a depth study took 121 s with 2 threads on 2 busy
-    cores and 13 s with 1 thread.
-    """
-    import os
-
-    cores = os.cpu_count() or 1
+    """CPU threads for torch: the cores this process may run on (``os.sched_getaffinity``, else
+    ``os.cpu_count``)."""
     try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, min(cores, torch.get_num_threads(), int(cores - busy + 0.5)))
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def run_demo(out="runs/demo", *, quick: bool = False, seed: int = 0, threads: int = 0, progress: bool = True) -> dict:
@@ -367,7 +412,7 @@ def run_demo(out="runs/demo", *, quick: bool = False, seed: int = 0, threads: in
     """
     budget = QUICK if quick else FULL
     out = Path(out)
-    _prepare(out, budget)
+    _prepare(out)
     threads = threads or auto_threads()
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -377,46 +422,67 @@ def run_demo(out="runs/demo", *, quick: bool = False, seed: int = 0, threads: in
         torch.set_num_threads(saved)
 
 
+def _load() -> float:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return math.nan
+
+
 def _run(out: Path, budget: Budget, seed: int, threads: int, progress: bool) -> dict:
     from tqdm.auto import tqdm
 
     from procres import plots, report
-    from procres.config import TrainConfig
     from procres.data import load_dataset
 
-    t_start = time.perf_counter()
+    t_start, load = time.perf_counter(), _load()
     seconds = {}
-    data = load_dataset("digits", seed=seed)
     nets = (budget.residual, budget.procrustes, budget.plain)
-    total = len(nets) * (budget.epochs + 1) + 3
+    total = len(nets) * (budget.epochs + 1) + len(budget.study_depths) * len(STUDY_MODELS) + 2
     with tqdm(total=total, desc="demo", unit="stage", disable=not progress, dynamic_ncols=True) as bar:
-        t0 = time.perf_counter()
-        for model in nets:
-            config = TrainConfig.from_recipe(
-                "demo", model=model, seed=seed, epochs=budget.epochs, milestones=budget.milestones,
-                max_steps_per_epoch=budget.max_steps_per_epoch, record_every=budget.record_every,
-                out=str(out / "runs" / model), checkpoint_minutes=0, threads=threads)
-            _train_with_progress(config, bar, f"train {model}")
-        seconds["train"] = time.perf_counter() - t0
+        def stage(name: str, t0: float) -> None:
+            seconds[name] = time.perf_counter() - t0
+            bar.write(f"{name}: {seconds[name]:.1f} s")
 
-        bar.set_description("depth study")
         t0 = time.perf_counter()
-        (out / "depth_study.json").write_text(json.dumps(_depth_study(budget, seed, data)))
-        seconds["depth"] = time.perf_counter() - t0
-        bar.update(1)
+        data = load_dataset("digits", seed=seed, val_size=0, image_size=budget.image_size)
+        stage("data", t0)
+        for model in nets:
+            t0 = time.perf_counter()
+            config = _train_config(budget, model, seed, out, threads)
+            try:
+                _train_with_progress(config, bar, f"train {model}")
+            except FloatingPointError as err:  # a net this budget cannot train is a result: say so, go on
+                reason = str(err).split(": training stopped")[0]  # train's message names the epoch and step
+                (Path(config.out) / "stopped.json").write_text(json.dumps({"reason": reason}) + "\n")
+                bar.write(f"{model}: {err}")
+            stage(f"train {model}", t0)
+
+        t0 = time.perf_counter()
+        bar.set_description("depth study")
+
+        def studied(family, depth, sec):
+            bar.set_description(f"depth study ({STUDY_MODELS[family]}{depth + STUDY_EXTRA_DEPTH[family]} {sec:.1f} s)")
+            bar.update(1)
+
+        (out / "depth_study.json").write_text(json.dumps(_depth_study(budget, seed, data, studied)))
+        stage("depth study", t0)
 
         bar.set_description("spectra")
         t0 = time.perf_counter()
         (out / "spectra.json").write_text(json.dumps(_spectra(budget, seed, data)))
-        seconds["spectra"] = time.perf_counter() - t0
+        stage("spectra", t0)
         bar.update(1)
 
-        bar.set_description("figures + report")
+        bar.set_description("figures")
+        t0 = time.perf_counter()
         figures = plots.plot_runs([out], out / "figures")
-        path, table = report.write_report(out, title="procres demo: norm preservation, measured",
-                                          what_was_run=_what_was_run(budget, seed, data, seconds, threads))
+        stage("figures", t0)
+        seconds["total"] = time.perf_counter() - t_start
+        path, table = report.write_report(out, title="procres demo: norm preservation at the paper's depths, measured",
+                                          what_was_run=_what_was_run(budget, seed, data, seconds, threads,
+                                                                     (load, _load())))
         bar.update(1)
-    seconds["total"] = time.perf_counter() - t_start
-    findings = json.loads((out / "summary.json").read_text())["findings"]
+    summary = json.loads((out / "summary.json").read_text())
     return {"report": path, "table": table, "figures": figures, "seconds": seconds, "threads": threads,
-            "findings": findings}
+            "findings": summary["findings"], "by_depth": summary["by_depth"]}

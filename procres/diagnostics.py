@@ -37,11 +37,13 @@ from torch import Tensor, nn
 
 from procres.errors import UserError
 from procres.jacobian import JacobianSpectrum, check_bounds, jacobian_singular_values
+from procres.ratios import log_ratio_spread, overflow_unit
 
 __all__ = ["FIELDS", "NormRecorder", "depth_study", "log_ratio_spread",
            "JacobianSpectrum", "check_bounds", "jacobian_singular_values"]
 
-FIELDS = ("ratio", "grad_in", "grad_out", "fwd_in", "fwd_out", "ratio_min", "ratio_max", "ratio_mean")
+FIELDS = ("ratio", "grad_in", "grad_out", "fwd_in", "fwd_out", "ratio_min", "ratio_max", "ratio_mean",
+          "grad_nonfinite")
 
 
 # ---------------------------------------------------------------- the recorder
@@ -93,6 +95,8 @@ class _Step:
             g = g.detach()
             dims = tuple(range(1, g.dim()))
             ps = torch.linalg.vector_norm(g, dim=dims, dtype=_acc_dtype(g)) if dims else g.abs().reshape(-1)
+            if ps.device.type == "cpu" and ps.dtype != torch.float64 and not bool(torch.isfinite(ps).all()):
+                ps = torch.linalg.vector_norm(g, dim=dims, dtype=torch.float64)  # float32 squares overflow at 1.8e19
             for i, role in entry.roles:
                 self.grad[role][i] = ps
             return None
@@ -124,8 +128,11 @@ class _Step:
                 go = nan if b is None else torch.linalg.vector_norm(b.to(dtype))
                 stats.append([gi, go] + ([per.amin(), per.amax(), per.mean()] if ok else [nan] * 3))
             grad_in, grad_out, rmin, rmax, rmean = (torch.stack(c) for c in zip(*stats))
+        zero = torch.zeros((), device=device, dtype=dtype)
+        nonfinite = torch.stack([zero if t is None else torch.isfinite(t).all().logical_not().to(dtype)
+                                 for t in self.grad["in"]])
         columns = dict(ratio=grad_in / grad_out, grad_in=grad_in, grad_out=grad_out, fwd_in=fwd_in,
-                       fwd_out=fwd_out, ratio_min=rmin, ratio_max=rmax, ratio_mean=rmean)
+                       fwd_out=fwd_out, ratio_min=rmin, ratio_max=rmax, ratio_mean=rmean, grad_nonfinite=nonfinite)
         return torch.stack([columns[f] for f in FIELDS], dim=1)
 
 
@@ -152,6 +159,11 @@ class NormRecorder:
     summarised as ``ratio_min``, ``ratio_max``, ``ratio_mean`` over the batch.  Gradient norms
     include any loss scaling (AMP GradScaler); ratios do not depend on it.  A unit whose input
     does not require grad (e.g. raw data) gets NaN for ``grad_in`` and the ratios.
+    ``grad_nonfinite`` is the fraction of recorded steps in which dE/dx_l held an inf or NaN (an
+    overflowing backward pass, :func:`procres.ratios.overflow_unit`); non-finite values are left
+    out of the other means.  On CPU a per-sample norm that overflows float32 (squares above
+    3.4e38, i.e. norms from ~1.8e19) is recomputed in float64, so a non-finite norm there means a
+    non-finite gradient; other devices keep float32 norms (no host synchronisation).
 
     Cost: a forward hook per unit (plus a pre-hook on ``units[0]`` that opens the step), one
     norm and one tensor hook per activation tensor (in an ``nn.Sequential`` the output of
@@ -295,8 +307,8 @@ class NormRecorder:
         """Means over the recorded steps of the window: ``{field: [one float per unit], ...}``.
 
         Keys: ``ratio``, ``grad_in``, ``grad_out``, ``fwd_in``, ``fwd_out``, ``ratio_min``,
-        ``ratio_max``, ``ratio_mean`` and ``steps_recorded`` (int, this rank).  NaN where a unit
-        has no value (written as ``NaN`` by :mod:`json`).  Call it after the backward pass: it
+        ``ratio_max``, ``ratio_mean``, ``grad_nonfinite`` and ``steps_recorded`` (int, this rank).
+        NaN where a unit has no value (written as ``NaN`` by :mod:`json`).  Call it after the backward pass: it
         closes the step in progress.  ``reduce=True`` averages over all ranks with
         ``torch.distributed.all_reduce`` of the sums and counts (so weighted by the steps each
         rank recorded) when a process group is initialised (a collective: every rank must call
@@ -348,30 +360,41 @@ class NormRecorder:
 # ---------------------------------------------------------------- depth study
 def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.02, momentum: float = 0.9,
                 weight_decay: float = 0.0, batch_size: int = 32, measure_batches: int = 4, seed: int = 0,
-                device="cpu") -> dict:
+                device="cpu", on_model=None) -> dict:
     """r_l per unit at initialisation and after ``steps`` SGD steps, for each depth and family.
 
     ``model_factory``: ``{family: callable(depth) -> model}`` (e.g. ``{"residual":
     lambda d: resnet(d, ...), "plain": lambda d: plain(d, ...)}``) or one callable (family
-    ``"model"``); each model has ``.blocks`` (its units) and, optionally, ``.block_kinds``.
-    ``data = (x, y)``: float inputs (N, C, H, W), already normalised, and int64 labels (N,).
+    ``"model"``); each model has ``.blocks`` (its units) and, optionally, ``.block_kinds`` and
+    ``.depth`` (its own depth, when the factory maps the study's depth to a family's, e.g. 164 ->
+    procresnet166). ``data = (x, y)``: float inputs (N, C, H, W), already normalised, and int64
+    labels (N,). ``on_model(family, depth, seconds)``: called after each model (progress).
 
     For each family and depth: the model is built under ``torch.manual_seed(seed)`` (the
     global RNG is restored afterwards); ``measure_batches`` fixed batches (the same for every
     model) give the "init" ratios (forward + backward in training mode, no update); then
     ``steps`` steps of SGD (cross-entropy, seeded batches) and the same batches give "trained".
 
-    Returns a dict for ``json.dump`` whose ``depths``/``results``/``block_kinds`` keys are the
-    ``depth_study.json`` layout that :mod:`procres.plots` reads (per-depth lists follow
-    ``depths``)::
+    Overflow is a result, not an error. When a measurement's backward pass holds inf/NaN
+    gradients, ``overflow`` records where (:func:`procres.ratios.overflow_unit`: the unit at whose
+    input the backward pass, coming from the loss, first overflowed; 1-based, forward order), the
+    finite ratios of the units after it are kept, and the model is not trained further (its
+    gradients are garbage): its "trained" entry is None. A non-finite loss during the SGD steps
+    stops training the same way (``phase`` "training", ``step`` the 1-based step).
+
+    Returns a dict for ``json.dump``; ``depths``, ``results``, ``block_kinds``, ``model_depths``
+    and ``overflow`` are the ``depth_study.json`` layout of :mod:`procres.runs` (per-depth lists
+    follow ``depths``)::
 
         {"depths": [...], "steps", "lr", "batch_size", "seed",
-         "results":     {family: {"init": [[r_l per unit] per depth], "trained": [...]}},
-         "block_kinds": {family: [[kind per unit] per depth]},
-         "spread":      {family: {phase: [{"max_abs_log10", "mean_abs_log10", "std_log10"} per depth]}},
-         "summaries":   {family: {phase: [NormRecorder.summary() per depth]}},
-         "loss":        {family: {"first": [...], "last": [...]}},   # first step, mean of last 5
-         "seconds":     {family: [...]}}
+         "results":      {family: {"init": [[r_l per unit] per depth], "trained": [... or None]}},
+         "block_kinds":  {family: [[kind per unit] per depth]},
+         "model_depths": {family: [the model's own depth per depth]},
+         "overflow":     {family: [None or {"unit", "units", "phase", "step"} per depth]},
+         "spread":       {family: {phase: [log_ratio_spread(ratios) or None per depth]}},
+         "summaries":    {family: {phase: [NormRecorder.summary() or None per depth]}},
+         "loss":         {family: {"first": [...], "last": [...]}},   # first step, mean of last 5
+         "seconds":      {family: [...]}}
     """
     factories = model_factory if isinstance(model_factory, dict) else {"model": model_factory}
     for family, factory in factories.items():
@@ -393,13 +416,13 @@ def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.02, mo
     gen = torch.Generator().manual_seed(seed)
     measure = [torch.randint(len(x), (batch_size,), generator=gen) for _ in range(measure_batches)]
     train_idx = [torch.randint(len(x), (batch_size,), generator=gen) for _ in range(steps)]
+    sgd = dict(lr=lr, momentum=momentum, weight_decay=weight_decay)
 
     out = {"depths": depths, "steps": steps, "lr": lr, "batch_size": batch_size, "seed": seed,
-           "results": {}, "block_kinds": {}, "spread": {}, "summaries": {}, "loss": {}, "seconds": {}}
+           **{key: {} for key in ("results", "block_kinds", "model_depths", "overflow", "spread", "summaries",
+                                  "loss", "seconds")}}
     for family, factory in factories.items():
-        res = {"init": [], "trained": []}
-        summ = {"init": [], "trained": []}
-        kinds, loss_first, loss_last, seconds = [], [], [], []
+        rows = {key: [] for key in ("init", "trained", "kinds", "depth", "overflow", "first", "last", "seconds")}
         for depth in depths:
             start = time.perf_counter()
             with torch.random.fork_rng(devices=[]):
@@ -408,30 +431,57 @@ def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.02, mo
             if not hasattr(model, "blocks"):
                 raise UserError(f"model_factory[{family!r}]({depth}) returned a model without .blocks")
             model = model.to(device).train()
-            kinds.append(list(getattr(model, "block_kinds", ["unknown"] * len(model.blocks))))
-            summ["init"].append(_measure_ratios(model, x, y, measure))
-            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-            losses = []
-            for idx in train_idx:
-                loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.detach())
-            losses = torch.stack(losses).tolist() if losses else [math.nan]
-            loss_first.append(losses[0])
-            loss_last.append(sum(losses[-5:]) / len(losses[-5:]))
-            summ["trained"].append(_measure_ratios(model, x, y, measure))
-            for phase in res:
-                res[phase].append(summ[phase][-1]["ratio"])
-            seconds.append(time.perf_counter() - start)
-        out["results"][family] = res
-        out["block_kinds"][family] = kinds
-        out["summaries"][family] = summ
-        out["spread"][family] = {phase: [log_ratio_spread(r) for r in res[phase]] for phase in res}
-        out["loss"][family] = {"first": loss_first, "last": loss_last}
-        out["seconds"][family] = seconds
+            rows["kinds"].append(list(getattr(model, "block_kinds", ["unknown"] * len(model.blocks))))
+            rows["depth"].append(int(getattr(model, "depth", depth)))
+            result = _study_one(model, x, y, measure, train_idx, sgd)
+            for key in ("init", "trained", "overflow", "first", "last"):
+                rows[key].append(result[key])
+            rows["seconds"].append(time.perf_counter() - start)
+            if on_model is not None:
+                on_model(family, depth, rows["seconds"][-1])
+        summaries = {phase: rows[phase] for phase in ("init", "trained")}
+        out["results"][family] = {phase: [None if s is None else s["ratio"] for s in ss]
+                                  for phase, ss in summaries.items()}
+        out["summaries"][family] = summaries
+        out["spread"][family] = {phase: [None if r is None else log_ratio_spread(r) for r in rs]
+                                 for phase, rs in out["results"][family].items()}
+        out["block_kinds"][family] = rows["kinds"]
+        out["model_depths"][family] = rows["depth"]
+        out["overflow"][family] = rows["overflow"]
+        out["loss"][family] = {"first": rows["first"], "last": rows["last"]}
+        out["seconds"][family] = rows["seconds"]
     return out
+
+
+def _study_one(model: nn.Module, x: Tensor, y: Tensor, measure: list[Tensor], train_idx: list[Tensor],
+               sgd: dict) -> dict:
+    """One model of the depth study: init summary, SGD steps, trained summary; stops at an overflow."""
+    units = len(model.blocks)
+    found = {"init": _measure_ratios(model, x, y, measure), "trained": None, "overflow": None,
+             "first": math.nan, "last": math.nan}
+    unit = overflow_unit(found["init"]["grad_nonfinite"])
+    if unit is not None:
+        found["overflow"] = {"unit": unit, "units": units, "phase": "init", "step": 0}
+        return found
+    opt = torch.optim.SGD(model.parameters(), **sgd)
+    losses = []
+    for step, idx in enumerate(train_idx, start=1):
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        if not bool(torch.isfinite(loss)):  # the weights hold inf/NaN: an earlier step's gradients overflowed
+            found["overflow"] = {"unit": None, "units": units, "phase": "training", "step": step}
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    if losses:
+        found["first"], found["last"] = losses[0], sum(losses[-5:]) / len(losses[-5:])
+    if found["overflow"] is None:
+        found["trained"] = _measure_ratios(model, x, y, measure)
+        unit = overflow_unit(found["trained"]["grad_nonfinite"])
+        if unit is not None:
+            found["overflow"] = {"unit": unit, "units": units, "phase": "trained", "step": len(train_idx)}
+    return found
 
 
 def _measure_ratios(model: nn.Module, x: Tensor, y: Tensor, batches: list[Tensor]) -> dict:
@@ -442,15 +492,3 @@ def _measure_ratios(model: nn.Module, x: Tensor, y: Tensor, batches: list[Tensor
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
     model.zero_grad(set_to_none=True)
     return rec.summary()
-
-
-def log_ratio_spread(ratios: list[float]) -> dict:
-    """Spread of the ratios around 1: max and mean of |log10 r_l| and the std of log10 r_l
-    (over the finite, positive r_l; NaN if none)."""
-    logs = [math.log10(r) for r in ratios if math.isfinite(r) and r > 0]
-    if not logs:
-        return {"max_abs_log10": math.nan, "mean_abs_log10": math.nan, "std_log10": math.nan}
-    mean = sum(logs) / len(logs)
-    return {"max_abs_log10": max(abs(v) for v in logs), "mean_abs_log10": sum(abs(v) for v in logs) / len(logs),
-            "std_log10": math.sqrt(sum((v - mean) ** 2 for v in logs) / len(logs))}
-

@@ -1,43 +1,28 @@
 """Figures built only from saved run files.
 
-Nothing here imports torch or the training code: every figure is drawn from the
-files a run (or the demo) leaves on disk, so plots never need a re-train.
-
-Files read (the run-folder layout of ``procres.train``, issue 5, and the demo's extras):
-
-- ``config.json``   the resolved training config; ``model`` names the net.
-- ``history.jsonl`` one JSON object per epoch; epoch 0 is measured at initialisation.
-  Keys used: ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc``,
-  ``test_loss``, ``test_acc``, ``norms`` (``NormRecorder.summary()``: ``ratio`` is one
-  float per unit of ``model.blocks``) and ``block_kinds`` (one of ``identity``,
-  ``projection``, ``transition``, ``plain`` per unit).
-- ``depth_study.json`` ``{"depths": [...], "results": {family: {phase: [[r_l per
-  block] per depth]}}, "block_kinds": {family: [[kind per block] per depth]}}`` with
-  family in ``residual``/``plain`` and phase in ``init``/``trained``.
-- ``spectra.json`` ``{"layers": [{"name", "input_size", "stride", "target",
-  "before": {"circular": [...], "zeros": [...]}, "after": {...}}]}``: singular values
-  of a layer's operator before and after the Procrustes projection (``zeros`` optional).
+Nothing here imports torch or the training code: every figure is drawn from the files a run (or
+the demo) leaves on disk (read by :mod:`procres.runs`, which lists the files and their keys), so
+plots never need a re-train.
 
 Figures (after the authors' README animation, REFERENCE.md section 2):
 
 1. :func:`plot_ratio_per_block`  r_l per block on a log axis 0.1..10, one panel per
    net, a line per chosen epoch, transition/projection units shaded.
-2. :func:`plot_ratio_heatmap`    block x epoch map of log10 r_l, diverging colours
-   centred at 0 (r_l = 1).
-3. :func:`plot_depth_study`      spread of r_l (max and mean of |log10 r_l| over
-   blocks) against depth, residual vs plain, at initialisation and after training.
+2. :func:`plot_ratio_heatmap`    block x training-step map of log10 r_l, diverging colours
+   centred at 0 (r_l = 1); one row per history record (the mean over its recorded steps).
+3. :func:`plot_depth_study`      spread of r_l (mean and max of |log10 r_l| over each family's
+   own units) against depth, at initialisation and after the study's steps, overflows marked;
+   below, r_l per unit of the deepest nets at initialisation.
 4. :func:`plot_spectra`          histograms of the operator singular values of each
    layer before/after projection, and circular vs zero padding for one kernel.
-5. :func:`plot_learning_curves`  train/val loss and accuracy per net.
+5. :func:`plot_learning_curves`  train and held-out loss and accuracy per net.
 
 Colours are fixed per model family (:data:`FAMILY_COLORS`) across all figures.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,103 +31,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from procres.errors import UserError
+from procres.runs import FAMILY_LABELS, Run, collect
 
 FAMILY_COLORS = {"residual": "#1f77b4", "procrustes": "#2ca02c", "plain": "#d62728"}
 FAMILY_ORDER = ("residual", "procrustes", "plain")
-FAMILY_LABELS = {"residual": "residual", "procrustes": "Procrustes", "plain": "plain twin"}
 MARKED_KINDS = ("transition", "projection")
 _KIND_COLORS = {"transition": "#9467bd", "projection": "#ff7f0e"}
 _DPI = 120
-
-
-# ---------------------------------------------------------------- reading run files
-@dataclass
-class Run:
-    """One run folder read from disk: its config and its per-epoch history."""
-
-    path: Path
-    config: dict
-    history: list[dict] = field(default_factory=list)
-
-    @property
-    def model(self) -> str:
-        return str(self.config.get("model", self.path.name))
-
-    @property
-    def family(self) -> str:
-        return model_family(self.model)
-
-    @property
-    def label(self) -> str:
-        # the folder name when it names the model (preresnet164-seed1); model and folder when the
-        # folder says something else (train --seeds writes OUT/seed0, OUT/seed1: same model, so the
-        # model name alone would give several runs one label); the model name when they agree
-        folder = self.path.name
-        name = folder if self.model in folder else f"{self.model} {folder}"
-        return f"{name} ({FAMILY_LABELS[self.family]})"
-
-    def ratio_records(self) -> list[dict]:
-        """The history records that carry per-block norm ratios."""
-        return [h for h in self.history if (h.get("norms") or {}).get("ratio")]
-
-    def block_kinds(self) -> list[str]:
-        for h in reversed(self.history):
-            if h.get("block_kinds"):
-                return list(h["block_kinds"])
-        return []
-
-
-def model_family(name: str) -> str:
-    """``plain`` for the plain twins, ``procrustes`` for ProcResNets, else ``residual``."""
-    name = name.lower()
-    if name.startswith("plain"):
-        return "plain"
-    if name.startswith("proc"):
-        return "procrustes"
-    return "residual"
-
-
-def read_json(path) -> dict:
-    """Read one JSON file; a missing or malformed file raises an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-
-
-def read_history(path) -> list[dict]:
-    """Read ``history.jsonl``: one JSON object per line, blank lines ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}, line {number}: not valid JSON ({err})") from None
-    if not records:
-        raise UserError(f"{path}: no records (expected one JSON object per epoch)")
-    return records
-
-
-def load_run(run_dir) -> Run:
-    """Read a run folder (``config.json`` + ``history.jsonl``)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: run folder not found")
-    missing = [n for n in ("config.json", "history.jsonl") if not (run_dir / n).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{run_dir}: not a run folder, missing {', '.join(missing)} "
-            "(expected config.json and history.jsonl written by `procres train`)"
-        )
-    return Run(run_dir, read_json(run_dir / "config.json"), read_history(run_dir / "history.jsonl"))
 
 
 def _sorted_runs(runs: list[Run]) -> list[Run]:
@@ -181,6 +76,23 @@ def _mark_kinds(ax, kinds: list[str]) -> None:
             ax.axvspan(i - 0.5, i + 0.5, color=_KIND_COLORS[kind], alpha=0.18, lw=0, label=label)
 
 
+def _when(record: dict) -> str:
+    """How a history record is labelled: initialisation, the training step, else the epoch."""
+    if record["epoch"] == 0:
+        return "initialisation"
+    return f"step {record['step']}" if record.get("step") is not None else f"epoch {record['epoch']}"
+
+
+def _title(run: Run) -> str:
+    """The run's label; for a run that stopped early, the first clause of why (the full reason is in the report)."""
+    return run.label + (f": training stopped ({run.stopped.split(' (')[0]})" if run.stopped else "")
+
+
+def _x_axis(run: Run) -> str:
+    """``step`` when every record of the run carries its global step, else ``epoch``."""
+    return "step" if all(h.get("step") is not None for h in run.history) else "epoch"
+
+
 def pick_epochs(epochs: list[int], count: int = 4) -> list[int]:
     """``count`` epochs spread from the first to the last (always both ends)."""
     epochs = sorted(set(epochs))
@@ -215,15 +127,15 @@ def plot_ratio_per_block(runs: list[Run], path, *, epochs: list[int] | None = No
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
         for j, epoch in enumerate(chosen):
             ratio = records[epoch]["norms"]["ratio"]
-            t = j / max(1, len(chosen) - 1)
+            t = j / (len(chosen) - 1) if len(chosen) > 1 else 1.0
             ax.plot(np.arange(1, len(ratio) + 1), ratio, marker="o", ms=3, lw=1.3,
                     color=_shade(FAMILY_COLORS[run.family], t),
-                    label="initialisation" if epoch == 0 else f"epoch {epoch}")
+                    label=_when(records[epoch]))
         ax.set_yscale("log")
         ax.set_ylim(*ylim)
         ax.set_xlim(0.5, max(len(kinds), max(len(records[e]["norms"]["ratio"]) for e in chosen)) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(run.label, color=FAMILY_COLORS[run.family], fontsize=11)
+        ax.set_title(_title(run), color=FAMILY_COLORS[run.family], fontsize=11)
         ax.set_ylabel(r"$r_l = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$")
         ax.legend(loc="upper right", fontsize=8, ncol=3)
         ax.grid(True, which="major", axis="y", alpha=0.3)
@@ -234,7 +146,8 @@ def plot_ratio_per_block(runs: list[Run], path, *, epochs: list[int] | None = No
 
 # ---------------------------------------------------------------- figure 2
 def plot_ratio_heatmap(runs: list[Run], path) -> Path:
-    """Block x epoch heat map of log10 r_l, one panel per run, one shared colour scale."""
+    """Block x training-step heat map of log10 r_l (epochs when the records carry no step), one
+    panel per run, one shared colour scale."""
     runs = [r for r in _sorted_runs(runs) if r.ratio_records()]
     if not runs:
         raise UserError("no run has norm ratios in its history.jsonl (key norms.ratio)")
@@ -246,7 +159,7 @@ def plot_ratio_heatmap(runs: list[Run], path) -> Path:
         for i, h in enumerate(recs):
             r = np.asarray(h["norms"]["ratio"], dtype=float)
             grid[i, : r.size] = np.log10(np.clip(r, 1e-12, None))
-        maps.append((run, [h["epoch"] for h in recs], grid))
+        maps.append((run, [h[_x_axis(run)] for h in recs], grid))
     # symmetric about 0 (r = 1); capped at a factor 100 so one exploding plain net cannot wash
     # out the others (the colour bar then shows arrows)
     top = max((float(np.nanmax(np.abs(g))) for _, _, g in maps if np.isfinite(g).any()), default=0.1)
@@ -266,8 +179,8 @@ def plot_ratio_heatmap(runs: list[Run], path) -> Path:
                         clip_on=False, zorder=5)
         marked = any(k in MARKED_KINDS for k in run.block_kinds())
         note = "   (triangles: transition / projection units)" if marked else ""
-        ax.set_title(run.label + note, color=FAMILY_COLORS[run.family], fontsize=11)
-        ax.set_ylabel("epoch")
+        ax.set_title(_title(run) + note, color=FAMILY_COLORS[run.family], fontsize=11)
+        ax.set_ylabel(f"training {_x_axis(run)}")
     axes[-1].set_xlabel("block index l")
     fig.colorbar(im, ax=list(axes), label=r"$\log_{10} r_l$  (0 = norm preserved)", shrink=0.9,
                  extend="both" if top > vmax else "neither")
@@ -277,78 +190,86 @@ def plot_ratio_heatmap(runs: list[Run], path) -> Path:
 
 
 # ---------------------------------------------------------------- figure 3
-def spread(ratios, kinds: list[str] | None = None, *, only: tuple[str, ...] | None = None) -> dict:
-    """``max`` and ``mean`` of |log10 r_l| over blocks (restricted to kinds in ``only``)."""
-    r = np.asarray(ratios, dtype=float)
-    if only is not None and kinds is not None:
-        keep = np.array([k in only for k in kinds], dtype=bool)
-        r = r[keep[: r.size]]
-    r = r[np.isfinite(r)]
-    if r.size == 0:
-        return {"max": float("nan"), "mean": float("nan")}
-    d = np.abs(np.log10(np.clip(r, 1e-12, None)))
-    return {"max": float(d.max()), "mean": float(d.mean())}
-
-
-# the units whose ratios the depth study compares: the residual net's identity-skip units
-# (the theorem's blocks) and the plain twin's skip-less units; transition units are left out
-STUDY_KINDS = {"residual": ("identity",), "plain": ("plain",), "procrustes": ("identity",)}
-
-
-def study_spread(study: dict, family: str, phase: str) -> list[dict]:
-    """:func:`spread` per depth of a depth study, over the family's own units (STUDY_KINDS)
-    when ``block_kinds`` are recorded, else over all units."""
-    kinds = (study.get("block_kinds") or {}).get(family)
-    only = STUDY_KINDS.get(family)
-    per_depth = study["results"][family][phase]
-    return [spread(r, kinds[i] if kinds else None, only=only if kinds else None) for i, r in enumerate(per_depth)]
-
-
 def plot_depth_study(study: dict, path) -> Path:
-    """Spread of r_l against depth: residual vs plain, initialisation and after training."""
+    """Spread of r_l against depth per family and phase (overflows marked at the top), and r_l
+    per unit of the deepest nets at initialisation."""
+    from procres.verdicts import STUDY_GROUPS, phase_words, study_cells
+
     if "depths" not in study or "results" not in study:
-        raise UserError("depth study needs keys 'depths' and 'results' (see procres.plots docstring)")
+        raise UserError("depth study needs keys 'depths' and 'results' (see procres.runs)")
     depths = list(study["depths"])
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2)
+    cells = study_cells(study)
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    top_axes, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
+    axes = top_axes.subplots(1, 2)
     styles = {"init": dict(ls="--", mfc="white"), "trained": dict(ls="-")}
-    phase_label = {"init": "initialisation", "trained": "after training"}
-    tops = [0.0, 0.0]
-    for family, phases in study["results"].items():
-        for phase in phases:
-            stats = study_spread(study, family, phase)
-            for i, (ax, key) in enumerate(zip(axes, ("max", "mean"))):
-                values = [s[key] for s in stats]
-                tops[i] = max([tops[i]] + [v for v in values if np.isfinite(v)])
-                ax.plot(depths[: len(values)], values, marker="o", color=FAMILY_COLORS[family],
-                        label=f"{FAMILY_LABELS[family]}, {phase_label.get(phase, phase)}",
-                        **styles.get(phase, {}))
-    for ax, key, top in zip(axes, ("max", "mean"), tops):
-        ax.set_xlabel("depth (layers)")
-        ax.set_ylabel(rf"{key} over units of $|\log_{{10}} r_l|$  (0 = norm preserved)")
-        ax.set_xticks(depths)
-        ax.grid(True, alpha=0.3)
-        if top > 5:
-            ax.set_yscale("symlog", linthresh=0.1)
+    for family in [f for f in FAMILY_ORDER if f in study["results"]]:
+        group = STUDY_GROUPS.get(family, family)
+        for phase in study["results"][family]:
+            row = [c for c in cells if c["family"] == family and c["phase"] == phase]
+            for ax, key in zip(axes, ("dev_mean", "dev_max")):
+                values = [c["groups"].get(group, {}).get(key, math.nan) if c["overflow"] is None else math.inf
+                          for c in row]
+                _plot_with_overflow(ax, [c["depth"] for c in row], values, row, color=FAMILY_COLORS[family],
+                                    label=f"{FAMILY_LABELS[family]}, {phase_words(phase, study.get('steps'))}",
+                                    **styles.get(phase, {}))
+    for ax, key in zip(axes, ("mean", "largest")):
+        ax.set_xscale("log")
+        ax.set_xticks(depths, [str(d) for d in depths])
+        ax.minorticks_off()
+        ax.set_xlabel("depth (layers; Procrustes nets have 2 more)")
+        ax.set_ylabel(rf"{key} $|\log_{{10}} r_l|$ over the units")
         ax.set_ylim(bottom=0)
-    note = " (identity units of the residual nets, skip-less units of the plain nets)" if study.get("block_kinds") else ""
-    axes[0].set_title("largest deviation" + ("" if not note else " over units"), fontsize=10)
-    axes[1].set_title("mean deviation" + ("" if not note else " over units"), fontsize=10)
-    axes[0].legend(fontsize=8)
-    steps = study.get("steps")
-    extra = f", {steps} training steps" if steps else ""
-    fig.suptitle(f"Depth study: spread of the gradient-norm ratio vs depth{extra}\n{note.strip(' ()')}",
-                 fontsize=11)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_title("mean deviation (identity units; plain: skip-less units)", fontsize=10)
+    axes[1].set_title("largest deviation", fontsize=10)
+    axes[0].legend(fontsize=7)
+    _plot_deepest(bottom.subplots(1, 1), study, cells)
+    fig.suptitle(f"Depth study: residual vs Procrustes vs plain, {study.get('steps', 0)} SGD steps", fontsize=12)
     return _save(fig, path)
 
 
+def _plot_with_overflow(ax, depths, values, cells, *, color, label, **style) -> None:
+    """A line through the finite values; an overflow (inf) is a cross at the top of the axis."""
+    from procres.verdicts import overflow_text
+
+    finite = [(d, v) for d, v in zip(depths, values) if np.isfinite(v)]
+    if finite:
+        ax.plot(*zip(*finite), marker="o", color=color, label=label, **style)
+    for d, v, c in zip(depths, values, cells):
+        if np.isinf(v):
+            ax.plot([d], [0.97], marker="X", ms=10, color=color, transform=ax.get_xaxis_transform(), clip_on=False,
+                    label=None if finite else label)
+            ax.annotate(overflow_text(c["overflow"]), (d, 0.97), xycoords=("data", "axes fraction"), fontsize=7,
+                        color=color, ha="right", va="top", xytext=(-6, -4), textcoords="offset points")
+
+
+def _plot_deepest(ax, study: dict, cells: list[dict]) -> None:
+    """r_l per unit of every family's deepest net at initialisation; overflowed units shaded."""
+    deepest = study["depths"][-1]
+    values = []
+    for family in [f for f in FAMILY_ORDER if f in study["results"]]:
+        i = len(study["depths"]) - 1
+        ratios = study["results"][family]["init"][i]
+        cell = next(c for c in cells if c["family"] == family and c["depth"] == deepest and c["phase"] == "init")
+        r = np.asarray([math.nan if x is None else x for x in ratios], dtype=float)
+        values += list(r[np.isfinite(r)])
+        ax.plot(np.arange(1, r.size + 1), r, lw=1, color=FAMILY_COLORS[family], label=cell["model"])
+        flow = cell["overflow"]
+        if flow is not None and flow.get("unit"):
+            ax.axvspan(0.5, flow["unit"] + 0.5, color=FAMILY_COLORS[family], alpha=0.08, lw=0,
+                       label=f"{cell['model']}: backward overflow, units 1-{flow['unit']} have no ratio")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    ax.set_yscale("log")
+    ax.set_ylim(*_log_limits(values))
+    ax.set_xlabel("unit l (forward order)")
+    ax.set_ylabel(r"$r_l$ at initialisation")
+    ax.set_title(f"r_l per unit of the depth-{deepest} nets at initialisation", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+
+
 # ---------------------------------------------------------------- figure 4
-def _nonzero(values) -> np.ndarray:
-    """Non-zero singular values (a strided operator's structural null space is left out)."""
-    v = np.asarray(values, dtype=float)
-    return v[v > 1e-6 * v.max()] if v.size else v
-
-
 def plot_spectra(spectra: dict, path) -> Path:
     """Singular-value histograms per layer: before vs after projection; circular vs zeros."""
     layers = spectra.get("layers") or []
@@ -360,7 +281,7 @@ def plot_spectra(spectra: dict, path) -> Path:
     for (ax_proj, ax_pad), layer in zip(axes, layers):
         target = layer.get("target")
         before, after = layer.get("before", {}), layer.get("after", {})
-        b, a = _nonzero(before.get("circular", [])), _nonzero(after.get("circular", []))
+        b, a = (np.asarray(d.get("circular", []), dtype=float) for d in (before, after))
         vals = np.concatenate([b, a, [target] if target else []])
         bins = np.linspace(0, max(1e-6, float(vals.max())) * 1.05, 50)
         ax_proj.hist(b, bins=bins, color="0.55", alpha=0.8, label="before projection")
@@ -374,7 +295,7 @@ def plot_spectra(spectra: dict, path) -> Path:
         for which, data in (("before", before), ("after", after)):
             if data.get("zeros") is None:
                 continue
-            c, z = _nonzero(data.get("circular", [])), _nonzero(data["zeros"])
+            c, z = np.asarray(data.get("circular", []), dtype=float), np.asarray(data["zeros"], dtype=float)
             hi = max(float(c.max(initial=0)), float(z.max(initial=0)), target or 0) * 1.05
             pbins = np.linspace(0, max(hi, 1e-6), 50)
             color = "0.45" if which == "before" else proc
@@ -385,7 +306,7 @@ def plot_spectra(spectra: dict, path) -> Path:
         if not ax_pad.has_data():
             ax_pad.text(0.5, 0.5, "zero-padding spectrum not computed\n(operator too large)",
                         ha="center", va="center", transform=ax_pad.transAxes, color="0.4")
-        elif all(np.array_equal(_nonzero(d.get("circular", [])), _nonzero(d.get("zeros", [])))
+        elif all(np.array_equal(d.get("circular", []), d.get("zeros", []))
                  for d in (before, after) if d.get("zeros") is not None):
             ax_pad.text(0.02, 0.95, "identical spectra\n(this kernel needs no padding)", ha="left", va="top",
                         transform=ax_pad.transAxes, color="0.3", fontsize=9)
@@ -400,7 +321,7 @@ def plot_spectra(spectra: dict, path) -> Path:
 
 # ---------------------------------------------------------------- figure 5
 def plot_learning_curves(runs: list[Run], path) -> Path:
-    """Train (solid) and validation (dashed) loss and accuracy, one colour per family."""
+    """Train (solid) and held-out (dashed: validation, else test) loss and accuracy per run."""
     runs = _sorted_runs(runs)
     fig = Figure(figsize=(11, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
@@ -410,7 +331,7 @@ def plot_learning_curves(runs: list[Run], path) -> Path:
         split = "val" if any(h.get("val_loss") is not None for h in run.history) else "test"
         for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
             for prefix, ls in (("train", "-"), (split, "--")):
-                pts = [(h["epoch"], h[f"{prefix}_{metric}"]) for h in run.history
+                pts = [(h[_x_axis(run)], h[f"{prefix}_{metric}"]) for h in run.history
                        if h.get(f"{prefix}_{metric}") is not None]
                 if pts:
                     x, y = zip(*pts)
@@ -422,7 +343,7 @@ def plot_learning_curves(runs: list[Run], path) -> Path:
     ax_loss.set_yscale("log")
     ax_acc.set_ylabel("accuracy")
     for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(f"training {_x_axis(runs[0]) if runs else 'epoch'}")
         ax.set_title(f"{title} (solid: train, dashed: held-out)", fontsize=10)
         ax.grid(True, alpha=0.3)
     ax_acc.legend(fontsize=7)
@@ -440,40 +361,13 @@ FIGURE_FILES = {
 }
 
 
-def _collect(folder: Path, runs: list, studies: list, spectra: list) -> bool:
-    found = False
-    if (folder / "history.jsonl").is_file() or (folder / "config.json").is_file():
-        runs.append(load_run(folder))
-        found = True
-    if (folder / "depth_study.json").is_file():
-        studies.append(read_json(folder / "depth_study.json"))
-        found = True
-    if (folder / "spectra.json").is_file():
-        spectra.append(read_json(folder / "spectra.json"))
-        found = True
-    return found
-
-
 def plot_runs(folders, out_dir, *, epochs: list[int] | None = None) -> dict[str, Path]:
     """Draw every figure the given folders have data for; returns {figure: png path}.
 
-    A folder may be a run folder, a folder holding ``depth_study.json`` /
-    ``spectra.json``, or a folder whose sub-folders are run folders (the demo's
-    ``runs/``). A folder with none of these raises FileNotFoundError naming it.
+    Folders are read by :func:`procres.runs.collect` (run folders, folders holding
+    ``depth_study.json`` / ``spectra.json``, or folders of run folders such as the demo's).
     """
-    runs, studies, spectra = [], [], []
-    for folder in map(Path, folders):
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: folder not found")
-        found = _collect(folder, runs, studies, spectra)
-        for sub in sorted(p for p in folder.rglob("history.jsonl")):
-            if sub.parent != folder:
-                found = _collect(sub.parent, runs, [], []) or found
-        if not found:
-            raise FileNotFoundError(
-                f"{folder}: nothing to plot (expected config.json + history.jsonl, "
-                "depth_study.json or spectra.json, here or in sub-folders)"
-            )
+    runs, studies, spectra = collect(folders)
     out_dir = Path(out_dir)
     made = {}
     if any(r.ratio_records() for r in runs):

@@ -85,7 +85,7 @@ def build_run(cfg: TrainConfig, rank: int, world: int, local_rank: int, log) -> 
     if cfg.batch_size % world:
         raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
     _seed_everything(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data, val_size=cfg.val_size, seed=cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data, val_size=cfg.val_size, seed=cfg.seed, image_size=cfg.image_size)
     train_loader, val_loader, test_loader = _loaders(cfg, data, rank, world, device)
     steps_per_epoch = len(train_loader)
     if cfg.max_steps_per_epoch:

@@ -45,7 +45,7 @@ def test_cli_flags_given_override_the_recipe_and_absent_flags_do_not():
 
 
 def test_every_field_has_a_flag():
-    special = {"model": "resnet8", "dataset": "cifar100", "data": "/d", "val_size": 7, "recipe": "demo",
+    special = {"model": "resnet8", "dataset": "cifar100", "data": "/d", "val_size": 7, "image_size": 8, "recipe": "demo",
                "milestones": (1, 2), "projection_method": "newton_schulz", "device": "cpu", "out": "o",
                "pad_mode": "zeros", "tensorboard": "tb-dir"}
     hints = typing.get_type_hints(TrainConfig)

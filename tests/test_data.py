@@ -413,6 +413,23 @@ def test_digits_constants_match_the_data():
     assert abs(x.std(unbiased=False).item() - DIGITS_STD[0]) < 1e-4
 
 
+def test_digits_at_their_native_8x8():
+    from sklearn.datasets import load_digits
+
+    d, d16 = load_dataset("digits", val_size=0, image_size=8), load_dataset("digits", val_size=0)
+    assert d.train_x.shape == (1527, 1, 8, 8) and (d.image_size, d.pad) == (8, 1) and d16.pad == 2
+    assert torch.equal(d.train_y, d16.train_y) and torch.equal(d.test_y, d16.test_y)  # the same split
+    raw = load_digits()
+    x, y = _digits_arrays(8)
+    assert np.abs(x.double().numpy()[:, 0] - raw.images * 255.0 / 16.0).max() <= 0.5 + 1e-6
+    pixels = d.train_x.double() / 255  # the constants are over all 1,527 non-test images
+    assert abs(pixels.mean().item() - d.mean[0]) < 1e-4 and abs(pixels.std(unbiased=False).item() - d.std[0]) < 1e-4
+    with pytest.raises(ValueError, match="image_size 12"):
+        load_dataset("digits", image_size=12)
+    with pytest.raises(ValueError, match="image_size 8 is not available for cifar10"):
+        load_dataset("cifar10", "x", image_size=8)
+
+
 # ---------------------------------------------------------------------------------------------
 # augmentation and the device loader
 

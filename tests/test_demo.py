@@ -8,38 +8,69 @@ import torch
 from procres.cli import main
 
 
-def test_quick_demo_end_to_end(tmp_path, capsys):
+def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch):
+    # the plain twin's training "overflows" (train raises FloatingPointError after its run): the demo
+    # records it and goes on, as it does when a deep plain net cannot be trained
+    import procres.train
+
+    real_train = procres.train.train
+
+    def train(config, **kwargs):
+        result = real_train(config, **kwargs)
+        if config.model.startswith("plain"):
+            raise FloatingPointError("non-finite weights in epoch 2, step 8: training stopped; nothing was saved")
+        return result
+
+    monkeypatch.setattr(procres.train, "train", train)
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "| model" in printed and "report:" in printed and str(out / "report.md") in printed
+    for stage in ("data", "train preresnet20", "train procresnet22", "train plainpre20", "depth study", "figures"):
+        assert f"{stage}: " in printed  # each stage's time
     for name in ("ratio_per_block", "ratio_heatmap", "depth_study", "spectra", "learning_curves"):
         png = out / "figures" / f"{name}.png"
         assert png.stat().st_size > 5000, png
     for model in ("preresnet20", "procresnet22", "plainpre20"):
-        history = (out / "runs" / model / "history.jsonl").read_text().splitlines()
-        assert len(history) == 3 and "norms" in json.loads(history[-1])
+        history = [json.loads(line) for line in (out / "runs" / model / "history.jsonl").read_text().splitlines()]
+        assert len(history) == 3 and "norms" in history[-1] and history[-1]["step"] == 8
+        config = json.loads((out / "runs" / model / "config.json").read_text())
+        assert config["image_size"] == 8 and config["threads"] == 1
+    assert json.loads((out / "runs" / "plainpre20" / "stopped.json").read_text()) == {
+        "reason": "non-finite weights in epoch 2, step 8"}
     report = (out / "report.md").read_text()
-    assert "## What the measurements say" in report and report.count("![") == 5
-    assert "[holds]" in report or "[contradicted]" in report
+    assert "## The paper's claims, checked" in report and report.count("![") == 5
+    assert "checked at depth 20, during training (steps 1-8), preresnet20" in report
+    assert "training stopped (non-finite weights in epoch 2, step 8)" in report and "Stage times: data" in report
     spectra = json.loads((out / "spectra.json").read_text())
     trans = [layer for layer in spectra["layers"] if layer["name"].startswith("trans_conv")]
     assert len(trans) == 2
     for layer in trans:  # 1x1 stride-2 transitions are exactly on target after one projection
-        after = torch.tensor(layer["after"]["circular"])
-        nonzero = after[after > 1e-6]
-        assert torch.allclose(nonzero, torch.full_like(nonzero, 2 ** 0.5), rtol=1e-5)
+        after = torch.tensor(layer["after"]["circular"])  # the non-zero values
+        assert after.numel() == layer["after"]["stats"]["circular"]["nonzero"]
+        assert torch.allclose(after, torch.full_like(after, 2 ** 0.5), rtol=1e-5)
     study = json.loads((out / "depth_study.json").read_text())
-    assert study["depths"] == [20, 29, 38] and set(study["results"]) == {"residual", "plain"}
+    assert study["depths"] == [20, 29] and set(study["results"]) == {"residual", "procrustes", "plain"}
+    assert study["model_depths"]["procrustes"] == [22, 31] and study["overflow"]["plain"] == [None, None]
     # a second run into the same folder is allowed (the demo owns it) ...
-    from procres.demo import _prepare, QUICK
+    from procres.demo import _prepare
 
-    _prepare(out, QUICK)
-    # ... but not into a folder holding someone else's runs
+    _prepare(out)
+    assert not any((out / "runs").iterdir())  # its earlier run folders are cleared
+    # ... but not into a folder holding someone else's runs, which stay untouched
     foreign = tmp_path / "foreign"
-    (foreign / "runs" / "preresnet20").mkdir(parents=True)
+    (foreign / "runs" / "resnet20-cifar10-seed0").mkdir(parents=True)
     with pytest.raises(ValueError, match="not written by the demo"):
-        _prepare(foreign, QUICK)
+        _prepare(foreign)
+    assert (foreign / "runs" / "resnet20-cifar10-seed0").is_dir()
+
+
+def test_demo_threads_default_to_the_usable_cores():
+    import os
+
+    from procres.demo import auto_threads
+
+    assert auto_threads() == len(os.sched_getaffinity(0))
 
 
 def _spectrum_json(capsys, *argv):
@@ -74,9 +105,9 @@ def test_spectrum_cli_equals_spectral(capsys):
 
 def test_spectrum_cli_reads_checkpoints(tmp_path, capsys):
     from procres.procrustes import project_conv_
-    from procres.train import build_model
+    from procres.models import create_model
 
-    model = build_model("procresnet13", num_classes=10, in_channels=1, image_size=16)
+    model = create_model("procresnet13", num_classes=10, in_channels=1, image_size=16)
     for conv, size in model.transitions():
         project_conv_(conv, size)
     torch.save({"model": model.state_dict(), "config": {"model": "procresnet13", "dataset": "digits"}},
@@ -98,9 +129,9 @@ def test_spectrum_cli_reads_a_training_checkpoint_and_rejects_a_corrupt_file(tmp
     # checkpoint.pt stores its config as the JSON text train() writes (TrainConfig.to_json), model.pt
     # as a dict: both must give the saved model's name and input shape without --model
     from procres.config import TrainConfig
-    from procres.train import build_model
+    from procres.models import create_model
 
-    model = build_model("procresnet13", num_classes=10, in_channels=1, image_size=16)
+    model = create_model("procresnet13", num_classes=10, in_channels=1, image_size=16)
     config = TrainConfig(model="procresnet13", dataset="digits").to_json()
     torch.save({"model": model.state_dict(), "config": config, "epoch": 1}, tmp_path / "checkpoint.pt")
     rows = _spectrum_json(capsys, "--checkpoint", str(tmp_path / "checkpoint.pt"), "--zeros", "off")

@@ -71,7 +71,8 @@ def reference_norms(units, x, loss_fn):
         ps_in, ps_out = gi.flatten(1).norm(dim=1), b.grad.flatten(1).norm(dim=1)
         per = ps_in / ps_out
         vals = dict(grad_in=gi.norm(), grad_out=b.grad.norm(), fwd_in=a.norm(), fwd_out=b.norm(),
-                    ratio=gi.norm() / b.grad.norm(), ratio_min=per.min(), ratio_max=per.max(), ratio_mean=per.mean())
+                    ratio=gi.norm() / b.grad.norm(), ratio_min=per.min(), ratio_max=per.max(), ratio_mean=per.mean(),
+                    grad_nonfinite=torch.tensor(float(a.grad is not None and not torch.isfinite(a.grad).all())))
         for f in FIELDS:
             ref[f].append(float(vals[f].detach()))
     return ref
@@ -301,3 +302,63 @@ def test_depth_study_layout_and_determinism():
         depth_study(factories, [], data, steps=1)
     with pytest.raises(ValueError, match="float"):
         depth_study(factories, [2], (torch.zeros(4, 1, 6, 6, dtype=torch.uint8), torch.zeros(4)), steps=1)
+
+
+class GainChain(nn.Module):
+    """A plain net of linear units W = c I: forward and backward both multiply by c per unit, so with
+    tiny inputs the forward stays finite while the backward overflows float32 a few units from the loss."""
+
+    def __init__(self, depth: int, c: float = 1e8, width: int = 36):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(width, width, bias=False))  # x_1 needs a gradient
+        self.blocks = nn.Sequential(*[nn.Linear(width, width, bias=False) for _ in range(depth)])
+        with torch.no_grad():
+            for unit in self.blocks:
+                unit.weight.copy_(c * torch.eye(width))
+        self.block_kinds = ["plain"] * depth
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def _reference_overflow_unit(model, x, y):
+    """1-based unit at whose input the gradient first holds inf/NaN going back from the loss (retain_grad)."""
+    inputs = []
+    h = model.stem(x)
+    for unit in model.blocks:
+        h.retain_grad()
+        inputs.append(h)
+        h = unit(h)
+    nn.functional.cross_entropy(model.head(h), y).backward()
+    bad = [i for i, t in enumerate(inputs, start=1) if not torch.isfinite(t.grad).all()]
+    return bad[-1] if bad else None
+
+
+def test_an_overflowing_backward_is_a_record_not_an_exception():
+    x, y = 1e-30 * torch.randn(40, 1, 6, 6), torch.randint(0, 3, (40,))
+    factories = {"residual": lambda d: TinyNet(d, True), "plain": lambda d: GainChain(d)}
+    out = depth_study(factories, [4, 8], (x, y), steps=2, batch_size=8, measure_batches=1)
+    torch.manual_seed(0)
+    want = _reference_overflow_unit(GainChain(8), x[:8], y[:8])
+    assert want == 4  # 0.3 * 1e8**5 > 3.4e38: the fifth unit from the loss overflows
+    assert out["overflow"]["plain"] == [None, {"unit": want, "units": 8, "phase": "init", "step": 0}]
+    assert out["results"]["plain"]["trained"][1] is None  # not trained on garbage gradients
+    ratios = out["results"]["plain"]["init"][1]
+    assert all(math.isnan(r) for r in ratios[:want]) and all(r == pytest.approx(1e8, rel=1e-4) for r in ratios[want:])
+    # depth 4: gradients up to ~1e31 are finite though their float32 squares are not: still measured
+    assert all(r == pytest.approx(1e8, rel=1e-4) for r in out["results"]["plain"]["init"][0])
+    assert out["results"]["plain"]["trained"][0] is not None
+    assert out["overflow"]["residual"] == [None, None] and None not in out["results"]["residual"]["trained"]
+    json.loads(json.dumps(out))
+
+
+def test_recorder_counts_non_finite_input_gradients():
+    model = GainChain(8)
+    x, y = 1e-30 * torch.randn(4, 1, 6, 6), torch.randint(0, 3, (4,))
+    with NormRecorder(model.blocks) as rec:
+        for _ in range(2):
+            nn.functional.cross_entropy(model(x), y).backward()
+    s = rec.summary()
+    assert s["grad_nonfinite"] == [1.0] * 4 + [0.0] * 4 and s["steps_recorded"] == 2
+    assert all(math.isnan(r) for r in s["ratio"][:4]) and all(r == pytest.approx(1e8, rel=1e-4) for r in s["ratio"][4:])

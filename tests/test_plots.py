@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from procres import plots
+from procres.runs import load_run, model_family
 
 
 def _kinds(family, n=3):
@@ -21,18 +22,18 @@ def _kinds(family, n=3):
 def write_run(folder, model, *, epochs=4, blocks=None, seed=0):
     """A run folder in the train.py layout with made-up but plausible numbers."""
     rng = np.random.default_rng(seed)
-    family = plots.model_family(model)
+    family = model_family(model)
     kinds = blocks or _kinds(family)
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"model": model, "epochs": epochs, "seed": seed}))
     lines = []
-    for e in range(epochs + 1):
+    for e in range(epochs + 1):  # "step": 10 training steps per epoch
         ratio = []
         for k in kinds:
             spread = {"identity": 0.05, "transition": 0.1, "projection": 0.6, "plain": 0.5}[k]
             ratio.append(float(math.exp(rng.normal(0, spread) + (0.3 * e / epochs if k == "projection" else 0))))
         lines.append(json.dumps({
-            "epoch": e, "lr": 0.1,
+            "epoch": e, "step": 10 * e, "lr": 0.1,
             "train_loss": None if e == 0 else 2.0 / (e + 1), "train_acc": None if e == 0 else 1 - 0.5 / (e + 1),
             "val_loss": 2.2 / (e + 1), "val_acc": 1 - 0.6 / (e + 1),
             "test_loss": 2.3 / (e + 1), "test_acc": 1 - 0.65 / (e + 1),
@@ -44,23 +45,55 @@ def write_run(folder, model, *, epochs=4, blocks=None, seed=0):
     return folder
 
 
-def write_extras(folder):
+def write_study(folder, *, depths=(14, 26, 50), overflow_at=50):
+    """A depth_study.json in the layout of procres.diagnostics.depth_study: residual, Procrustes and
+    plain nets whose deviation shrinks / grows with depth; the deepest plain net's backward overflows
+    at unit 5 (its first 5 units have no ratio, and it is not trained)."""
     rng = np.random.default_rng(1)
-    depths = [8, 14, 26]
-    study = {"depths": depths, "steps": 20, "results": {
-        fam: {ph: [list(np.exp(rng.normal(0, s * (1 + d / 20), size=d // 2)).tolist()) for d in depths]
-              for ph in ("init", "trained")}
-        for fam, s in (("residual", 0.05), ("plain", 0.4))}}
+    results, kinds, model_depths, flows = {}, {}, {}, {}
+    for fam, scale in (("residual", 0.4), ("procrustes", 0.3), ("plain", 0.3)):
+        fam_kinds = [_kinds(fam, n=d // 6) for d in depths]
+        kinds[fam] = fam_kinds
+        model_depths[fam] = [d + (2 if fam == "procrustes" else 0) for d in depths]
+        results[fam], flows[fam] = {"init": [], "trained": []}, []
+        for d, k in zip(depths, fam_kinds):
+            sigma = scale * (d / 8 if fam == "plain" else 8 / d)
+            ratios = np.exp(rng.normal(0, sigma, size=len(k))).tolist()
+            flow = None
+            if fam == "plain" and d == overflow_at:
+                ratios[:5] = [float("nan")] * 5
+                flow = {"unit": 5, "units": len(k), "phase": "init", "step": 0}
+            results[fam]["init"].append(ratios)
+            results[fam]["trained"].append(None if flow else [x * 1.01 for x in ratios])
+            flows[fam].append(flow)
+    study = {"depths": list(depths), "steps": 20, "results": results, "block_kinds": kinds,
+             "model_depths": model_depths, "overflow": flows,
+             "models": {"residual": "preresnet", "procrustes": "procresnet", "plain": "plainpre"}}
     (folder / "depth_study.json").write_text(json.dumps(study))
+    return study
+
+
+def _spectrum(values, target):
+    v = sorted(values, reverse=True)
+    return {"sigma_max": v[0], "sigma_min": v[-1], "cond": v[0] / v[-1], "nonzero": len(v), "count": len(v),
+            "max_rel_error": max(abs(x / target - 1) for x in v)}
+
+
+def write_extras(folder):
+    write_study(folder)
+    rng = np.random.default_rng(1)
     before = np.sort(rng.uniform(0.2, 3.0, 64))[::-1].tolist()
-    spectra = {"layers": [
-        {"name": "trans_conv1", "input_size": 16, "stride": 2, "target": math.sqrt(2),
-         "before": {"circular": before, "zeros": before}, "after": {"circular": [math.sqrt(2)] * 64}},
-        {"name": "conv1", "input_size": 16, "stride": 1, "target": 8.0,
-         "before": {"circular": rng.uniform(0, 12, 256).tolist(), "zeros": rng.uniform(0, 11, 256).tolist()},
-         "after": {"circular": rng.uniform(7, 9, 256).tolist(), "zeros": rng.uniform(6, 9, 256).tolist()}},
-    ]}
-    (folder / "spectra.json").write_text(json.dumps(spectra))
+    layers = []
+    for name, size, stride, target, b, a, bz, az in (
+            ("trans_conv1", 16, 2, math.sqrt(2), before, [math.sqrt(2)] * 64, before, [math.sqrt(2)] * 64),
+            ("conv1", 16, 1, 8.0, rng.uniform(0.1, 12, 256).tolist(), rng.uniform(7, 9, 256).tolist(),
+             rng.uniform(0.1, 11, 256).tolist(), rng.uniform(6, 9, 256).tolist())):
+        layers.append({"name": name, "input_size": size, "stride": stride, "target": target,
+                       "before": {"circular": b, "zeros": bz, "stats": {"circular": _spectrum(b, target),
+                                                                        "zeros": _spectrum(bz, target)}},
+                       "after": {"circular": a, "zeros": az, "stats": {"circular": _spectrum(a, target),
+                                                                       "zeros": _spectrum(az, target)}}})
+    (folder / "spectra.json").write_text(json.dumps({"layers": layers}))
 
 
 @pytest.fixture
@@ -90,20 +123,11 @@ def test_single_run_folder_gives_run_figures_only(demo_like, tmp_path):
 
 
 def test_chosen_epochs_are_drawn(demo_like, tmp_path):
-    runs = [plots.load_run(p) for p in sorted((demo_like / "runs").iterdir())]
+    runs = [load_run(p) for p in sorted((demo_like / "runs").iterdir())]
     path = plots.plot_ratio_per_block(runs, tmp_path / "r.png", epochs=[0, 4])
     assert _is_png(path)
     with pytest.raises(ValueError, match="recorded epochs"):
         plots.plot_ratio_per_block(runs, tmp_path / "r.png", epochs=[99])
-
-
-def test_missing_history_names_the_file(tmp_path):
-    run = write_run(tmp_path / "run", "resnet20")
-    (run / "history.jsonl").unlink()
-    with pytest.raises(FileNotFoundError, match="history.jsonl"):
-        plots.load_run(run)
-    with pytest.raises(FileNotFoundError, match="history.jsonl"):
-        plots.plot_runs([run], tmp_path / "out")
 
 
 def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
@@ -114,33 +138,29 @@ def test_empty_or_missing_folder_is_a_clear_error(tmp_path):
         plots.plot_runs([tmp_path / "nope"], tmp_path / "out")
 
 
-def test_malformed_history_names_file_and_line(tmp_path):
-    run = write_run(tmp_path / "run", "resnet20")
-    with open(run / "history.jsonl", "a") as f:
-        f.write("{not json\n")
-    with pytest.raises(ValueError, match=r"history.jsonl, line 6"):
-        plots.load_run(run)
-
-
-def test_spread_and_family():
-    assert plots.spread([1.0, 10.0, 0.1])["max"] == pytest.approx(1.0)
-    assert plots.spread([1.0, 10.0], ["identity", "projection"], only=("identity",))["max"] == 0.0
-    assert [plots.model_family(n) for n in ("preresnet164", "procresnet166", "plainproc166", "resnet20")] == [
-        "residual", "procrustes", "plain", "residual"]
-
-
 def test_nan_ratios_are_skipped(tmp_path):
     run = write_run(tmp_path / "run", "preresnet38")
-    lines = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     for h in lines:
         h["norms"]["ratio"][0] = float("nan")  # e.g. a unit fed by the raw image
     (run / "history.jsonl").write_text("\n".join(json.dumps(h) for h in lines))
     made = plots.plot_runs([run], tmp_path / "figs")
     assert _is_png(made["ratios"]) and _is_png(made["heatmap"])
-    assert np.isfinite(plots.spread(lines[-1]["norms"]["ratio"])["max"])
-    from procres.report import ratios_by_kind
+    from procres.report import phase_groups
 
-    assert all(np.isfinite(v).all() for v in ratios_by_kind(plots.load_run(run)).values())
+    groups = phase_groups(load_run(run), "trained")
+    assert groups["transition"]["n"] == 3 * 4 - 4  # the NaN of each of the 4 trained epochs is left out
+
+
+def test_depth_figure_marks_the_overflow(tmp_path):
+    from procres.verdicts import study_cells
+
+    study = write_study(tmp_path)
+    cells = study_cells(study)
+    flowed = [c for c in cells if c["overflow"]]
+    assert {(c["model"], c["phase"]) for c in flowed} == {("plainpre50", "init"), ("plainpre50", "trained")}
+    assert all(g["overflow"] == "backward overflow at unit 5 of 24" for c in flowed for g in c["groups"].values())
+    assert _is_png(plots.plot_depth_study(study, tmp_path / "depth.png"))
 
 
 def test_plots_do_not_import_torch():
@@ -148,7 +168,7 @@ def test_plots_do_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, procres.plots, procres.report; print('torch' in sys.modules)"
+    code = "import sys, procres.plots, procres.report, procres.runs, procres.verdicts; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -172,11 +192,3 @@ if __name__ == "__main__":  # write the synthetic figures to look at them: pytho
     print(plots.plot_runs([out], out / "figs"))
 
 
-def test_runs_of_one_model_from_seed_folders_get_distinct_labels(tmp_path):
-    # procres train --seeds 0 1 writes OUT/seed0 and OUT/seed1: both hold the same model
-    runs = [plots.load_run(write_run(tmp_path / "sweep" / f"seed{s}", "resnet8", seed=s)) for s in (0, 1)]
-    labels = [r.label for r in runs]
-    assert len(set(labels)) == 2 and all("resnet8" in lab for lab in labels), labels
-    assert "seed1" in labels[1]
-    named = plots.load_run(write_run(tmp_path / "preresnet20", "preresnet20"))
-    assert named.label == "preresnet20 (residual)"
