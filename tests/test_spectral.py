@@ -140,7 +140,7 @@ def test_iterative_explicit_padding_matches_dense():
     eye = torch.eye(50, dtype=torch.float64).reshape(50, *x_shape[1:])
     M = F.conv2d(eye, weight, stride=2, padding=0).reshape(50, -1).T
     expected = torch.linalg.svdvals(M)
-    top = conv_operator_norm(weight, 5, stride=2, padding=0, tol=1e-10)
+    top = conv_operator_norm(weight, 5, stride=2, padding=0, padding_mode="zeros", tol=1e-10)
     assert top == pytest.approx(float(expected[0]), rel=1e-6)
 
 
@@ -151,11 +151,14 @@ def test_iterative_circular_matches_fft_beyond_dense_size():
     assert top == pytest.approx(float(sv[0]), rel=1e-6)
 
 
-def test_float32_iterative_and_matrix_dtype():
+def test_float32_iterative_and_matrix_dtype_and_one_default_padding():
+    # a bare weight means the circular operator for every function (one default)
     weight = torch.randn(3, 2, 3, 3)
     assert conv_matrix(weight, 4).dtype == torch.float32
-    ref = conv_singular_values(weight.double(), 4, padding_mode="zeros")
+    ref = torch.linalg.svdvals(torch.from_numpy(index_formula_matrix(weight, (4, 4), 1, "circular")))
     assert conv_operator_norm(weight, 4) == pytest.approx(float(ref[0]), rel=1e-5)
+    assert float(conv_singular_values(weight, 4)[0]) == pytest.approx(float(ref[0]), rel=1e-5)
+    assert conv_min_singular_value(weight, 4, tol=1e-10) == pytest.approx(float(ref[-1]), rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +174,7 @@ def test_float32_iterative_and_matrix_dtype():
         (lambda: conv_singular_values(torch.randint(0, 3, (2, 2, 3, 3)), 8), "dtype"),
         (lambda: conv_singular_values(torch.randn(64, 64, 3, 3), 16, padding_mode="zeros"),
          f"DENSE_LIMIT={DENSE_LIMIT}"),
-        (lambda: conv_operator_norm(torch.randn(2, 2, 5, 5), 3, padding=0),
+        (lambda: conv_operator_norm(torch.randn(2, 2, 5, 5), 3, padding=0, padding_mode="zeros"),
          r"\(3, 3\).*smaller than the kernel"),
         (lambda: conv_operator_norm(torch.randn(2, 2, 3, 3), 8, padding=-1), "padding.*-1"),
         (lambda: conv_operator_norm(torch.randn(2, 2, 3, 3), 8, tol=0), "tol.*0"),
