@@ -36,9 +36,18 @@ block, which returns ``conj(polar(A))`` (a spatially flipped kernel, harmless fo
 the real part of the inverse FFT is cropped; the target is ``sqrt(C_out / C_in)``.  After a few
 applications a ``3 x 3`` kernel collapses onto one corner tap.
 
+Arguments.  ``project_kernel`` and ``project_conv_`` take an ``nn.Conv2d`` (its own stride and
+groups; a contradicting keyword is an error) or a weight (``stride=None`` and ``groups=None`` mean
+1).  A grouped conv is block-diagonal over its groups and is projected group by group, to the
+per-group target of ``norm_preserving_target``.  Dilated kernels larger than 1x1 are refused (the
+projected kernel would need taps between the dilated ones).
+
 The hook (``register_procrustes_hook``) projects each listed layer after every optimizer step
 with probability ``p`` (the authors' ``regul_freq`` = 0.5), drawing from its own seeded
-``torch.Generator`` so that every DDP rank makes the same decisions.
+``torch.Generator`` so that every DDP rank makes the same decisions; a layer whose weights are
+not finite when it is due raises ``FloatingPointError`` naming it.  ``attach_procrustes`` takes
+the zoo models' ``transitions()``, or, for any model, the convs named by ``convs=`` at the input
+sizes one forward pass of ``example_input`` shows.
 """
 
 from __future__ import annotations
@@ -49,8 +58,9 @@ import math
 import torch
 from torch import nn
 
-from procres.errors import UserError
 from procres.convop import _check_weight, size_pair
+from procres.errors import UserError
+from procres.faithful import check_faithful_grid, faithful_polar, faithful_step
 from procres.spectral import norm_preserving_target
 from procres.symbol import (
     batched_svdvals,
@@ -73,7 +83,6 @@ __all__ = [
 ]
 
 _METHODS = ("svd", "eigh", "newton_schulz")
-FAITHFUL_ITERATIONS = 10
 
 
 # ----------------------------------------------------------------------------- polar factor
@@ -144,27 +153,6 @@ def _newton_schulz(A, tol, max_iter):
             converged = True
             break
     return X, {"iterations": it, "converged": converged, "residual": residual}
-
-
-def _coupled_newton_schulz(E, iterations):
-    """The authors' polar factor of real ``E (..., p, q)``: ``E (E^T E)^{-1/2}`` with the inverse
-    square root from ``iterations`` coupled Newton-Schulz steps (``Y -> B^{1/2}``,
-    ``Z -> B^{-1/2}``) on the Gram ``B``, divided by its Frobenius norm only where that norm
-    exceeds 1 (their ``batch_sqrtm(..., reg=1.)``: a Gram of norm <= 1 is iterated unscaled, and
-    10 steps then leave its small eigenvalues further from converged).  Not checked for
-    convergence, as in their code.  Iterating the smaller Gram gives the same result: ``Z`` is a
-    polynomial in ``B``, and ``E p(E^T E) = p(E E^T) E`` with ``||E^T E||_F = ||E E^T||_F``."""
-    wide = E.shape[-2] < E.shape[-1]
-    B = E @ E.mT if wide else E.mT @ E
-    norm = torch.linalg.matrix_norm(B)[..., None, None]
-    norm = torch.where(norm > 1, norm, torch.ones_like(norm))
-    eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
-    Y, Z = B / norm, eye.expand_as(B)
-    for _ in range(iterations):
-        T = 0.5 * (3.0 * eye - Z @ Y)
-        Y, Z = Y @ T, T @ Z
-    Z = Z / norm.sqrt()
-    return Z @ E if wide else E @ Z
 
 
 # ----------------------------------------------------------------------------- projection
@@ -255,7 +243,7 @@ def _step(w, size, stride, groups, target, method, faithful):
     """One projection of ``w``; the result has ``w``'s dtype (half precisions work in float32)."""
     if faithful:                                # the authors' code runs in float32
         work = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
-        new = _faithful_step(work, size, stride, target)
+        new = faithful_step(work, size, stride, target)
     else:
         new = _exact_step(w, size, stride, groups, target, method)
     return new.to(w.dtype)
@@ -275,36 +263,6 @@ def symbol_polar(symbol, input_size, stride=1, *, method="svd"):
     out[real] = polar(flat[real].real, method=method).to(out.dtype)
     out[mirror] = out[source].conj()
     return out.reshape(symbol.shape)
-
-
-def faithful_polar(A, *, iterations=FAITHFUL_ITERATIONS, conj_slip=True):
-    """The authors' polar factor of complex ``A (..., p, q)``: real block embedding
-    ``[[Re, -Im], [Im, Re]]``, ``iterations`` coupled Newton-Schulz steps, read back.  With
-    ``conj_slip`` the imaginary part is read from the top-right block, which holds
-    ``-Im(polar(A))``, so the result is ``conj(polar(A))`` (the released code's behaviour)."""
-    p, q = A.shape[-2:]
-    E = torch.cat([torch.cat([A.real, -A.imag], -1), torch.cat([A.imag, A.real], -1)], -2)
-    P = _coupled_newton_schulz(E, iterations)
-    imag = P[..., :p, q:] if conj_slip else P[..., p:, :q]
-    return torch.complex(P[..., :p, :q], imag)
-
-
-def _faithful_step(w, size, stride, target):
-    """The authors' step (see module docstring); ``w (C_out, C_in, kh, kw)``: stride-1 FFT on the
-    output grid, ``faithful_polar``, real part of the inverse FFT, crop."""
-    kh, kw = w.shape[-2:]
-    grid = (size[0] // stride[0], size[1] // stride[1])
-    A = torch.fft.fft2(w, s=grid).permute(2, 3, 0, 1)          # (mh, mw, C_out, C_in)
-    P = target * faithful_polar(A)
-    return torch.fft.ifft2(P.permute(2, 3, 0, 1)).real[..., :kh, :kw]
-
-
-def _check_faithful_grid(weight, size, stride):
-    grid = (size[0] // stride[0], size[1] // stride[1])
-    if weight.shape[-2] > grid[0] or weight.shape[-1] > grid[1]:
-        raise UserError(
-            f"faithful=True needs the kernel {tuple(weight.shape[-2:])} to fit the output grid "
-            f"{grid}")
 
 
 def _operator_sv(w, size, stride, groups):
@@ -376,7 +334,7 @@ def project_kernel(weight, input_size, *, stride=None, groups=None, target=None,
     _check_options(method, faithful, 1, target)
     weight, size, stride, groups = _resolve(weight, input_size, stride, groups)
     if faithful:
-        _check_faithful_grid(weight, size, stride)
+        check_faithful_grid(weight, size, stride)
     if target is None:
         target = _default_target(weight, stride, groups, faithful)
     return _step(weight.detach(), size, stride, groups, target, method, faithful)
@@ -398,7 +356,7 @@ def project_conv_(conv_or_weight, input_size, *, stride=None, groups=None, targe
     _check_options(method, faithful, iterations, target)
     weight, size, stride, groups = _resolve(conv_or_weight, input_size, stride, groups)
     if faithful:
-        _check_faithful_grid(weight, size, stride)
+        check_faithful_grid(weight, size, stride)
     if target is None:
         target = _default_target(weight, stride, groups, faithful)
     return _project(weight, size, stride, groups, target, method, faithful, iterations, report=True)
@@ -428,7 +386,7 @@ class ProcrustesHook:
             conv, size = item
             weight, size, stride, groups = _resolve(conv, size, None, None)
             if faithful:
-                _check_faithful_grid(weight, size, stride)
+                check_faithful_grid(weight, size, stride)
             target = _default_target(weight, stride, groups, faithful)
             self.layers.append((conv, size, stride, groups, target))
         self.names = [f"layer {i}" for i in range(len(self.layers))] if names is None else list(names)

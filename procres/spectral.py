@@ -34,11 +34,16 @@ Exact spectra (Sedghi, Gupta & Long, ICLR 2019; polyphase form as in Senderovich
 Extremes (``conv_operator_norm``, ``conv_min_singular_value``, ``conv_extremes``): Lanczos
 (:mod:`procres.lanczos`) on the smaller Gram operator, applied with ``conv2d`` and its adjoint
 ``conv_transpose2d``, for any padding and size.  ``conv_extremes`` is what the spectrum tables
-use: exact where it is cheap (FFT, patch, or, for zero padding with a smaller side at most
-``DENSE_LIMIT``, a dense LU / Cholesky factorisation and inverse iteration for the smallest
-value), else Lanczos with the achieved error reported; the largest value starts from the circular
-operator's top singular vector (a plane wave under a half-sine envelope), which cuts the
-iterations several-fold.  A Lanczos smallest value that has not converged is an upper bound.
+use: exact where it is cheap (FFT, patch, or, for zero padding, a dense LU of a square operator
+with at most ``DENSE_LIMIT`` rows, or a Cholesky factor of a small enough smaller Gram, followed
+by inverse iteration for the smallest value), else Lanczos with the achieved error reported.
+Its Lanczos starts from the circular operator's top (or smallest) singular vector, a plane wave
+under a half-sine envelope, plus ``START_MIX`` of a random vector so that no group or frequency
+is left out: fewer iterations, and in clustered spectra a better top value.  The smallest value
+of a large near-singular zero-padding operator (a stride-1 conv whose circular symbol is close to
+singular somewhere) needs about ``dim`` iterations; Lanczos gives up after ``GIVE_UP_AFTER``
+when no digit is right yet, and reports its Ritz value, an upper bound (Ritz values never
+undershoot the smallest eigenvalue).
 
 Precision and speed: spectra are computed in the weight's dtype (complex64 for float32,
 complex128 for float64) with batched ``torch.linalg.svdvals`` on ``h w / 2 + 2`` matrices instead
@@ -64,8 +69,11 @@ from procres.lanczos import lanczos
 from procres.symbol import (
     batched_svdvals,
     check_divisible,
+    circular_singular_values,
+    circular_symbol,
     frequency_classes,
     kernel_from_symbol,
+    patch_singular_values,
     polyphase_symbol,
 )
 
@@ -87,9 +95,10 @@ __all__ = [
 
 #: Exact extremes of a non-square zero-padding operator need its smaller Gram matrix: built from
 #: the rows' taps (``rows x taps^2`` products) for a tall operator, at most ``DENSE_GRAM_PAIRS``;
-#: else as a dense product, at most ``DENSE_GRAM_FLOPS``.  Past both, Lanczos.
+#: else as a dense product, at most ``DENSE_GRAM_FLOPS`` (a few seconds on one core).  Past both,
+#: Lanczos.
 DENSE_GRAM_PAIRS = 5e7
-DENSE_GRAM_FLOPS = 2e10
+DENSE_GRAM_FLOPS = 1e11
 
 
 # ----------------------------------------------------------------------------- the target
@@ -159,24 +168,6 @@ def _fill_zeros(sv: torch.Tensor, total: int) -> torch.Tensor:
     return sv.sort(descending=True).values
 
 
-def _patch_singular_values(op: ConvOperator) -> torch.Tensor:
-    """Distinct-with-multiplicity values of a patch conv: one SVD per group, ``oh ow`` copies."""
-    return batched_svdvals(op.patch_matrix()).flatten().repeat(math.prod(op.output_size))
-
-
-def _circular_symbol(op: ConvOperator) -> torch.Tensor:
-    """``(F, groups, C_out / g, C_in / g * ph * pw)``: the half spectrum's matrices per group."""
-    symbol = polyphase_symbol(op.dilated_weight(), op.input_size, op.stride).flatten(0, 1)
-    return symbol.reshape(symbol.shape[0], op.groups, op.c_out // op.groups, symbol.shape[-1])
-
-
-def _circular_singular_values(op: ConvOperator) -> torch.Tensor:
-    symbol = _circular_symbol(op)
-    real, pair, _, _ = frequency_classes(op.output_size, symbol.device)
-    sv_pair = batched_svdvals(symbol[pair]).flatten()
-    return torch.cat([batched_svdvals(symbol[real].real).flatten(), sv_pair, sv_pair])
-
-
 def conv_singular_values(conv_or_weight, input_size, *, stride=None, padding=None, dilation=None,
                          groups=None, padding_mode=None) -> torch.Tensor:
     """All singular values of the conv operator, sorted descending (see the module docstring).
@@ -188,9 +179,9 @@ def conv_singular_values(conv_or_weight, input_size, *, stride=None, padding=Non
     op = conv_operator(conv_or_weight, input_size, stride=stride, padding=padding, dilation=dilation,
                        groups=groups, padding_mode=padding_mode)
     if op.patchwise:
-        sv = _patch_singular_values(op)
+        sv = patch_singular_values(op)
     elif op.padding_mode == "circular":
-        sv = _circular_singular_values(op)
+        sv = circular_singular_values(op)
     else:
         sv = torch.linalg.svdvals(op.matrix())
     return _fill_zeros(sv, min(op.shape))
@@ -364,16 +355,27 @@ def _dense_smallest(op: ConvOperator) -> float:
     return 1 / math.sqrt(float(inverse.values[-1]))
 
 
-def _top_start(op: ConvOperator):
-    """Start vector for the largest value: on the output grid, the circular operator's top left
-    singular vector as a plane wave under a half-sine envelope (whichever conjugate the operator
-    amplifies more), mapped to the input side when that is the smaller Gram's; None when the
+def _circular_starts(op: ConvOperator) -> tuple:
+    """Start vectors for Lanczos on the smaller Gram, for the largest and for the smallest value:
+    on the output grid, the circular operator's top (smallest non-zero) left singular vector as a
+    plane wave under a half-sine envelope (the conjugate the operator amplifies more, resp.
+    less), mapped to the input side when that is the smaller Gram's; ``(None, None)`` when the
     circular operator is undefined (input not divisible by the stride)."""
     if any(n % s for n, s in zip(op.input_size, op.stride)):
-        return None
-    symbol = _circular_symbol(op.with_mode("circular"))
-    f, g = divmod(int(batched_svdvals(symbol)[..., 0].argmax()), op.groups)
-    u = torch.linalg.svd(symbol[f, g])[0][:, 0]
+        return None, None
+    symbol = circular_symbol(op.with_mode("circular"))
+    sv = batched_svdvals(symbol)                              # (F, groups, r), descending
+    masked = torch.where(sv > NONZERO_RTOL * sv.max(), sv, torch.full_like(sv, math.inf))
+    starts = []
+    for which, index in (("max", int(sv[..., 0].argmax()) * sv.shape[-1]), ("min", int(masked.argmin()))):
+        f, rest = divmod(index, op.groups * sv.shape[-1])
+        g, k = divmod(rest, sv.shape[-1])
+        u = torch.linalg.svd(symbol[f, g], full_matrices=False)[0][:, k]
+        starts.append(_plane_wave(op, u, f, g, which))
+    return tuple(starts)
+
+
+def _plane_wave(op: ConvOperator, u: torch.Tensor, f: int, g: int, which: str) -> torch.Tensor:
     (mh, mw), (oh, ow) = (n // s for n, s in zip(op.input_size, op.stride)), op.output_size
     fu, fv = divmod(f, mw // 2 + 1)
     i = torch.arange(oh, dtype=torch.float64, device=u.device)
@@ -381,15 +383,14 @@ def _top_start(op: ConvOperator):
     wave = torch.polar(torch.ones(oh, ow, dtype=torch.float64, device=u.device),
                        2 * math.pi * (fu * i[:, None] / mh + fv * j / mw))
     envelope = torch.sin(math.pi * (i[:, None] + 1) / (oh + 1)) * torch.sin(math.pi * (j + 1) / (ow + 1))
-    best, gain = None, -1.0
     co = op.c_out // op.groups
+    candidates = []
     for vec in (u, u.conj()):
         y = torch.zeros(op.c_out, oh, ow, dtype=torch.float64, device=u.device)
         y[g * co:(g + 1) * co] = (vec.to(wave.dtype)[:, None, None] * wave).real * envelope
         x = op.adjoint(y[None])
-        if float(x.norm() / y.norm()) > gain:
-            best, gain = (y, x), float(x.norm() / y.norm())
-    y, x = best
+        candidates.append((float(x.norm() / y.norm()), y, x))
+    _, y, x = (max if which == "max" else min)(candidates, key=lambda c: c[0])
     return (y if op.shape[0] <= op.shape[1] else x).flatten()
 
 
@@ -401,13 +402,13 @@ def _extremes_of(sv: torch.Tensor, method: str) -> dict:
 
 def _exact_extremes(op: ConvOperator) -> dict | None:
     if op.patchwise:
-        return _extremes_of(_patch_singular_values(op), "patch")
+        return _extremes_of(patch_singular_values(op), "patch")
     if op.padding_mode == "circular":
-        return _extremes_of(_circular_singular_values(op), "fft")
+        return _extremes_of(circular_singular_values(op), "fft")
     if not _dense_affordable(op):
         return None
     op64 = op.to(torch.float64)
-    top = _lanczos_extreme(op64, "max", 1e-10, min(op.shape), start=_top_start(op64))
+    top = _lanczos_extreme(op64, "max", 1e-10, min(op.shape), start=_circular_starts(op64)[0])
     return {**_extremes_of(torch.tensor([top.value, _dense_smallest(op64)], dtype=torch.float64), "dense"),
             "sigma_max_error": top.error, "iterations": top.iterations}
 
@@ -442,9 +443,10 @@ def conv_extremes(conv_or_weight, input_size, *, stride=None, padding=None, dila
             raise UserError(f"the {op.shape[0]} x {op.shape[1]} zero-padding operator is too large for the "
                             f"dense route (DENSE_LIMIT={DENSE_LIMIT}); use method='lanczos'")
     op64 = op.to(torch.float64)
-    top = _lanczos_extreme(op64, "max", tol, max_iter, start=_top_start(op64))
-    low = _lanczos_extreme(op64, "min", tol, max_iter, give_up_after=GIVE_UP_AFTER)
+    high_start, low_start = _circular_starts(op64)
+    top = _lanczos_extreme(op64, "max", tol, max_iter, start=high_start)
+    low = _lanczos_extreme(op64, "min", tol, max_iter, start=low_start, give_up_after=GIVE_UP_AFTER)
     return {"sigma_max": top.value, "sigma_min": low.value, "method": "lanczos", "exact": False,
-            "sigma_max_error": top.error, "sigma_min_error": low.error,
+            "sigma_max_error": top.error, "sigma_min_error": low.error if low.converged else math.inf,
             "sigma_min_is": "value" if low.converged else "upper bound",
             "iterations": top.iterations + low.iterations}

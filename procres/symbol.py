@@ -5,20 +5,24 @@ and input ``h x w``, the ``C_out x (C_in ph pw)`` block row of the circular oper
 frequency of the real-FFT half of the ``(h/s) x (w/s)`` output grid; ``frequency_classes`` says
 which half-spectrum entries are real or stand for a conjugate pair; ``kernel_from_symbol``
 inverts it and crops to the kernel support (the Procrustes projection); ``batched_svdvals``
-decomposes a batch of them.  :mod:`procres.spectral` turns them into singular values and
-:mod:`procres.procrustes` into norm-preserving kernels.
+decomposes a batch of them; ``circular_symbol`` / ``circular_singular_values`` do the same for a
+resolved :class:`procres.convop.ConvOperator` (dilation, groups), and ``patch_singular_values``
+covers patch convs (one matrix for every pixel).  :mod:`procres.spectral` turns them into
+singular values and :mod:`procres.procrustes` into norm-preserving kernels.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from procres.convop import size_pair
+from procres.convop import ConvOperator, size_pair
 from procres.errors import UserError
 
 __all__ = ["polyphase_symbol", "frequency_classes", "kernel_from_symbol", "batched_svdvals",
-           "check_divisible"]
+           "check_divisible", "circular_symbol", "circular_singular_values", "patch_singular_values"]
 
 
 def check_divisible(size, stride) -> tuple[int, int]:
@@ -132,3 +136,22 @@ def batched_svdvals(A: torch.Tensor) -> torch.Tensor:
     if A.dtype == torch.complex64:
         return torch.linalg.svdvals(A.to(torch.complex128)).to(torch.float32)
     return torch.linalg.svdvals(A)
+
+
+# ----------------------------------------------------------------------------- of a ConvOperator
+def patch_singular_values(op: ConvOperator) -> torch.Tensor:
+    """Distinct-with-multiplicity values of a patch conv: one SVD per group, ``oh ow`` copies."""
+    return batched_svdvals(op.patch_matrix()).flatten().repeat(math.prod(op.output_size))
+
+
+def circular_symbol(op: ConvOperator) -> torch.Tensor:
+    """``(F, groups, C_out / g, C_in / g * ph * pw)``: the half spectrum's matrices per group."""
+    symbol = polyphase_symbol(op.dilated_weight(), op.input_size, op.stride).flatten(0, 1)
+    return symbol.reshape(symbol.shape[0], op.groups, op.c_out // op.groups, symbol.shape[-1])
+
+
+def circular_singular_values(op: ConvOperator) -> torch.Tensor:
+    symbol = circular_symbol(op)
+    real, pair, _, _ = frequency_classes(op.output_size, symbol.device)
+    sv_pair = batched_svdvals(symbol[pair]).flatten()
+    return torch.cat([batched_svdvals(symbol[real].real).flatten(), sv_pair, sv_pair])

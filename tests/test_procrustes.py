@@ -12,7 +12,6 @@ from torch import nn
 from procres.procrustes import (
     ProcrustesHook,
     ProjectionReport,
-    _faithful_step,
     attach_procrustes,
     polar,
     project_conv_,
@@ -20,6 +19,7 @@ from procres.procrustes import (
     register_procrustes_hook,
     symbol_polar,
 )
+from procres.faithful import faithful_step as _faithful_step
 from procres.spectral import conv_singular_values, polyphase_symbol
 from test_spectral import index_formula_matrix
 
