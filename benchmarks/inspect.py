@@ -20,8 +20,9 @@ would import instead of it: imported (not run), it hands over to the standard li
     python benchmarks/inspect.py --skip-old      # new paths only
     python benchmarks/inspect.py --threads 2
 
-Times are single runs (each of these takes seconds to minutes); the machine is shared, so the
-load average is printed with them, and only ratios within one run mean much.
+Times are single runs (each of these takes seconds to minutes), wall and CPU seconds of this
+process: with one thread (the default) the CPU seconds are what the wall time would be on an idle
+core, which a shared machine does not give; the load average is printed with them.
 """
 
 from __future__ import annotations
@@ -61,17 +62,18 @@ def bench_inspect(out_dir: str) -> dict:
     torch.manual_seed(0)
     model = resnet50()
     batches, _ = make_batches("random", input_shape=(3, 64, 64), batch=8, count=2)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = inspect_model(model, batches, steps=2)
     write_inspection(result, out_dir)
-    total = time.perf_counter() - start
+    total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     convs = result["convs"]
     methods = {}
     for r in convs:
         key = (r["zeros"] or {}).get("method", "-")
         methods[key] = methods.get(key, 0) + 1
     bounds = sum(1 for r in convs if (r["zeros"] or {}).get("sigma_min_is") == "upper bound")
-    return {"total": total, **result["seconds"], "units": len(result["units"]), "convs": len(convs),
+    return {"total": total, "total_cpu": total_cpu, **result["seconds"],
+            **{f"{k}_cpu": v for k, v in result["cpu_seconds"].items()}, "units": len(result["units"]), "convs": len(convs),
             "methods": methods, "upper_bounds": bounds}
 
 
@@ -170,21 +172,20 @@ def bench_spectrum(skip_old: bool) -> dict:
     from procres.factory import load_model
 
     buf = io.StringIO()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with redirect_stdout(buf):
         main(["spectrum", "--model", "resnet20", "--json", "--threads", str(torch.get_num_threads())])
-    new_s = time.perf_counter() - start
     rows = json.loads(buf.getvalue())
-    result = {"new_s": new_s, "rows": rows}
+    result = {"new_s": time.perf_counter() - start, "new_cpu": time.process_time() - cpu, "rows": rows}
     if skip_old:
         return result
     torch.manual_seed(0)                       # the weights the CLI built
     model, _, _ = load_model("resnet20")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         old = old_spectrum(model, rows)
-    result.update(old_s=time.perf_counter() - start, old=old)
+    result.update(old_s=time.perf_counter() - start, old_cpu=time.process_time() - cpu, old=old)
     return result
 
 
@@ -228,15 +229,16 @@ def main(argv=None):
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, load average {load:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         ins = bench_inspect(tmp)
-    print(f"\ninspect ResNet-50 (torchvision layout) 3x64x64, batch 8, 2 SGD steps: {ins['total']:.1f} s "
-          f"(trace {ins['trace']:.1f} s, spectra {ins['spectra']:.1f} s, recording {ins['record']:.1f} s); "
+    print(f"\ninspect ResNet-50 (torchvision layout) 3x64x64, batch 8, 2 SGD steps: {ins['total']:.1f} s wall, "
+          f"{ins['total_cpu']:.1f} s CPU (trace {ins['trace']:.1f} / {ins['trace_cpu']:.1f} s, spectra "
+          f"{ins['spectra']:.1f} / {ins['spectra_cpu']:.1f} s, recording {ins['record']:.1f} / {ins['record_cpu']:.1f} s); "
           f"{ins['units']} units, {ins['convs']} convs, zero-padding routes {ins['methods']}, "
           f"{ins['upper_bounds']} sigma_min upper bounds")
     spec = bench_spectrum(args.skip_old)
-    print(f"\nprocres spectrum --model resnet20: {spec['new_s']:.1f} s")
+    print(f"\nprocres spectrum --model resnet20: {spec['new_s']:.1f} s wall, {spec['new_cpu']:.1f} s CPU")
     if not args.skip_old:
-        print(f"previous path on the same weights: {spec['old_s']:.1f} s; ratio old/new "
-              f"{spec['old_s'] / spec['new_s']:.1f}x\n")
+        print(f"previous path on the same weights: {spec['old_s']:.1f} s wall, {spec['old_cpu']:.1f} s CPU; "
+              f"ratio old/new {spec['old_s'] / spec['new_s']:.1f}x wall, {spec['old_cpu'] / spec['new_cpu']:.1f}x CPU\n")
         compare(spec["rows"], spec["old"])
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 

@@ -11,8 +11,8 @@
 
 The loss is cross-entropy when the model returns ``(N, K)`` logits and labels are known (random
 labels in ``[0, K)`` for random data), else half the mean squared output: r_l measures how the
-network transports a gradient, whichever loss produced it.  Seconds per phase (``trace``,
-``spectra``, ``record``) are part of the result.  ``write_inspection`` saves ``inspect.json``
+network transports a gradient, whichever loss produced it.  Wall and CPU seconds per phase
+(``trace``, ``spectra``, ``record``) are part of the result.  ``write_inspection`` saves ``inspect.json``
 (atomically) and the figures ``ratio_per_unit.png`` and ``spectra.png``, drawn from that JSON alone.
 
 Data for the command line (``--data``): ``random`` (standard normal images of ``--input-shape``),
@@ -90,16 +90,18 @@ def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float 
     if not batches or len(batches) < measure:
         raise UserError(f"inspect needs at least {measure} batches, got {len(batches)}")
     x0 = batches[0][0]
-    seconds = {}
-    start = time.perf_counter()
+    seconds, cpu = {}, {}
+
+    def clock(phase, start=None):
+        if start is not None:
+            seconds[phase], cpu[phase] = time.perf_counter() - start[0], time.process_time() - start[1]
+        return time.perf_counter(), time.process_time()
+
+    start = clock("trace")
     units = find_units(model, x0) if pattern is None else units_by_name(model, pattern, x0)
-    seconds["trace"] = time.perf_counter() - start
-
-    start = time.perf_counter()
+    start = clock("trace", start)
     convs = conv_spectra(model, x0[:1], zeros=zeros) if any(isinstance(m, nn.Conv2d) for m in model.modules()) else []
-    seconds["spectra"] = time.perf_counter() - start
-
-    start = time.perf_counter()
+    start = clock("spectra", start)
     runner = units.module.train()
     probe = batches[:measure]
     init = _measure(runner, units, probe, seed)
@@ -114,12 +116,12 @@ def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float 
         opt.step()
         losses.append(loss.item())
     trained = _measure(runner, units, probe, seed)
-    seconds["record"] = time.perf_counter() - start
+    clock("record", start)
     rows = [{"name": u.name, "kind": u.kind, "skip": u.skip, "ratio_init": a, "ratio_trained": b}
             for u, a, b in zip(units, init, trained)]
     return {"model": type(model).__name__, "input_shape": list(x0.shape[1:]), "batch": int(x0.shape[0]),
             "steps": steps, "lr": lr, "measure_batches": measure, "losses": losses, "units": rows,
-            "convs": convs, "seconds": seconds}
+            "convs": convs, "seconds": seconds, "cpu_seconds": cpu}
 
 
 def units_table(result: dict) -> str:

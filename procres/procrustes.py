@@ -447,8 +447,10 @@ def attach_procrustes(model, optimizer, *, convs=None, example_input=None, p=0.5
         if not hasattr(model, "transitions"):
             raise UserError(f"model {type(model).__name__} has no transitions() method: name the convs to "
                             "project, e.g. attach_procrustes(model, opt, convs='downsample', example_input=x)")
-        return register_procrustes_hook(optimizer, model.transitions(), p=p, method=method,
-                                        faithful=faithful, seed=seed, iterations=iterations)
+        layers = model.transitions()
+        names = {id(m): name for name, m in model.named_modules()}
+        return register_procrustes_hook(optimizer, layers, p=p, method=method, faithful=faithful, seed=seed,
+                                        iterations=iterations, names=[names.get(id(c), "?") for c, _ in layers])
     from procres.convs import find_convs, select_convs
 
     if example_input is None:

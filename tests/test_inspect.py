@@ -106,3 +106,27 @@ def test_help_lists_inspect(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "inspect" in capsys.readouterr().out
+
+
+def test_readme_own_network_snippet_runs_on_a_torchvision_layout(monkeypatch, capsys):
+    # torchvision is not installed here: its resnet50 is stood in for by the same layout, narrower
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    from user_models import tiny_bottleneck_resnet
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"## Your own network\n.*?```python\n(.*?)```", readme, re.S).group(1)
+    stub = types.ModuleType("torchvision")
+    stub.models = types.SimpleNamespace(resnet50=lambda num_classes: tiny_bottleneck_resnet(
+        layers=(3, 4, 6, 3), width=4, num_classes=num_classes))
+    monkeypatch.setitem(sys.modules, "torchvision", stub)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    ratios, extremes = capsys.readouterr().out.strip().splitlines()
+    assert len(ratios.strip("[]").split(",")) == 16 == len(scope["units"])
+    assert "'sigma_max'" in extremes and len(scope["rows"]) == 53
+    # "downsample": the strided 1x1 convs (layer1.0's projection has stride 1)
+    assert scope["hook"].names == ["layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0"]

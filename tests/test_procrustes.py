@@ -374,6 +374,9 @@ def test_hook_raises_floating_point_error_naming_the_diverged_layer():
     net.trans.weight.grad = torch.full_like(net.trans.weight, float("nan"))
     with pytest.raises(FloatingPointError, match="trans has NaN.*step 1"):
         opt.step()
+    zoo = TinyNet().double()
+    opt = torch.optim.SGD(zoo.parameters(), lr=0.1)
+    assert attach_procrustes(zoo, opt, p=1.0).names == ["conv1", "trans"]   # qualified names
 
 
 def test_hook_rejects_bad_layers_and_p():
