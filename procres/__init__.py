@@ -12,6 +12,15 @@ _API = {
     "conv_operator_norm": "spectral",
     "conv_min_singular_value": "spectral",
     "conv_matrix": "spectral",
+    "conv_extremes": "spectral",
+    "norm_preserving_target": "spectral",
+    "spectrum_stats": "spectral",
+    # units and convs of any model; `procres inspect` in one call
+    "find_units": "units",
+    "units_by_name": "units",
+    "find_convs": "convs",
+    "conv_spectra": "convs",
+    "inspect_model": "inspection",
     # procrustes: polar factor and the norm-preserving projection
     "polar": "procrustes",
     "project_conv_": "procrustes",

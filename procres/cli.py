@@ -1,6 +1,6 @@
 """The ``procres`` command line: parses arguments and calls the library, nothing more.
 
-Subcommands: models, spectrum, train, demo, plot, reproduce. Each has one
+Subcommands: models, spectrum, inspect, train, demo, plot, reproduce. Each has one
 ``_add_<name>(subparsers)`` that builds its parser and one ``_run_<name>(args)``
 that calls the library. Heavy imports (torch) happen inside the handlers so that
 ``procres --help`` is instant.
@@ -25,7 +25,8 @@ def _add_models(sub):
     p.add_argument("--filter", default="", metavar="PATTERN",
                    help="only names matching this fnmatch pattern (procresnet*, *16?); without wildcards, "
                         "names containing it")
-    p.add_argument("--image-size", type=int, default=32, help="input resolution for the transition grids")
+    p.add_argument("--input-size", "--image-size", dest="input_size", type=int, default=32,
+                   help="input side the transition grids are computed for (default 32)")
     return p
 
 
@@ -40,7 +41,7 @@ def _run_models(args):
     print(f"{'name':<17} {'depth':>5} {'parameters':>11} {'blocks':>6}  transitions (kernel/stride input->grid)")
     for name in names:
         with torch.device("meta"):  # shapes only: no memory, no init cost, no forward
-            model = create_model(name, image_size=args.image_size)
+            model = create_model(name, image_size=args.input_size)
         params = sum(p.numel() for p in model.parameters())
         trans = ", ".join(
             f"{c.kernel_size[0]}x{c.kernel_size[1]}/{c.stride[0]} {size}->{size // c.stride[0]}"
@@ -66,19 +67,105 @@ def _add_spectrum(sub):
     p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
                    help="zero-padding spectrum: auto (dense when small, Lanczos extremes otherwise), dense only, off")
     p.add_argument("--layers", nargs="+", default=None, metavar="NAME", help="only these module names")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the idle cores)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    from procres.demo import auto_threads
+
+    torch.set_num_threads(threads or auto_threads())
 
 
 def _run_spectrum(args):
     import json
 
-    from procres.demo import layer_spectra, load_model, spectrum_table
+    import torch
 
+    from procres.convs import conv_spectra, spectrum_table
+    from procres.factory import load_model
+
+    _set_threads(args.threads)
+    torch.manual_seed(0)  # the weights of a model built without a checkpoint
     model, size, channels = load_model(args.model, checkpoint=args.checkpoint, image_size=args.input_size,
                                        in_channels=args.in_channels, num_classes=args.num_classes)
-    rows = layer_spectra(model, size, in_channels=channels, zeros=args.zeros, only=args.layers)
+    p = next(model.parameters())
+    x = torch.zeros(1, channels, size, size, dtype=p.dtype, device=p.device)
+    rows = conv_spectra(model, x, zeros=args.zeros, names=args.layers)
     print(json.dumps(rows, indent=1) if args.json else spectrum_table(rows))
+    return 0
+
+
+# ---------------------------------------------------------------- inspect
+def _add_inspect(sub):
+    p = sub.add_parser(
+        "inspect", help="residual units, r_l and conv spectra of any model (a registered name or pkg.mod:factory)",
+        description="Finds the residual units of MODEL by tracing it (torch.fx), measures the gradient-norm ratio "
+                    "r_l of each at initialisation and after a few SGD steps, and the spectrum of every conv at the "
+                    "input size it sees. Example: procres inspect resnet20 --steps 5; procres inspect "
+                    "torchvision.models:resnet18 --input-shape 3 64 64 --kwargs '{\"num_classes\": 10}'")
+    p.add_argument("model", metavar="MODEL", help="a registered name (procres models) or an import path "
+                                                   "package.module:factory, called with --kwargs")
+    p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
+                   help="input shape without the batch (default: the data's, else 3 32 32)")
+    p.add_argument("--batch", type=int, default=8, help="examples per batch (default 8)")
+    p.add_argument("--steps", type=int, default=2, help="SGD steps between the two measurements (default 2)")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, momentum 0.9)")
+    p.add_argument("--data", default="random",
+                   help="random (normal images, default), digits (embedded 1x16x16 set), cifar10:PATH or cifar100:PATH")
+    p.add_argument("--units", default=None, metavar="PATTERN",
+                   help="name the units instead of tracing: a glob on module names, * within one dotted segment "
+                        "(e.g. 'layer*.*')")
+    p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
+                   help="zero-padding extremes: auto (exact where affordable, else Lanczos), dense (exact only), off")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the idle cores)")
+    p.add_argument("--out", default="runs/inspect", help="folder for inspect.json and figures/ (default runs/inspect)")
+    p.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
+    return p
+
+
+def _run_inspect(args):
+    import json
+
+    import torch
+
+    from procres.convs import spectrum_table
+    from procres.factory import build
+    from procres.inspection import inspect_model, make_batches, units_table, write_inspection
+
+    try:
+        kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--kwargs must be a JSON object, got {args.kwargs!r} ({err.msg})") from None
+    if not isinstance(kwargs, dict):
+        raise UserError(f"--kwargs must be a JSON object, got {args.kwargs!r}")
+    _set_threads(args.threads)
+    if args.data != "random" and args.input_shape is not None:
+        raise UserError("--input-shape comes from --data when data is given; drop one of them")
+    batches, shape = make_batches(args.data, input_shape=args.input_shape or (3, 32, 32), batch=args.batch,
+                                  count=max(args.steps, 2), seed=args.seed)
+    if ":" not in args.model:  # zoo models are built for the input they will see
+        kwargs = {"in_channels": shape[0], "image_size": shape[1], **kwargs}
+    torch.manual_seed(args.seed)
+    model = build(args.model, kwargs)
+    result = inspect_model(model, batches, steps=args.steps, lr=args.lr, pattern=args.units, zeros=args.zeros,
+                           seed=args.seed)
+    result["spec"] = {"model": args.model, "kwargs": kwargs, "data": args.data}
+    paths = write_inspection(result, args.out)
+    if args.json:
+        print(json.dumps(result, indent=1, default=float))
+        return 0
+    print(units_table(result))
+    print()
+    print(spectrum_table(result["convs"]) if result["convs"] else "(no nn.Conv2d layers)")
+    s = result["seconds"]
+    print(f"\nwritten: {', '.join(str(p) for p in paths.values())}   "
+          f"(trace {s['trace']:.1f} s, spectra {s['spectra']:.1f} s, r_l {s['record']:.1f} s)")
     return 0
 
 
@@ -216,7 +303,7 @@ def _run_reproduce(args):
 
 
 # ---------------------------------------------------------------- entry point
-_COMMANDS = ["models", "spectrum", "train", "demo", "plot", "reproduce"]
+_COMMANDS = ["models", "spectrum", "inspect", "train", "demo", "plot", "reproduce"]
 _DEBUG_HELP = "show the traceback of every error, including the one-sentence ones (bad values, missing files)"
 
 

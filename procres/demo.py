@@ -1,4 +1,4 @@
-"""The one-command demo, and the per-layer spectrum table behind ``procres spectrum``.
+"""The one-command demo.
 
 ``run_demo(out)`` checks the paper's claims at the paper's depths with measured numbers, on CPU,
 in about two minutes on two cores, on the embedded digits at their native 8x8 pixels
@@ -26,13 +26,6 @@ Each stage's time is printed and listed in the report. Output folder (default ``
 
 ``quick=True`` shrinks everything (depths 20/22, 2 windows of 4 steps, depths 20 and 29 with 2
 steps) so a test can run the whole pipeline in seconds.
-
-``layer_spectra(model, image_size)`` lists, per conv layer, sigma_max, sigma_min (smallest
-non-zero), the condition number and the distance of the non-zero singular values from the
-Procrustes target (:func:`procres.spectral.norm_preserving_target`): exact for circular padding (:mod:`procres.spectral`), and
-for zero padding exact through the dense operator where its smaller side has at most
-``spectral.DENSE_LIMIT`` entries, identical to circular for 1x1 kernels, else extremes by Lanczos
-(or skipped with ``zeros="off"``).
 """
 
 from __future__ import annotations
@@ -48,166 +41,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from procres.errors import UserError
 
 MARKER = ".procres-demo"
-
-
-# ---------------------------------------------------------------- per-layer spectra
-def conv_input_sizes(model: nn.Module, image_size: int, in_channels: int) -> list[tuple[str, nn.Conv2d, int]]:
-    """(name, conv, input side) for every Conv2d, found with one forward pass of a zero image."""
-    sizes = {}
-
-    def record(mod, inputs):
-        sizes.setdefault(mod, inputs[0].shape[-1])  # returns None: the input is left alone
-
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            p = next(model.parameters())
-            model(torch.zeros(1, in_channels, image_size, image_size, dtype=p.dtype, device=p.device))
-    finally:
-        model.train(was_training)
-        for h in hooks:
-            h.remove()
-    return [(name, m, int(sizes[m])) for name, m in model.named_modules() if m in sizes]
-
-
-def _zero_padding_dense(weight: torch.Tensor, n: int, stride: int, padding: int) -> torch.Tensor | None:
-    """All singular values with zero padding via the impulse response of the smaller side."""
-    from procres.spectral import DENSE_LIMIT
-
-    c_out, c_in = weight.shape[:2]
-    side = c_in * n * n
-    if side > DENSE_LIMIT:
-        return None
-    basis = torch.eye(side, dtype=torch.float64).reshape(side, c_in, n, n)
-    columns = F.conv2d(basis, weight.double(), stride=stride, padding=padding).reshape(side, -1)
-    return torch.linalg.svdvals(columns)  # rows of A^T: same singular values as A
-
-
-def layer_spectrum(conv: nn.Conv2d, input_size: int, *, zeros: str = "auto", name: str = "") -> dict:
-    """Spectrum summary of one conv at ``input_size`` (see the module docstring).
-
-    ``zeros``: ``"auto"`` (dense / same-as-circular / Lanczos, whichever applies), ``"dense"``
-    (dense or nothing), ``"off"``. Raises ValueError for an unknown mode.
-    """
-    from procres.spectral import (conv_min_singular_value, conv_operator_norm, conv_singular_values,
-                                  norm_preserving_target, spectrum_stats)
-
-    if zeros not in ("auto", "dense", "off"):
-        raise UserError(f"zeros must be 'auto', 'dense' or 'off', got {zeros!r}")
-    w = conv.weight.detach().double().cpu()
-    c_out, c_in, kh, kw = w.shape
-    stride = conv.stride[0]
-    target = norm_preserving_target(w, stride)
-    out = {"name": name, "shape": [c_out, c_in, kh, kw], "stride": stride, "input_size": input_size,
-           "target": target}
-    if input_size % stride == 0:
-        out["circular"] = spectrum_stats(conv_singular_values(w, input_size, stride=stride), target)
-    pad = conv.padding[0] if isinstance(conv.padding, tuple) else None
-    if zeros == "off" or pad is None:
-        return out
-    if kh == kw == 1 and pad == 0 and "circular" in out:
-        out["zeros"] = {**out["circular"], "method": "same as circular (1x1 kernel, no padding)"}
-        return out
-    dense = _zero_padding_dense(w, input_size, stride, pad)
-    if dense is not None:
-        out["zeros"] = {**spectrum_stats(dense, target), "method": "dense"}
-    elif zeros == "auto":
-        kw_ = dict(stride=stride, padding=pad, padding_mode="zeros", tol=1e-5, max_iter=300)
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            smax = conv_operator_norm(w, input_size, **kw_)
-            smin = conv_min_singular_value(w, input_size, **kw_)
-        out["zeros"] = {"sigma_max": smax, "sigma_min": smin, "cond": smax / smin if smin > 0 else math.inf,
-                        "max_rel_error": max(abs(smax / target - 1), abs(smin / target - 1)),
-                        "method": "lanczos (extremes only)"}
-    return out
-
-
-def layer_spectra(model: nn.Module, image_size: int, *, in_channels: int = 3, zeros: str = "auto",
-                  only=None) -> list[dict]:
-    """:func:`layer_spectrum` for every Conv2d of ``model`` (``only``: names to keep; ValueError
-    naming any that is not a conv layer of ``model``)."""
-    convs = conv_input_sizes(model, image_size, in_channels)
-    unknown = sorted(set(only or ()) - {name for name, _, _ in convs})
-    if unknown:
-        raise UserError(f"no conv layer named {', '.join(map(repr, unknown))} in the model; its conv layers: "
-                         f"{', '.join(name for name, _, _ in convs[:6])}{', ...' if len(convs) > 6 else ''}")
-    return [layer_spectrum(conv, n, zeros=zeros, name=name) for name, conv, n in convs
-            if only is None or name in only]
-
-
-def spectrum_table(rows: list[dict]) -> str:
-    head = (f"{'layer':34s} {'out,in,k':>12s} {'s':>1s} {'n':>3s} {'target':>7s} {'sigma_max':>9s} "
-            f"{'sigma_min':>9s} {'cond':>8s} {'max|s/c-1|':>10s}  {'zeros: max':>10s} {'min':>8s}")
-    lines = [head]
-    for r in rows:
-        c, z = r.get("circular") or {}, r.get("zeros") or {}
-        f = lambda d, k, spec: "-" if k not in d else format(d[k], spec)  # noqa: E731
-        lines.append(f"{r['name']:34.34s} {'{},{},{}'.format(*r['shape'][:3]):>12s} {r['stride']:1d} "
-                     f"{r['input_size']:3d} {r['target']:7.3f} {f(c, 'sigma_max', '9.4g')} {f(c, 'sigma_min', '9.4g')} "
-                     f"{f(c, 'cond', '8.3g')} {f(c, 'max_rel_error', '10.3g')}  {f(z, 'sigma_max', '10.4g')} "
-                     f"{f(z, 'sigma_min', '8.4g')}")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- loading a model for `procres spectrum`
-_DATASET_SHAPES = {"digits": (1, 10, 16), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
-
-
-def load_model(name: str | None, *, checkpoint=None, image_size: int | None = None,
-               in_channels: int | None = None, num_classes: int | None = None):
-    """Build ``name`` (any registered name or ``<family><depth>``), optionally with trained weights.
-
-    ``checkpoint``: a run's ``model.pt`` / ``checkpoint.pt`` (a state_dict or ``{"model": sd}``),
-    read with ``weights_only=True``. Model name, channels, classes and image size default to the
-    config saved with it (or the run folder's config.json), else to CIFAR-10 (3, 10, 32).
-    Returns (model, image_size, in_channels).
-    """
-    from procres.train import build_model
-
-    config, state = {}, None
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint not found")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # truncated zip, foreign pickle: a bad file, not a crash
-            raise UserError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''})") from None
-        state = blob.get("model", blob) if isinstance(blob, dict) else None
-        if not isinstance(state, dict):
-            raise UserError(f"{path}: expected a state_dict or a dict with key 'model'")
-        config = blob.get("config") or {}
-        if isinstance(config, str):  # checkpoint.pt keeps the config as TrainConfig.to_json() text
-            config = json.loads(config)
-        if not config and (path.parent / "config.json").is_file():
-            config = json.loads((path.parent / "config.json").read_text())
-        state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
-    name = name or config.get("model")
-    if name is None:
-        raise UserError("give --model NAME (the checkpoint carries no config naming it)")
-    ch, classes, size = _DATASET_SHAPES.get(config.get("dataset"), (3, 10, 32))
-    ch, classes = in_channels or ch, num_classes or classes
-    size = image_size or size
-    model = build_model(name, num_classes=classes, in_channels=ch, image_size=size)
-    if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            first = str(err).split("\n\t")[1:2] or [str(err)]
-            raise UserError(f"{checkpoint}: weights do not fit {name} (in_channels={ch}, num_classes={classes}, "
-                             f"image_size={size}): {first[0].strip()} ...") from None
-    return model.eval(), size, ch
 
 
 # ---------------------------------------------------------------- the demo
@@ -321,17 +158,16 @@ def _spectra(budget: Budget, seed: int, data) -> dict:
 def _both_paddings(conv: nn.Conv2d, size: int, target: float) -> dict:
     """Non-zero singular values with circular and (where the dense operator is affordable) zero
     padding, and their :func:`procres.spectral.spectrum_stats`."""
+    from procres.convop import conv_operator
     from procres.spectral import conv_singular_values, spectrum_stats
 
     w = conv.weight.detach().double()
-    spectra = {"circular": conv_singular_values(w, size, stride=conv.stride[0])}
-    if conv.kernel_size[0] == 1 and conv.padding[0] == 0:
+    spectra = {"circular": conv_singular_values(w, size, stride=conv.stride)}
+    zeros = dict(stride=conv.stride, padding=conv.padding, padding_mode="zeros")
+    if conv_operator(w, size, **zeros).patchwise:
         spectra["zeros"] = spectra["circular"]  # no padding: the two operators are the same
-    else:
-        try:
-            spectra["zeros"] = conv_singular_values(w, size, stride=conv.stride[0], padding_mode="zeros")
-        except UserError:  # above spectral.DENSE_LIMIT: the circular spectrum only
-            pass
+    elif conv_operator(w, size, **zeros).dense_affordable:
+        spectra["zeros"] = conv_singular_values(w, size, **zeros)
     out = {"stats": {}}
     for pad, sv in spectra.items():
         stats = spectrum_stats(sv, target)

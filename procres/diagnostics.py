@@ -136,6 +136,38 @@ class _Step:
         return torch.stack([columns[f] for f in FIELDS], dim=1)
 
 
+def _resolve_units(units, model) -> list[tuple[str, nn.Module, tuple | None]]:
+    """-> (name, module whose parameters the unit uses, probes or None) per unit.  A unit is an
+    nn.Module (hooked itself), a ``procres.units.Unit`` (its module, or its probes), or a qualified
+    module name of ``model``."""
+    from procres.units import Unit
+
+    if isinstance(units, (str, Unit)):
+        units = [units]
+    entries = []
+    for i, u in enumerate(units):
+        if isinstance(u, Unit):
+            entries.append((u.name, u.scope if u.probes else u.module, u.probes))
+        elif isinstance(u, nn.Module):
+            entries.append((f"unit {i}", u, None))
+        elif isinstance(u, str):
+            if model is None:
+                raise UserError(f"NormRecorder got the module name {u!r}: pass model= to resolve names")
+            try:
+                entries.append((u, model.get_submodule(u), None))
+            except AttributeError:
+                raise UserError(f"{type(model).__name__} has no submodule {u!r}") from None
+        else:
+            raise UserError(f"NormRecorder units must be nn.Module instances, Unit records or module names, "
+                            f"got {type(u).__name__}")
+    if not entries:
+        raise UserError("NormRecorder needs at least one unit, got an empty list")
+    hooked = [m for _, m, probes in entries if probes is None]
+    if len({id(m) for m in hooked}) != len(hooked):
+        raise UserError("NormRecorder units must be distinct modules (one appears twice)")
+    return entries
+
+
 def _acc_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -144,7 +176,12 @@ class NormRecorder:
     """Record forward and backward norms at the input and output of every unit during training.
 
     ``units``: an iterable of modules, e.g. ``model.blocks``; unit l maps x_l to x_{l+1}; its
-    first positional input and its output must be tensors with the batch in dimension 0.
+    first positional input and its output must be tensors with the batch in dimension 0.  Also
+    accepted: the result of :func:`procres.find_units` or :func:`procres.units_by_name` (or any
+    of their :class:`procres.units.Unit` records), and qualified module names with
+    ``model=`` to resolve them.  A unit found inside a module's code (a pre-norm transformer's
+    two additions) is recorded through the probe modules of ``units.module``, the traced model
+    ``find_units`` returns: run that one (it shares the model's parameters) while recording.
 
     When it records. A *step* is a forward pass of ``units[0]`` in training mode with grad
     enabled; steps 0, every, 2*every, ... (counted since construction) are recorded.  Eval-mode
@@ -181,18 +218,12 @@ class NormRecorder:
     window (e.g. per epoch); :meth:`summary` returns the means over the window.
     """
 
-    def __init__(self, units, *, every: int = 1):
-        units = list(units)
-        if not units:
-            raise UserError("NormRecorder needs at least one unit, got an empty list")
-        for u in units:
-            if not isinstance(u, nn.Module):
-                raise UserError(f"NormRecorder units must be nn.Module instances, got {type(u).__name__}")
-        if len({id(u) for u in units}) != len(units):
-            raise UserError("NormRecorder units must be distinct modules (one appears twice)")
+    def __init__(self, units, *, every: int = 1, model: nn.Module | None = None):
+        entries = _resolve_units(units, model)
         if not isinstance(every, int) or every < 1:
             raise UserError(f"every must be a positive integer, got {every!r}")
-        self.units = units
+        self.names = [name for name, _, _ in entries]
+        self.units = [scope for _, scope, _ in entries]
         self.every = every
         self.steps_seen = 0  # training steps observed since construction
         self.steps_recorded = 0  # recorded steps in the current window (since reset())
@@ -206,10 +237,17 @@ class NormRecorder:
         # eager forwards call the bodies directly).
         self._eager_pre = torch.compiler.disable(self._pre_hook)
         self._eager_post = torch.compiler.disable(self._post_hook)
-        self._handles = [units[0].register_forward_pre_hook(self._traced_pre)]
-        for i, u in enumerate(units):
-            self._handles.append(u.register_forward_hook(
-                lambda m, args, out, i=i: self._traced_post(i, m, args, out)))
+        self._eager_probe = torch.compiler.disable(self._probe_hook)
+        first = entries[0][2][0] if entries[0][2] else entries[0][1]
+        self._handles = [first.register_forward_pre_hook(self._traced_pre)]
+        for i, (_, u, probes) in enumerate(entries):
+            if probes is None:
+                self._handles.append(u.register_forward_hook(
+                    lambda m, args, out, i=i: self._traced_post(i, m, args, out)))
+                continue
+            for role, probe in zip(("in", "out"), probes):
+                self._handles.append(probe.register_forward_hook(
+                    lambda m, args, out, i=i, role=role: self._traced_probe(i, role, m, out)))
 
     # -- hooks: a pre-hook on units[0] opens a step; a forward hook per unit notes its tensors
     def _traced_pre(self, module: nn.Module, args):
@@ -221,6 +259,22 @@ class NormRecorder:
         if torch.compiler.is_compiling():
             return self._eager_post(i, module, args, out, True)
         return self._post_hook(i, module, args, out, False)
+
+    def _traced_probe(self, i: int, role: str, module: nn.Module, out):
+        if torch.compiler.is_compiling():
+            return self._eager_probe(i, role, module, out, True)
+        return self._probe_hook(i, role, module, out, False)
+
+    def _probe_hook(self, i: int, role: str, module: nn.Module, out, compiling: bool):
+        """A probe of a sub-graph unit: its output is x_l (role "in") or x_{l+1} ("out")."""
+        step = self._step
+        if step is None or not (module.training and torch.is_grad_enabled()):
+            return None
+        if compiling:
+            self._warn_compiled()
+        if step.fwd[role][i] is None:  # x_l of units[0] is noted by the pre-hook already
+            step.fwd[role][i] = self._note(i, role, out, module)
+        return None
 
     def _pre_hook(self, module: nn.Module, args, compiling: bool):
         if not (module.training and torch.is_grad_enabled()):

@@ -15,20 +15,14 @@ for units whose input and output have the same shape (identity skip, J = I + J_F
 The measured ratios during training come from :class:`procres.diagnostics.NormRecorder`; these
 names are also importable from :mod:`procres.diagnostics`.
 
-Lanczos convergence. Extreme eigenvalues of a symmetric matrix are approximated by the Ritz
-values of the Krylov space; we keep every Lanczos vector and reorthogonalise fully (twice), so
-after ``dim`` iterations the result is exact up to rounding.  The largest values converge in
-a few dozen iterations; the smallest singular values converge slowly (their eigenvalues
-sigma^2 are clustered near 0 relative to sigma_max^2), often needing a large fraction of ``dim``.
-Memory is ``max_iter * dim`` numbers.  A Ritz value is accepted when its residual
-|beta_j s_j| <= tol * theta_max (theta = sigma^2), so the absolute eigenvalue error is at most
-``tol * sigma_max**2`` (usually far smaller); a warning is raised when ``max_iter`` ends the
-iteration first.  Repeated singular values: in exact arithmetic one Krylov space holds one
-copy of each eigenvalue, so when it becomes invariant Lanczos restarts orthogonally, and it
-does not stop before k such blocks have ended: repeated values of small or degenerate spectra
-(scaled orthogonal maps, rank-deficient maps) come out with their multiplicity.  When the
-tolerance is met before a block becomes invariant, a repeated value can still be counted
-fewer times than it occurs (``max_iter = dim``, full Krylov, is exact).
+Lanczos (:mod:`procres.lanczos`, shared with the conv spectra): the largest singular values
+converge in a few dozen iterations; the smallest converge slowly (their eigenvalues sigma^2 are
+clustered near 0 relative to sigma_max^2), often needing a large fraction of ``dim``.  A Ritz
+value is accepted when its residual is at most ``tol * sigma_max**2``, so the absolute eigenvalue
+error is at most that (usually far smaller); a warning is raised when ``max_iter`` ends the
+iteration first.  Repeated singular values come out with their multiplicity up to ``k`` (the
+iteration restarts orthogonally when a Krylov block becomes invariant); ``max_iter = dim`` is
+exact.
 """
 
 from __future__ import annotations
@@ -40,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from procres.errors import UserError
+from procres.lanczos import lanczos
 
 __all__ = ["JacobianSpectrum", "jacobian_singular_values", "check_bounds"]
 
@@ -133,7 +128,9 @@ def jacobian_singular_values(fn: Callable[[Tensor], Tensor], x: Tensor, *, k: in
 
             gram, dim = ((lambda v: jtv(jv(v))), n) if m >= n else ((lambda u: jv(jtv(u))), m)
             steps = min(dim, max(k, 300 if max_iter is None else max_iter))
-            theta, iterations, converged = _lanczos(gram, dim, k, which, tol, steps, x.dtype, x.device, seed)
+            ritz = lanczos(gram, dim, k=k, which=which, tol=tol, max_iter=steps, dtype=x.dtype,
+                           device=x.device, seed=seed)
+            theta, iterations, converged = ritz.values, ritz.iterations, ritz.converged
             s = theta.clamp_min(0).sqrt().flip(0).to(device=x.device, dtype=x.dtype)  # descending
     if not converged:
         warnings.warn(f"jacobian_singular_values: Lanczos did not converge in {iterations} iterations "
@@ -141,81 +138,6 @@ def jacobian_singular_values(fn: Callable[[Tensor], Tensor], x: Tensor, *, k: in
     largest = s[:k] if which in ("both", "largest") else None
     smallest = s[-k:].flip(0) if which in ("both", "smallest") else None
     return JacobianSpectrum(largest, smallest, iterations, converged)
-
-
-def _lanczos(op: Callable[[Tensor], Tensor], dim: int, k: int, which: str, tol: float, steps: int,
-             dtype: torch.dtype, device, seed: int) -> tuple[Tensor, int, bool]:
-    """Ritz values (ascending, float64) of the symmetric PSD operator ``op`` on R^dim.
-
-    Lanczos with full reorthogonalisation; after an invariant subspace (beta ~ 0) it restarts
-    with a fresh random vector orthogonal to the basis.  One Krylov block holds one copy of each
-    eigenvalue it reaches, so it does not stop before ``k`` blocks have ended in an invariant
-    subspace (each eigenvalue then appears min(multiplicity, k) times: enough for the k
-    extremes), and while a restarted block runs its own extreme Ritz values must have converged
-    too (the block may still reach a value beyond the wanted ones).
-    """
-    gen = torch.Generator().manual_seed(seed)
-
-    def random_unit() -> Tensor:
-        return torch.randn(dim, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-
-    tol = max(tol, 10 * torch.finfo(dtype).eps)
-    basis = torch.zeros(steps, dim, dtype=dtype, device=device)
-    alphas: list[float] = []
-    betas: list[float] = []  # off-diagonal: betas[j] couples vectors j and j+1
-    q = random_unit()
-    q = q / q.norm()
-    theta = torch.zeros(0, dtype=torch.float64)
-    scale = 0.0
-    block_start, blocks_done = 0, 0  # first vector of the current Krylov block; ended blocks
-    for j in range(steps):
-        basis[j] = q
-        w = op(q)
-        alpha = torch.dot(q, w)
-        w = w - alpha * q
-        if j > 0:
-            w = w - betas[-1] * basis[j - 1]
-        for _ in range(2):  # full reorthogonalisation, twice is enough
-            w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-        beta = w.norm()
-        alpha, beta = float(alpha), float(beta)  # one sync per iteration; cheap next to op()
-        alphas.append(alpha)
-        scale = max(scale, abs(alpha) + beta)
-        last, full = j + 1 == steps, j + 1 == dim
-        invariant = beta <= 1e-12 * scale
-        blocks_done += invariant
-        must_restart = invariant and blocks_done < k and not full
-        if j + 1 >= k and not must_restart and (j < 32 or (j + 1) % 8 == 0 or last or invariant):
-            t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-            if betas:
-                off = torch.tensor(betas, dtype=torch.float64)
-                t = t + torch.diag(off, 1) + torch.diag(off, -1)
-            theta, vecs = torch.linalg.eigh(t)
-            resid = (beta * vecs[-1]).abs()
-            wanted = torch.zeros_like(resid, dtype=torch.bool)
-            if which in ("both", "largest"):
-                wanted[-k:] = True
-            if which in ("both", "smallest"):
-                wanted[:k] = True
-            bound = tol * theta[-1].clamp_min(1e-300)
-            done = bool((resid[wanted] <= bound).all())
-            if done and block_start > 0 and not invariant:  # the restarted block's own extremes
-                block_resid = (beta * torch.linalg.eigh(t[block_start:, block_start:])[1][-1]).abs()
-                ends = [-1] * (which != "smallest") + [0] * (which != "largest")
-                done = bool((block_resid[ends] <= bound).all())
-            if done or full:
-                return theta, j + 1, True
-        if last:
-            break
-        if invariant:  # restart orthogonally
-            w = random_unit()
-            for _ in range(2):
-                w = w - basis[: j + 1].T @ (basis[: j + 1] @ w)
-            beta = 0.0
-            block_start = j + 1
-        q = w / w.norm()
-        betas.append(beta)
-    return theta, steps, False
 
 
 def check_bounds(unit: Callable[[Tensor], Tensor], x: Tensor, grad_out: Tensor, *, method: str = "auto",

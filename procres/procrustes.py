@@ -36,9 +36,18 @@ block, which returns ``conj(polar(A))`` (a spatially flipped kernel, harmless fo
 the real part of the inverse FFT is cropped; the target is ``sqrt(C_out / C_in)``.  After a few
 applications a ``3 x 3`` kernel collapses onto one corner tap.
 
+Arguments.  ``project_kernel`` and ``project_conv_`` take an ``nn.Conv2d`` (its own stride and
+groups; a contradicting keyword is an error) or a weight (``stride=None`` and ``groups=None`` mean
+1).  A grouped conv is block-diagonal over its groups and is projected group by group, to the
+per-group target of ``norm_preserving_target``.  Dilated kernels larger than 1x1 are refused (the
+projected kernel would need taps between the dilated ones).
+
 The hook (``register_procrustes_hook``) projects each listed layer after every optimizer step
 with probability ``p`` (the authors' ``regul_freq`` = 0.5), drawing from its own seeded
-``torch.Generator`` so that every DDP rank makes the same decisions.
+``torch.Generator`` so that every DDP rank makes the same decisions; a layer whose weights are
+not finite when it is due raises ``FloatingPointError`` naming it.  ``attach_procrustes`` takes
+the zoo models' ``transitions()``, or, for any model, the convs named by ``convs=`` at the input
+sizes one forward pass of ``example_input`` shows.
 """
 
 from __future__ import annotations
@@ -49,15 +58,15 @@ import math
 import torch
 from torch import nn
 
+from procres.convop import _check_weight, size_pair
 from procres.errors import UserError
-from procres.spectral import (
-    _check_divisible,
-    _check_weight,
-    _pair,
+from procres.faithful import check_faithful_grid, faithful_polar, faithful_step
+from procres.spectral import norm_preserving_target
+from procres.symbol import (
     batched_svdvals,
+    check_divisible,
     frequency_classes,
     kernel_from_symbol,
-    norm_preserving_target,
     polyphase_symbol,
 )
 
@@ -74,7 +83,6 @@ __all__ = [
 ]
 
 _METHODS = ("svd", "eigh", "newton_schulz")
-FAITHFUL_ITERATIONS = 10
 
 
 # ----------------------------------------------------------------------------- polar factor
@@ -147,27 +155,6 @@ def _newton_schulz(A, tol, max_iter):
     return X, {"iterations": it, "converged": converged, "residual": residual}
 
 
-def _coupled_newton_schulz(E, iterations):
-    """The authors' polar factor of real ``E (..., p, q)``: ``E (E^T E)^{-1/2}`` with the inverse
-    square root from ``iterations`` coupled Newton-Schulz steps (``Y -> B^{1/2}``,
-    ``Z -> B^{-1/2}``) on the Gram ``B``, divided by its Frobenius norm only where that norm
-    exceeds 1 (their ``batch_sqrtm(..., reg=1.)``: a Gram of norm <= 1 is iterated unscaled, and
-    10 steps then leave its small eigenvalues further from converged).  Not checked for
-    convergence, as in their code.  Iterating the smaller Gram gives the same result: ``Z`` is a
-    polynomial in ``B``, and ``E p(E^T E) = p(E E^T) E`` with ``||E^T E||_F = ||E E^T||_F``."""
-    wide = E.shape[-2] < E.shape[-1]
-    B = E @ E.mT if wide else E.mT @ E
-    norm = torch.linalg.matrix_norm(B)[..., None, None]
-    norm = torch.where(norm > 1, norm, torch.ones_like(norm))
-    eye = torch.eye(B.shape[-1], dtype=B.dtype, device=B.device)
-    Y, Z = B / norm, eye.expand_as(B)
-    for _ in range(iterations):
-        T = 0.5 * (3.0 * eye - Z @ Y)
-        Y, Z = Y @ T, T @ Z
-    Z = Z / norm.sqrt()
-    return Z @ E if wide else E @ Z
-
-
 # ----------------------------------------------------------------------------- projection
 @dataclasses.dataclass
 class ProjectionReport:
@@ -185,45 +172,52 @@ class ProjectionReport:
     stride: tuple
     grid: tuple
     history: list
+    groups: int = 1
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _resolve(conv_or_weight, input_size, stride):
-    """-> (weight tensor, input size pair, stride pair); validates everything up front."""
+def _resolve(conv_or_weight, input_size, stride, groups):
+    """-> (weight tensor, input size pair, stride pair, groups); validates everything up front.
+    An ``nn.Conv2d`` brings its own stride and groups (a keyword contradicting them is an error)."""
     if isinstance(conv_or_weight, nn.Conv2d):
         conv = conv_or_weight
-        if conv.groups != 1:
-            raise UserError(f"grouped convolutions are not supported, got groups={conv.groups}")
-        if tuple(conv.dilation) != (1, 1):
-            raise UserError(f"dilated convolutions are not supported, got {conv.dilation}")
-        weight = conv.weight
-        if stride is None:
-            stride = tuple(conv.stride)
+        if tuple(conv.dilation) != (1, 1) and tuple(conv.kernel_size) != (1, 1):
+            raise UserError(f"dilated convolutions are not supported, got dilation={tuple(conv.dilation)}: "
+                            "the projected kernel would have taps between the dilated ones")
+        for key, value, own in (("stride", stride, tuple(conv.stride)), ("groups", groups, conv.groups)):
+            if value is not None and (size_pair(value, key) if key == "stride" else value) != own:
+                raise UserError(f"{key}={value!r} contradicts the conv's own {key}={own!r}")
+        weight, stride, groups = conv.weight, tuple(conv.stride), conv.groups
     elif isinstance(conv_or_weight, torch.Tensor):
         weight = conv_or_weight
     else:
         raise UserError(
             f"expected an nn.Conv2d or a weight tensor, got {type(conv_or_weight).__name__}")
     _check_weight(weight)
-    size = _pair(input_size, "input_size")
-    stride = _pair(1 if stride is None else stride, "stride")
-    _check_divisible(size, stride)
+    size = size_pair(input_size, "input_size")
+    stride = size_pair(1 if stride is None else stride, "stride")
+    groups = 1 if groups is None else groups
+    if not (isinstance(groups, int) and groups >= 1 and weight.shape[0] % groups == 0):
+        raise UserError(f"groups must be a positive int dividing C_out={weight.shape[0]}, got {groups!r}")
+    check_divisible(size, stride)
     kh, kw = weight.shape[-2:]
     if kh > size[0] or kw > size[1]:
         raise UserError(
             f"kernel {kh}x{kw} is larger than input_size {size}: the crop back to the kernel "
             "support is undefined")
-    return weight, size, stride
+    return weight, size, stride, groups
 
 
-def _default_target(weight, stride, faithful):
+def _default_target(weight, stride, groups, faithful):
+    if faithful and groups != 1:
+        raise UserError(f"faithful=True has no grouped form (the authors' code has none), got groups={groups}")
     c_out, c_in = weight.shape[:2]
-    return math.sqrt(c_out / c_in) if faithful else norm_preserving_target(weight, stride)
+    return math.sqrt(c_out / c_in) if faithful else norm_preserving_target(weight, stride, groups=groups)
 
 
-def _exact_step(w, size, stride, target, method):
+def _exact_step(w, size, stride, groups, target, method):
     """One exact projection of ``w (C_out, C_in, kh, kw)``, computed in float64 (the polar
     factor of a frequency matrix with condition number kappa loses about ``eps * kappa``: up to
     1e-4 in float32 for He-initialised 3x3 kernels); returns the new kernel in float64."""
@@ -233,32 +227,35 @@ def _exact_step(w, size, stride, target, method):
     # 8 x 8 grid; a ProcResNet-166 training step took 157 ms with the projection on the GPU
     # against 81 ms for ResNet-164).  One small copy each way instead.
     w = w.to("cpu", torch.float64)
+    c_out = w.shape[0]
     if w.shape[-2:] == (1, 1):                  # the operator is W after subsampling: exact
-        new = target * polar(w[..., 0, 0], method=method)[..., None, None]
-    else:
+        blocks = w[..., 0, 0].reshape(groups, c_out // groups, -1)
+        new = target * polar(blocks, method=method).reshape(c_out, -1)[..., None, None]
+    else:                                       # per group: the rows of its output channels
         symbol = polyphase_symbol(w, size, stride)
-        new = kernel_from_symbol(target * symbol_polar(symbol, size, stride, method=method),
-                                 w.shape[-2:], size, stride)
+        grouped = symbol.reshape(*symbol.shape[:2], groups, c_out // groups, symbol.shape[-1])
+        projected = symbol_polar(grouped, size, stride, method=method).reshape(symbol.shape)
+        new = kernel_from_symbol(target * projected, w.shape[-2:], size, stride)
     return new.to(device)
 
 
-def _step(w, size, stride, target, method, faithful):
+def _step(w, size, stride, groups, target, method, faithful):
     """One projection of ``w``; the result has ``w``'s dtype (half precisions work in float32)."""
     if faithful:                                # the authors' code runs in float32
         work = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
-        new = _faithful_step(work, size, stride, target)
+        new = faithful_step(work, size, stride, target)
     else:
-        new = _exact_step(w, size, stride, target, method)
+        new = _exact_step(w, size, stride, groups, target, method)
     return new.to(w.dtype)
 
 
 def symbol_polar(symbol, input_size, stride=1, *, method="svd"):
-    """Polar factor of every matrix of a half-spectrum ``symbol (mh, mw // 2 + 1, p, q)``
+    """Polar factor of every matrix of a half-spectrum ``symbol (mh, mw // 2 + 1, ..., p, q)``
     (``procres.spectral.polyphase_symbol``), computed once per conjugate pair: the self-conjugate
     frequencies are real matrices, the mirrored half of columns ``v in {0, mw/2}`` is filled by
     conjugation, so the result is again the half spectrum of a real kernel."""
-    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
-    grid = _check_divisible(size, stride)
+    size, stride = size_pair(input_size, "input_size"), size_pair(stride, "stride")
+    grid = check_divisible(size, stride)
     real, pair, mirror, source = frequency_classes(grid, symbol.device)
     flat = symbol.flatten(0, 1)
     out = torch.empty_like(flat)
@@ -268,44 +265,15 @@ def symbol_polar(symbol, input_size, stride=1, *, method="svd"):
     return out.reshape(symbol.shape)
 
 
-def faithful_polar(A, *, iterations=FAITHFUL_ITERATIONS, conj_slip=True):
-    """The authors' polar factor of complex ``A (..., p, q)``: real block embedding
-    ``[[Re, -Im], [Im, Re]]``, ``iterations`` coupled Newton-Schulz steps, read back.  With
-    ``conj_slip`` the imaginary part is read from the top-right block, which holds
-    ``-Im(polar(A))``, so the result is ``conj(polar(A))`` (the released code's behaviour)."""
-    p, q = A.shape[-2:]
-    E = torch.cat([torch.cat([A.real, -A.imag], -1), torch.cat([A.imag, A.real], -1)], -2)
-    P = _coupled_newton_schulz(E, iterations)
-    imag = P[..., :p, q:] if conj_slip else P[..., p:, :q]
-    return torch.complex(P[..., :p, :q], imag)
-
-
-def _faithful_step(w, size, stride, target):
-    """The authors' step (see module docstring); ``w (C_out, C_in, kh, kw)``: stride-1 FFT on the
-    output grid, ``faithful_polar``, real part of the inverse FFT, crop."""
-    kh, kw = w.shape[-2:]
-    grid = (size[0] // stride[0], size[1] // stride[1])
-    A = torch.fft.fft2(w, s=grid).permute(2, 3, 0, 1)          # (mh, mw, C_out, C_in)
-    P = target * faithful_polar(A)
-    return torch.fft.ifft2(P.permute(2, 3, 0, 1)).real[..., :kh, :kw]
-
-
-def _check_faithful_grid(weight, size, stride):
-    grid = (size[0] // stride[0], size[1] // stride[1])
-    if weight.shape[-2] > grid[0] or weight.shape[-1] > grid[1]:
-        raise UserError(
-            f"faithful=True needs the kernel {tuple(weight.shape[-2:])} to fit the output grid "
-            f"{grid}")
-
-
-def _operator_sv(w, size, stride):
+def _operator_sv(w, size, stride, groups):
     """Non-zero singular values of the circular strided operator (structural zeros dropped),
-    one copy per conjugate pair (enough for min, max and errors)."""
+    one copy per conjugate pair and group (enough for min, max and errors)."""
     symbol = polyphase_symbol(w, size, stride)
+    symbol = symbol.reshape(*symbol.shape[:2], groups, w.shape[0] // groups, symbol.shape[-1])
     if _frequency_independent(w, stride):       # every frequency holds the same matrix
         return batched_svdvals(symbol[0, 0])
     flat = symbol.flatten(0, 1)
-    real, pair, _, _ = frequency_classes(_check_divisible(size, stride), flat.device)
+    real, pair, _, _ = frequency_classes(check_divisible(size, stride), flat.device)
     return torch.cat([batched_svdvals(flat[real].real).flatten(),
                       batched_svdvals(flat[pair]).flatten()])
 
@@ -317,20 +285,20 @@ def _frequency_independent(w, stride) -> bool:
     return w.shape[-2] <= stride[0] and w.shape[-1] <= stride[1]
 
 
-def _project(weight, size, stride, target, method, faithful, iterations, report):
+def _project(weight, size, stride, groups, target, method, faithful, iterations, report):
     w = weight.detach()
     if w.dtype in (torch.float16, torch.bfloat16):
         w = w.float()
     errors = []
 
     def rel_error(w):
-        sv = _operator_sv(w, size, stride)
+        sv = _operator_sv(w, size, stride, groups)
         return sv, float((sv / target - 1).abs().max())
 
     if report:
         errors.append(rel_error(w)[1])
     for _ in range(iterations):
-        w = _step(w, size, stride, target, method, faithful)
+        w = _step(w, size, stride, groups, target, method, faithful)
         if report:
             sv, err = rel_error(w)
             errors.append(err)
@@ -341,7 +309,8 @@ def _project(weight, size, stride, target, method, faithful, iterations, report)
     return ProjectionReport(
         target=float(target), sigma_min=float(sv.min()), sigma_max=float(sv.max()),
         max_rel_error=errors[-1], iterations=iterations, method=method, faithful=faithful,
-        stride=tuple(stride), grid=(size[0] // stride[0], size[1] // stride[1]), history=errors)
+        stride=tuple(stride), grid=(size[0] // stride[0], size[1] // stride[1]), history=errors,
+        groups=groups)
 
 
 def _check_options(method, faithful, iterations, target):
@@ -356,38 +325,41 @@ def _check_options(method, faithful, iterations, target):
         raise UserError(f"target must be a positive number, got {target!r}")
 
 
-def project_kernel(weight, input_size, *, stride=1, target=None, method="svd",
+def project_kernel(weight, input_size, *, stride=None, groups=None, target=None, method="svd",
                    faithful=False) -> torch.Tensor:
-    """One Procrustes projection as a pure function: ``weight (C_out, C_in, kh, kw)`` -> the
-    projected kernel, same shape, dtype and device (see the module docstring for the exact and
-    the faithful algorithm and the default ``target``)."""
+    """One Procrustes projection as a pure function: ``weight (C_out, C_in / groups, kh, kw)`` (or an
+    ``nn.Conv2d``: its weight, stride and groups) -> the projected kernel, same shape, dtype and
+    device (see the module docstring for the exact and the faithful algorithm and the default
+    ``target``)."""
     _check_options(method, faithful, 1, target)
-    weight, size, stride = _resolve(weight, input_size, stride)
+    weight, size, stride, groups = _resolve(weight, input_size, stride, groups)
     if faithful:
-        _check_faithful_grid(weight, size, stride)
+        check_faithful_grid(weight, size, stride)
     if target is None:
-        target = _default_target(weight, stride, faithful)
-    return _step(weight.detach(), size, stride, target, method, faithful)
+        target = _default_target(weight, stride, groups, faithful)
+    return _step(weight.detach(), size, stride, groups, target, method, faithful)
 
 
-def project_conv_(conv_or_weight, input_size, *, stride=None, target=None, method="svd",
+def project_conv_(conv_or_weight, input_size, *, stride=None, groups=None, target=None, method="svd",
                   faithful=False, iterations=1) -> ProjectionReport:
     """Project a convolution in place onto norm-preserving kernels; returns a report.
 
-    ``conv_or_weight``: an ``nn.Conv2d`` (stride read from it when ``stride=None``) or a weight
-    ``(C_out, C_in, kh, kw)``.  ``input_size``: the layer's input size (int or ``(h, w)``); the
-    FFT grid is the output grid ``input_size / stride``.  ``target`` defaults to
-    ``sqrt(C_out / min(C_out, C_in ph pw))`` (``sqrt(C_out / C_in)`` for the authors' layers and
-    for ``faithful=True``).  ``iterations > 1`` repeats the projection (alternating projections).
-    The report's singular values are the exact circular operator's, after the projection.
+    ``conv_or_weight``: an ``nn.Conv2d`` (its own stride and groups) or a weight
+    ``(C_out, C_in / groups, kh, kw)`` (stride and groups default to 1).  ``input_size``: the
+    layer's input size (int or ``(h, w)``); the FFT grid is the output grid
+    ``input_size / stride``.  ``target`` defaults to ``norm_preserving_target``
+    (``sqrt(C_out / C_in)`` for the authors' layers and for ``faithful=True``).  A grouped conv is
+    projected group by group (its operator is block-diagonal).  ``iterations > 1`` repeats the
+    projection (alternating projections).  The report's singular values are the exact circular
+    operator's, after the projection.
     """
     _check_options(method, faithful, iterations, target)
-    weight, size, stride = _resolve(conv_or_weight, input_size, stride)
+    weight, size, stride, groups = _resolve(conv_or_weight, input_size, stride, groups)
     if faithful:
-        _check_faithful_grid(weight, size, stride)
+        check_faithful_grid(weight, size, stride)
     if target is None:
-        target = _default_target(weight, stride, faithful)
-    return _project(weight, size, stride, target, method, faithful, iterations, report=True)
+        target = _default_target(weight, stride, groups, faithful)
+    return _project(weight, size, stride, groups, target, method, faithful, iterations, report=True)
 
 
 # ----------------------------------------------------------------------------- the hook
@@ -395,10 +367,12 @@ class ProcrustesHook:
     """Projects each ``(conv, input_size)`` layer after every optimizer step with probability
     ``p``.  Decisions come from a ``torch.Generator`` seeded with ``seed`` (one draw per layer per
     step), so they are reproducible and identical across DDP ranks; ``state_dict()`` carries the
-    generator state for resuming.  ``remove()`` detaches it from the optimizer."""
+    generator state for resuming.  ``remove()`` detaches it from the optimizer.  ``names``
+    label the layers in messages (default: their index).  A layer whose weights are no longer
+    finite when it is due raises ``FloatingPointError`` naming it (training diverged)."""
 
     def __init__(self, optimizer, layers, *, p=0.5, method="svd", faithful=False, seed=0,
-                 iterations=1):
+                 iterations=1, names=None):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise UserError(f"optimizer must be a torch.optim.Optimizer, got {optimizer!r}")
         if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
@@ -410,10 +384,14 @@ class ProcrustesHook:
                     and isinstance(item[0], nn.Conv2d)):
                 raise UserError(f"layers must be (nn.Conv2d, input_size) pairs, got {item!r}")
             conv, size = item
-            weight, size, stride = _resolve(conv, size, None)
+            weight, size, stride, groups = _resolve(conv, size, None, None)
             if faithful:
-                _check_faithful_grid(weight, size, stride)
-            self.layers.append((conv, size, stride, _default_target(weight, stride, faithful)))
+                check_faithful_grid(weight, size, stride)
+            target = _default_target(weight, stride, groups, faithful)
+            self.layers.append((conv, size, stride, groups, target))
+        self.names = [f"layer {i}" for i in range(len(self.layers))] if names is None else list(names)
+        if len(self.names) != len(self.layers):
+            raise UserError(f"names must label each of the {len(self.layers)} layers, got {len(self.names)}")
         self.p, self.method, self.faithful, self.iterations = float(p), method, faithful, iterations
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
@@ -424,12 +402,13 @@ class ProcrustesHook:
     @torch.no_grad()
     def _after_step(self, optimizer, args, kwargs):
         draws = torch.rand(len(self.layers), generator=self.generator)
-        for i, ((conv, size, stride, target), u) in enumerate(zip(self.layers, draws.tolist())):
+        for name, (conv, size, stride, groups, target), u in zip(self.names, self.layers, draws.tolist()):
             if u < self.p:
                 if not torch.isfinite(conv.weight).all():
-                    raise UserError(f"layer {i} ({conv}) has NaN or inf weights after step "
-                                     f"{self.steps}: training diverged, nothing to project")
-                _project(conv.weight, size, stride, target, self.method, self.faithful,
+                    raise FloatingPointError(
+                        f"Procrustes projection: {name} has NaN or inf weights after optimizer step "
+                        f"{self.steps + 1}: training diverged, nothing to project")
+                _project(conv.weight, size, stride, groups, target, self.method, self.faithful,
                          self.iterations, report=False)
                 self.projections += 1
         self.steps += 1
@@ -448,17 +427,36 @@ class ProcrustesHook:
 
 
 def register_procrustes_hook(optimizer, layers, *, p=0.5, method="svd", faithful=False, seed=0,
-                             iterations=1) -> ProcrustesHook:
+                             iterations=1, names=None) -> ProcrustesHook:
     """Project ``layers`` (a list of ``(nn.Conv2d, input_size)``) after every ``optimizer.step()``
     with probability ``p``; returns the ``ProcrustesHook`` (``.remove()``, ``.state_dict()``)."""
     return ProcrustesHook(optimizer, list(layers), p=p, method=method, faithful=faithful,
-                          seed=seed, iterations=iterations)
+                          seed=seed, iterations=iterations, names=names)
 
 
-def attach_procrustes(model, optimizer, *, p=0.5, method="svd", faithful=False, seed=0,
-                      iterations=1) -> ProcrustesHook:
-    """``register_procrustes_hook(optimizer, model.transitions(), ...)``."""
-    if not hasattr(model, "transitions"):
-        raise UserError(f"model {type(model).__name__} has no transitions() method")
-    return register_procrustes_hook(optimizer, model.transitions(), p=p, method=method,
-                                    faithful=faithful, seed=seed, iterations=iterations)
+def attach_procrustes(model, optimizer, *, convs=None, example_input=None, p=0.5, method="svd",
+                      faithful=False, seed=0, iterations=1) -> ProcrustesHook:
+    """Project convs of ``model`` after every ``optimizer.step()`` with probability ``p``.
+
+    ``convs=None``: the zoo models' ``model.transitions()``.  Any other model: ``convs`` names
+    them (a qualified module name, an ``nn.Conv2d``, ``"downsample"`` for every strided 1x1
+    conv, or a list of these) and ``example_input`` (a batch the model accepts) gives one
+    forward pass in which every conv's input size is recorded (:func:`procres.convs.find_convs`).
+    """
+    if convs is None:
+        if not hasattr(model, "transitions"):
+            raise UserError(f"model {type(model).__name__} has no transitions() method: name the convs to "
+                            "project, e.g. attach_procrustes(model, opt, convs='downsample', example_input=x)")
+        layers = model.transitions()
+        names = {id(m): name for name, m in model.named_modules()}
+        return register_procrustes_hook(optimizer, layers, p=p, method=method, faithful=faithful, seed=seed,
+                                        iterations=iterations, names=[names.get(id(c), "?") for c, _ in layers])
+    from procres.convs import find_convs, select_convs
+
+    if example_input is None:
+        raise UserError("attach_procrustes(convs=...) needs example_input, a batch the model accepts, "
+                        "to learn each conv's input size")
+    sites = select_convs(find_convs(model, example_input), convs)
+    return register_procrustes_hook(optimizer, [(s.module, s.input_size) for s in sites], p=p,
+                                    method=method, faithful=faithful, seed=seed, iterations=iterations,
+                                    names=[s.name for s in sites])

@@ -1,20 +1,11 @@
 """Singular values of 2-D convolution operators.
 
-A convolution with weight ``W`` of shape ``(C_out, C_in, kh, kw)`` (PyTorch layout) and stride
-``s`` is a linear map from ``R^{C_in x h x w}`` to ``R^{C_out x oh x ow}``.  This module gives its
-singular values exactly or iteratively, and its dense matrix for small sizes.
-
-Operators (``padding_mode``):
-
-* ``"circular"``: periodic convolution on the ``h x w`` torus.  The input is padded by ``kh // 2``
-  on top and ``kh - 1 - kh // 2`` at the bottom (same for the width) with wrap-around, so the
-  output is ``(h / s) x (w / s)``; ``h`` and ``w`` must be divisible by ``s``.  For odd ``k <= n``
-  this is ``nn.Conv2d(padding=k // 2, padding_mode="circular")``.  Taps are taken modulo the grid,
-  so even kernels and kernels larger than the grid are well defined.  The shift ``k // 2`` is a
-  permutation of the output and does not change any singular value.
-* ``"zeros"``: ``nn.Conv2d(padding=k // 2)`` exactly, output ``(h + 2 (k // 2) - k) // s + 1``.
-  For odd ``k`` and ``s | h`` that is ``h / s``; for even ``k`` the output has one more row and
-  column than ``h / s`` (stride 1), as in PyTorch.
+The operator, its arguments and their defaults are :mod:`procres.convop`'s: every function here
+takes an ``nn.Conv2d`` (its own stride, padding, dilation, groups and padding mode) or a weight
+``(C_out, C_in / groups, kh, kw)`` (stride 1, dilation 1, groups 1, **circular** padding unless
+told otherwise), the input size as ``n`` or ``(h, w)`` of any integral type, and the same
+keywords ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode``.  Half and bfloat16
+weights are measured in float32.
 
 Exact spectra (Sedghi, Gupta & Long, ICLR 2019; polyphase form as in Senderovich et al. 2022):
 
@@ -30,10 +21,29 @@ Exact spectra (Sedghi, Gupta & Long, ICLR 2019; polyphase form as in Senderovich
   operator is the ``C_out x (s^2 C_in)`` block row ``[A_{0,0} ... A_{s-1,s-1}]``.  Phases with no
   kernel tap (``k < s``) are all-zero columns and are dropped (their zero singular values are
   added back to the count).
-* zeros: no FFT diagonalisation; exact only through the dense matrix (``DENSE_LIMIT``).
+* dilation ``d``: the kernel with ``d - 1`` zeros between taps (exact); groups: the operator is
+  block-diagonal over the groups (after a permutation of channels), so its spectrum is the union
+  of the groups' spectra.
+* patch convolutions (``k_eff <= s`` with circular padding or no zero padding: 1x1 convs,
+  ``k = s`` patchify stems): every output pixel reads its own input pixels, so the spectrum is
+  the ``C_out x C_in k k`` matrix's singular values, each ``oh ow`` times, plus zeros: one SVD,
+  for both padding modes.
+* zeros otherwise: no FFT diagonalisation; exact through the dense matrix when its smaller side
+  is at most ``DENSE_LIMIT`` (the SVD of A or A^T).
 
-For any padding and size, ``conv_operator_norm`` and ``conv_min_singular_value`` run Lanczos on
-the smaller Gram operator, applied with ``conv2d`` and its adjoint ``conv_transpose2d``.
+Extremes (``conv_operator_norm``, ``conv_min_singular_value``, ``conv_extremes``): Lanczos
+(:mod:`procres.lanczos`) on the smaller Gram operator, applied with ``conv2d`` and its adjoint
+``conv_transpose2d``, for any padding and size.  ``conv_extremes`` is what the spectrum tables
+use: exact where it is cheap (FFT, patch, or, for zero padding, a dense LU of a square operator
+with at most ``DENSE_LIMIT`` rows, or a Cholesky factor of a small enough smaller Gram, followed
+by inverse iteration for the smallest value), else Lanczos with the achieved error reported.
+Its Lanczos starts from the circular operator's top (or smallest) singular vector, a plane wave
+under a half-sine envelope, plus ``START_MIX`` of a random vector so that no group or frequency
+is left out: fewer iterations, and in clustered spectra a better top value.  The smallest value
+of a large near-singular zero-padding operator (a stride-1 conv whose circular symbol is close to
+singular somewhere) needs about ``dim`` iterations; Lanczos gives up after ``GIVE_UP_AFTER``
+when no digit is right yet, and reports its Ritz value, an upper bound (Ritz values never
+undershoot the smallest eigenvalue).
 
 Precision and speed: spectra are computed in the weight's dtype (complex64 for float32,
 complex128 for float64) with batched ``torch.linalg.svdvals`` on ``h w / 2 + 2`` matrices instead
@@ -48,17 +58,32 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
+from procres.convop import DENSE_LIMIT, ConvOperator, conv_operator, size_pair
 from procres.errors import UserError
+from procres.lanczos import lanczos
+from procres.symbol import (
+    batched_svdvals,
+    check_divisible,
+    circular_singular_values,
+    circular_symbol,
+    frequency_classes,
+    kernel_from_symbol,
+    patch_singular_values,
+    polyphase_symbol,
+)
 
 __all__ = [
     "DENSE_LIMIT",
     "conv_singular_values",
     "conv_operator_norm",
     "conv_min_singular_value",
+    "conv_extremes",
+    "exact_extremes",
     "conv_matrix",
     "norm_preserving_target",
     "spectrum_stats",
@@ -68,239 +93,49 @@ __all__ = [
     "kernel_from_symbol",
 ]
 
-#: Largest number of rows or columns of a dense operator (``conv_matrix`` and the exact
-#: zero-padding spectrum).  A 4096 x 4096 float64 matrix is 128 MiB; its SVD takes seconds.
-DENSE_LIMIT = 4096
-
-_PADDING_MODES = ("circular", "zeros")
-
-
-# ----------------------------------------------------------------------------- argument checks
-def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise UserError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if isinstance(value, int):
-        pair = (value, value)
-    elif isinstance(value, (tuple, list, torch.Size)) and len(value) == 2:
-        pair = tuple(value)
-    else:
-        raise UserError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in pair):
-        raise UserError(f"{name} must hold positive ints, got {value!r}")
-    return pair
-
-
-def _check_weight(weight) -> None:
-    if not isinstance(weight, torch.Tensor):
-        raise UserError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
-    if weight.dim() != 4:
-        raise UserError(
-            f"weight must be 4-D (C_out, C_in, kh, kw), got shape {tuple(weight.shape)}"
-        )
-    if not weight.is_floating_point():
-        raise UserError(f"weight must be a real floating tensor, got dtype {weight.dtype}")
-    if weight.numel() == 0:
-        raise UserError(f"weight is empty, shape {tuple(weight.shape)}")
-    if not torch.isfinite(weight).all():
-        raise UserError("weight contains NaN or inf values")
-
-
-def _check_mode(padding_mode: str) -> None:
-    if padding_mode not in _PADDING_MODES:
-        raise UserError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
-
-
-def _check_divisible(size, stride) -> tuple[int, int]:
-    (h, w), (sh, sw) = size, stride
-    if h % sh or w % sw:
-        raise UserError(
-            f"circular padding needs input_size {size} divisible by stride {stride}"
-        )
-    return h // sh, w // sw
-
-
-def _zeros_padding(weight, padding) -> tuple[int, int]:
-    if padding is None:
-        return weight.shape[-2] // 2, weight.shape[-1] // 2
-    if isinstance(padding, int) and not isinstance(padding, bool):
-        padding = (padding, padding)
-    if not (isinstance(padding, (tuple, list)) and len(padding) == 2
-            and all(isinstance(p, int) and p >= 0 for p in padding)):
-        raise UserError(f"padding must be a non-negative int or pair, got {padding!r}")
-    return tuple(padding)
-
-
-def _output_size(weight, size, stride, padding, padding_mode) -> tuple[int, int]:
-    if padding_mode == "circular":
-        return _check_divisible(size, stride)
-    out = tuple((n + 2 * p - k) // s + 1
-                for n, p, k, s in zip(size, padding, weight.shape[-2:], stride))
-    if min(out) < 1:
-        raise UserError(
-            f"input_size {size} with padding {padding} is smaller than the kernel "
-            f"{tuple(weight.shape[-2:])}"
-        )
-    return out
-
-
-# ----------------------------------------------------------------------------- the operator
-def _wrap_index(n: int, k: int, device) -> torch.Tensor:
-    """Rows of the circularly padded input: ``n + k - 1`` indices starting at ``-(k // 2)``."""
-    return torch.arange(-(k // 2), n + k - 1 - k // 2, device=device) % n
-
-
-def _conv(x, weight, stride, padding, padding_mode):
-    """The operator: ``x (B, C_in, h, w) -> (B, C_out, oh, ow)``."""
-    if padding_mode == "zeros":
-        return F.conv2d(x, weight, stride=stride, padding=padding)
-    kh, kw = weight.shape[-2:]
-    ih = _wrap_index(x.shape[-2], kh, x.device)
-    iw = _wrap_index(x.shape[-1], kw, x.device)
-    return F.conv2d(x[..., ih, :][..., iw], weight, stride=stride)
-
-
-def _conv_adjoint(y, weight, size, stride, padding, padding_mode):
-    """The adjoint of ``_conv``: ``y (B, C_out, oh, ow) -> (B, C_in, h, w)``."""
-    h, w = size
-    kh, kw = weight.shape[-2:]
-    if padding_mode == "zeros":
-        out_pad = tuple(n + 2 * p - k - (o - 1) * s for n, p, k, o, s in
-                        zip(size, padding, (kh, kw), y.shape[-2:], stride))
-        return F.conv_transpose2d(y, weight, stride=stride, padding=padding,
-                                  output_padding=out_pad)
-    # adjoint of "wrap-pad then valid conv": transposed conv onto the padded grid, then fold
-    # the padded rows/columns back onto the torus.
-    z = F.conv_transpose2d(y, weight, stride=stride,
-                           output_padding=(stride[0] - 1, stride[1] - 1))
-    x = z.new_zeros(*z.shape[:-2], h, z.shape[-1]).index_add_(-2, _wrap_index(h, kh, z.device), z)
-    return x.new_zeros(*x.shape[:-1], w).index_add_(-1, _wrap_index(w, kw, x.device), x)
-
-
-def conv_matrix(weight, input_size, *, stride=1, padding_mode="circular") -> torch.Tensor:
-    """Dense matrix of the convolution operator, built by impulse response.
-
-    ``weight (C_out, C_in, kh, kw)`` -> ``(C_out * oh * ow, C_in * h * w)`` in the weight's dtype
-    and device; rows and columns are C-order flattenings of ``(C, H, W)``, so
-    ``conv_matrix(W, n) @ x.flatten() == conv(x).flatten()``.  ``padding_mode="zeros"`` is
-    ``nn.Conv2d(padding=k // 2)``.  Raises ValueError above ``DENSE_LIMIT`` rows or columns.
-    """
-    _check_weight(weight)
-    _check_mode(padding_mode)
-    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
-    padding = _zeros_padding(weight, None)
-    oh, ow = _output_size(weight, size, stride, padding, padding_mode)
-    c_out, c_in = weight.shape[:2]
-    d_in, d_out = c_in * size[0] * size[1], c_out * oh * ow
-    if max(d_in, d_out) > DENSE_LIMIT:
-        raise UserError(
-            f"dense operator would be {d_out} x {d_in}, above DENSE_LIMIT={DENSE_LIMIT}; "
-            "use conv_operator_norm / conv_min_singular_value instead"
-        )
-    eye = torch.eye(d_in, dtype=weight.dtype, device=weight.device).reshape(d_in, c_in, *size)
-    return _conv(eye, weight, stride, padding, padding_mode).reshape(d_in, d_out).T
-
-
-# ----------------------------------------------------------------------------- exact spectra
-def _wrap_kernel(weight, size):
-    """Fold kernel taps modulo the grid so that the kernel is at most ``h x w``."""
-    (h, w), (kh, kw) = size, weight.shape[-2:]
-    if kh > h:
-        reps = -(-kh // h)
-        weight = F.pad(weight, (0, 0, 0, reps * h - kh))
-        weight = weight.reshape(*weight.shape[:2], reps, h, weight.shape[-1]).sum(2)
-    if kw > w:
-        reps = -(-kw // w)
-        weight = F.pad(weight, (0, reps * w - kw))
-        weight = weight.reshape(*weight.shape[:3], reps, w).sum(3)
-    return weight
-
-
-def _phases(kernel_size, stride) -> tuple[int, int]:
-    """Number of polyphase components per axis that hold at least one kernel tap."""
-    return min(kernel_size[0], stride[0]), min(kernel_size[1], stride[1])
-
-
-def polyphase_symbol(weight, input_size, stride=1):
-    """Per-frequency matrices of the circular strided convolution (real-FFT half spectrum).
-
-    ``weight (C_out, C_in, kh, kw)`` -> complex ``(mh, mw // 2 + 1, C_out, C_in * ph * pw)`` on the
-    output grid ``m = input_size / stride`` (``ph = min(kh, sh)`` phases that hold taps; columns
-    ordered ``(c_in, r, t)``).  ``frequency_classes`` says which entries to use.
-    """
-    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
-    (mh, mw), (sh, sw) = _check_divisible(size, stride), stride
-    weight = _wrap_kernel(weight, size)
-    c_out, c_in, kh, kw = weight.shape
-    ph, pw = _phases((kh, kw), stride)
-    qh, qw = -(-kh // sh), -(-kw // sw)
-    sub = F.pad(weight, (0, qw * sw - kw, 0, qh * sh - kh)).reshape(c_out, c_in, qh, sh, qw, sw)
-    sub = sub[:, :, :, :ph, :, :pw].permute(0, 1, 3, 5, 2, 4).reshape(c_out, c_in * ph * pw, qh, qw)
-    return torch.fft.rfft2(sub, s=(mh, mw)).permute(2, 3, 0, 1)
-
-
-def frequency_classes(grid, device=None):
-    """One representative per conjugate pair of the real-FFT half spectrum.
-
-    For a real kernel the matrix at ``(-u, -v)`` is the conjugate of the one at ``(u, v)``.  In
-    the flattened ``(mh, mw // 2 + 1)`` half spectrum this returns int64 index tensors
-    ``real`` (the up to 4 self-conjugate frequencies ``u in {0, mh/2}, v in {0, mw/2}``: real
-    matrices, count once), ``pair`` (one of each conjugate pair: count twice), and
-    ``mirror, source`` (entries of columns ``v in {0, mw/2}`` that are the conjugate of
-    ``source``).  ``len(real) + 2 len(pair) == mh * mw``.
-    """
-    mh, mw = grid
-    mwr = mw // 2 + 1
-    u = torch.arange(mh).repeat_interleave(mwr)
-    v = torch.arange(mwr).repeat(mh)
-    self_v = (v == 0) | ((mw % 2 == 0) & (v == mw // 2))
-    self_u = (u == 0) | ((mh % 2 == 0) & (u == mh // 2))
-    upper = (u > 0) & (2 * u < mh)                       # representatives inside columns self_v
-    flat = torch.arange(mh * mwr)
-    real = flat[self_v & self_u]
-    pair = flat[~self_v | upper]
-    mirror = flat[self_v & ~self_u & ~upper]
-    source = (mh - u[mirror]) * mwr + v[mirror]
-    return tuple(t.to(device) for t in (real, pair, mirror, source))
-
-
-def kernel_from_symbol(symbol, kernel_size, input_size, stride=1) -> torch.Tensor:
-    """Inverse of ``polyphase_symbol`` followed by a crop to the ``kh x kw`` support.
-
-    ``symbol (mh, mw // 2 + 1, C_out, C_in * ph * pw)`` -> real weight ``(C_out, C_in, kh, kw)``.
-    Taps of the periodic kernel outside the support are discarded (the crop of the Procrustes
-    projection).  Needs ``kh <= h`` and ``kw <= w``.
-    """
-    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
-    (mh, mw), (sh, sw) = _check_divisible(size, stride), stride
-    kh, kw = kernel_size
-    ph, pw = _phases((kh, kw), stride)
-    qh, qw = -(-kh // sh), -(-kw // sw)
-    c_out = symbol.shape[-2]
-    c_in = symbol.shape[-1] // (ph * pw)
-    sub = torch.fft.irfft2(symbol.permute(2, 3, 0, 1), s=(mh, mw))[..., :qh, :qw]
-    sub = sub.reshape(c_out, c_in, ph, pw, qh, qw).permute(0, 1, 4, 2, 5, 3)
-    full = sub.new_zeros(c_out, c_in, qh, sh, qw, sw)
-    full[:, :, :, :ph, :, :pw] = sub
-    return full.reshape(c_out, c_in, qh * sh, qw * sw)[..., :kh, :kw]
+#: Exact extremes of a non-square zero-padding operator need its smaller Gram matrix: built from
+#: the rows' taps (``rows x taps^2`` products) for a tall operator, at most ``DENSE_GRAM_PAIRS``;
+#: else as a dense product, at most ``DENSE_GRAM_FLOPS`` (a few seconds on one core).  Past both,
+#: Lanczos.
+DENSE_GRAM_PAIRS = 5e7
+DENSE_GRAM_FLOPS = 1e11
 
 
 # ----------------------------------------------------------------------------- the target
-def norm_preserving_target(weight_or_shape, stride=1) -> float:
+def _tap_phases(kernel_size, stride, dilation=(1, 1)) -> tuple[int, int]:
+    """Polyphase components per axis that hold a tap: ``|{d a mod s}| = min(k, s / gcd(d, s))``."""
+    return tuple(min(k, s // math.gcd(d, s)) for k, s, d in zip(kernel_size, stride, dilation))
+
+
+def norm_preserving_target(weight_or_shape, stride=None, *, dilation=None, groups=None) -> float:
     """The value ``c`` that every non-zero singular value of a conv must take for the operator to
     preserve the gradient norm in expectation (REFERENCE.md section 4).
 
-    ``weight_or_shape``: a weight ``(C_out, C_in, kh, kw)`` or its shape.  Per frequency the
-    operator is the ``C_out x (C_in * ph * pw)`` polyphase block (``ph = min(kh, sh)`` phases hold
-    taps), of rank ``r = min(C_out, C_in ph pw)`` for a generic kernel.  For isotropic output
-    gradients ``E ||A^T g||^2 / ||g||^2 = r c^2 / C_out``, so ``c = sqrt(C_out / r)``: the authors'
-    ``sqrt(C_out / C_in)`` for their stem and 1x1 transitions, 1 when the block has full row rank
-    (3x3 stride 2, or fewer output than input channels), never below 1.
+    ``weight_or_shape``: an ``nn.Conv2d`` (its own stride, dilation and groups), a weight
+    ``(C_out, C_in / groups, kh, kw)`` or its shape.  Per frequency and group the operator is the
+    ``(C_out / g) x (C_in / g * ph * pw)`` polyphase block (``ph`` phases hold taps), of rank
+    ``r = min(C_out / g, C_in / g * ph * pw)`` for a generic kernel.  For isotropic output
+    gradients ``E ||A^T g||^2 / ||g||^2 = r c^2 / (C_out / g)``, so ``c = sqrt(C_out / (g r))``:
+    the authors' ``sqrt(C_out / C_in)`` for their stem and 1x1 transitions, 1 when the block has
+    full row rank (3x3 stride 2, fewer output than input channels, depthwise), never below 1.
     """
+    if isinstance(weight_or_shape, nn.Conv2d):
+        conv = weight_or_shape
+        stride = conv.stride if stride is None else stride
+        dilation = conv.dilation if dilation is None else dilation
+        groups = conv.groups if groups is None else groups
+        weight_or_shape = conv.weight
     shape = tuple(weight_or_shape.shape if isinstance(weight_or_shape, torch.Tensor) else weight_or_shape)
     if len(shape) != 4 or not all(isinstance(n, int) and n >= 1 for n in shape):
         raise UserError(f"weight shape must be 4 positive ints (C_out, C_in, kh, kw), got {shape!r}")
+    groups = 1 if groups is None else groups
+    if not (isinstance(groups, int) and groups >= 1 and shape[0] % groups == 0):
+        raise UserError(f"groups must be a positive int dividing C_out={shape[0]}, got {groups!r}")
     c_out, c_in, kh, kw = shape
-    ph, pw = _phases((kh, kw), _pair(stride, "stride"))
+    stride = size_pair(1 if stride is None else stride, "stride")
+    dilation = size_pair(1 if dilation is None else dilation, "dilation")
+    ph, pw = _tap_phases((kh, kw), stride, dilation)
+    c_out //= groups
     return math.sqrt(c_out / min(c_out, c_in * ph * pw))
 
 
@@ -327,154 +162,291 @@ def spectrum_stats(singular_values, target: float | None = None, *, rtol: float 
     return out
 
 
-CUDA_BATCHED_SVD_MAX = 32
-
-
-def batched_svdvals(A: torch.Tensor) -> torch.Tensor:
-    """``torch.linalg.svdvals`` of a batch ``A (..., m, n)``, routed for speed and accuracy on CUDA.
-
-    cuSOLVER has a batched SVD only for matrices up to 32 x 32; above that torch issues one
-    launch per matrix (H200, torch 2.11: 0.8 s for the 272 64 x 64 matrices of a (C, n) =
-    (64, 32) layer), so such batches are decomposed on the CPU, where they are small, and the
-    values come back to ``A``'s device.  cuSOLVER's batched complex64 SVD measured up to 1.6e-4
-    relative error (C = 512), so small complex64 batches on CUDA run in complex128.
-    """
-    if not A.is_cuda:
-        return torch.linalg.svdvals(A)
-    if max(A.shape[-2:]) > CUDA_BATCHED_SVD_MAX:
-        return torch.linalg.svdvals(A.cpu()).to(A.device)
-    if A.dtype == torch.complex64:
-        return torch.linalg.svdvals(A.to(torch.complex128)).to(torch.float32)
-    return torch.linalg.svdvals(A)
-
-
-def conv_singular_values(weight, input_size, *, stride=1, padding_mode="circular") -> torch.Tensor:
-    """All singular values of ``x -> conv(x, weight, stride)``, sorted descending.
-
-    ``weight (C_out, C_in, kh, kw)``, ``input_size`` int or ``(h, w)``.  Returns exactly
-    ``min(C_in h w, C_out oh ow)`` values in the weight's dtype and device.  Circular padding
-    uses the (polyphase) FFT; ``"zeros"`` (``nn.Conv2d(padding=k // 2)``) uses the dense operator
-    and raises ValueError above ``DENSE_LIMIT``.
-    """
-    _check_weight(weight)
-    _check_mode(padding_mode)
-    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
-    if padding_mode == "zeros":
-        return torch.linalg.svdvals(
-            conv_matrix(weight, size, stride=stride, padding_mode="zeros"))
-    mh, mw = _check_divisible(size, stride)
-    symbol = polyphase_symbol(weight, size, stride).flatten(0, 1)
-    real, pair, _, _ = frequency_classes((mh, mw), symbol.device)
-    sv_pair = batched_svdvals(symbol[pair])
-    sv = torch.cat([batched_svdvals(symbol[real].real).flatten(),
-                    sv_pair.flatten(), sv_pair.flatten()])
-    total = min(weight.shape[1] * size[0] * size[1], weight.shape[0] * mh * mw)
-    if sv.numel() < total:                                    # empty polyphase columns
+def _fill_zeros(sv: torch.Tensor, total: int) -> torch.Tensor:
+    if sv.numel() < total:                                    # structurally zero singular values
         sv = torch.cat([sv, sv.new_zeros(total - sv.numel())])
     return sv.sort(descending=True).values
 
 
-# ----------------------------------------------------------------------------- iterative
-def _lanczos(matvec, start, *, which, tol, max_iter, zero_tol, block=64):
-    """Extreme non-zero eigenvalue of a symmetric PSD operator by Lanczos with full
-    re-orthogonalisation.  Returns ``(theta, converged)``; Ritz values below
-    ``zero_tol * theta_max`` count as the null space and are skipped for ``which="min"``.
-    The basis is kept in blocks of ``block`` vectors (no re-stacking); the Ritz values are
-    checked every iteration for the first 16, then every 4th."""
-    blocks, alphas, betas = [], [], []
-    q = start / start.norm()
-    theta, converged = 0.0, False
-    for j in range(max_iter):
-        if j % block == 0:
-            blocks.append(q.new_empty(block, q.numel()))
-        blocks[-1][j % block] = q
-        w = matvec(q)
-        alphas.append(float(torch.dot(w, q)))
-        filled = blocks[:-1] + [blocks[-1][: j % block + 1]]
-        for _ in range(2):                                    # classical Gram-Schmidt, twice
-            for Q in filled:
-                w = w - Q.T @ (Q @ w)
-        beta = float(w.norm())
-        last = j == max_iter - 1
-        if j < 16 or j % 4 == 3 or last or beta == 0.0:
-            T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-            if betas:
-                off = torch.tensor(betas, dtype=torch.float64)
-                T = T + torch.diag(off, 1) + torch.diag(off, -1)
-            evals, evecs = torch.linalg.eigh(T)
-            top = max(float(evals[-1]), 0.0)
-            idx = len(alphas) - 1
-            if which == "min":
-                nonzero = (evals > zero_tol * top).nonzero()
-                idx = int(nonzero[0]) if len(nonzero) else idx
-            theta = float(evals[idx])
-            residual = beta * float(evecs[-1, idx].abs())
-            if residual <= tol * abs(theta) or beta <= 1e-13 * max(top, 1e-300):
-                converged = True
-                break
-        betas.append(beta)
-        q = w / beta
-    return theta, converged
+def conv_singular_values(conv_or_weight, input_size, *, stride=None, padding=None, dilation=None,
+                         groups=None, padding_mode=None) -> torch.Tensor:
+    """All singular values of the conv operator, sorted descending (see the module docstring).
+
+    Returns exactly ``min(C_in h w, C_out oh ow)`` values in the weight's dtype (float32 for
+    half precisions) and device.  Circular padding and patch convs are exact at any size; zero
+    padding otherwise uses the dense operator and raises ValueError above ``DENSE_LIMIT``.
+    """
+    op = conv_operator(conv_or_weight, input_size, stride=stride, padding=padding, dilation=dilation,
+                       groups=groups, padding_mode=padding_mode)
+    if op.patchwise:
+        sv = patch_singular_values(op)
+    elif op.padding_mode == "circular":
+        sv = circular_singular_values(op)
+    else:
+        sv = torch.linalg.svdvals(op.matrix())
+    return _fill_zeros(sv, min(op.shape))
 
 
-def _gram_extreme(weight, input_size, stride, padding, padding_mode, tol, max_iter, which):
-    _check_weight(weight)
-    _check_mode(padding_mode)
-    size, stride = _pair(input_size, "input_size"), _pair(stride, "stride")
-    if not (tol > 0):
-        raise UserError(f"tol must be positive, got {tol!r}")
-    if not (isinstance(max_iter, int) and max_iter >= 1):
-        raise UserError(f"max_iter must be a positive int, got {max_iter!r}")
-    padding = _zeros_padding(weight, padding)
-    out = _output_size(weight, size, stride, padding, padding_mode)
-    w64 = weight.detach().to(torch.float64)
-    c_out, c_in = w64.shape[:2]
-    in_shape, out_shape = (1, c_in, *size), (1, c_out, *out)
+def conv_matrix(conv_or_weight, input_size, *, stride=None, padding=None, dilation=None, groups=None,
+                padding_mode=None) -> torch.Tensor:
+    """Dense matrix ``(C_out oh ow, C_in h w)`` of the conv operator in the weight's dtype and
+    device; rows and columns are C-order flattenings of ``(C, H, W)``, so
+    ``conv_matrix(W, n) @ x.flatten() == conv(x).flatten()``.  Raises ValueError when its
+    smaller side exceeds ``DENSE_LIMIT`` or it has more than ``DENSE_ENTRIES`` entries."""
+    return conv_operator(conv_or_weight, input_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, padding_mode=padding_mode).matrix()
+
+
+# ----------------------------------------------------------------------------- extremes
+#: Singular values at most this fraction of sigma_max count as zero (the null space of a wide or
+#: strided operator is not a defect).
+NONZERO_RTOL = 1e-6
+
+
+#: Lanczos iterations after which ``conv_extremes`` stops on a smallest value that has no right
+#: digit yet (a near-singular zero-padding operator: that value is then an upper bound).
+GIVE_UP_AFTER = 64
+
+
+#: Weight of the random part of a guided Lanczos start (relative to the guided part).
+START_MIX = 0.3
+
+
+class Extreme(NamedTuple):
+    """One extreme singular value; ``error`` bounds its relative distance to a singular value of
+    the operator (the Lanczos residual; 0 for exact methods, up to rounding)."""
+
+    value: float
+    error: float
+    converged: bool
+    iterations: int
+
+
+def _gram_operator(op: ConvOperator):
+    """(matvec of the smaller Gram, its dim, map from the other side into its range, side)."""
+    rows, cols = op.shape
+    in_shape, out_shape = (1, op.c_in, *op.input_size), (1, op.c_out, *op.output_size)
 
     def fwd(x):
-        return _conv(x.reshape(in_shape), w64, stride, padding, padding_mode).flatten()
+        return op.forward(x.reshape(in_shape)).flatten()
 
     def adj(y):
-        return _conv_adjoint(y.reshape(out_shape), w64, size, stride, padding,
-                             padding_mode).flatten()
+        return op.adjoint(y.reshape(out_shape)).flatten()
 
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    if math.prod(out_shape) <= math.prod(in_shape):           # the smaller Gram: A A^T
-        matvec, dim = (lambda y: fwd(adj(y))), math.prod(out_shape)
-        start = fwd(torch.randn(math.prod(in_shape), generator=gen, dtype=torch.float64)
-                    .to(w64.device))
-    else:                                                     # A^T A
-        matvec, dim = (lambda x: adj(fwd(x))), math.prod(in_shape)
-        start = adj(torch.randn(math.prod(out_shape), generator=gen, dtype=torch.float64)
-                    .to(w64.device))
-    if start.norm() == 0:
-        return 0.0
-    theta, converged = _lanczos(matvec, start, which=which, tol=tol,
-                                max_iter=min(max_iter, dim), zero_tol=1e-10)
-    if not converged:
+    if rows <= cols:                                          # A A^T on the output side
+        return (lambda y: fwd(adj(y))), rows, fwd, "out"
+    return (lambda x: adj(fwd(x))), cols, adj, "in"
+
+
+def _lanczos_extreme(op: ConvOperator, which: str, tol: float, max_iter: int, start=None,
+                     give_up_after: int | None = None) -> Extreme:
+    """Largest or smallest non-zero singular value by Lanczos on the smaller Gram (float64)."""
+    op = op.to(torch.float64)
+    matvec, dim, into, side = _gram_operator(op)
+    other = op.shape[1] if side == "out" else op.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    rand = into(torch.randn(other, generator=gen, dtype=torch.float64).to(op.weight.device))
+    if float(rand.norm()) == 0.0:                             # the zero operator
+        return Extreme(0.0, 0.0, True, 0)
+    # a guided start keeps a random part in the range: a block-diagonal (grouped) operator would
+    # otherwise confine the Krylov space to the start's group
+    start = rand if start is None else start / start.norm() + START_MIX * rand / rand.norm()
+    res = lanczos(matvec, dim, which="largest" if which == "max" else "smallest", tol=tol,
+                  max_iter=min(max_iter, dim), start=start, zero_tol=NONZERO_RTOL**2, relative="value",
+                  give_up_after=give_up_after, device=op.weight.device)
+    index = res.wanted.nonzero().flatten()
+    if index.numel() == 0:                                    # every Ritz value is (numerically) 0
+        return Extreme(0.0, 0.0, res.converged, res.iterations)
+    i = int(index[-1] if which == "max" else index[0])
+    theta = max(float(res.values[i]), 0.0)
+    error = float(res.residuals[i]) / (2 * theta) if theta > 0 else math.inf
+    return Extreme(math.sqrt(theta), error, res.converged, res.iterations)
+
+
+def _iterative(conv_or_weight, input_size, which, tol, max_iter, **kwargs) -> float:
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise UserError(f"tol must be positive, got {tol!r}")
+    if not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 1):
+        raise UserError(f"max_iter must be a positive int, got {max_iter!r}")
+    op = conv_operator(conv_or_weight, input_size, **kwargs)
+    result = _lanczos_extreme(op, which, tol, max_iter)
+    if not result.converged:
         warnings.warn(f"Lanczos did not reach tol={tol} in max_iter={max_iter} iterations",
                       RuntimeWarning, stacklevel=3)
-    return math.sqrt(max(theta, 0.0))
+    return result.value
 
 
-def conv_operator_norm(weight, input_size, *, stride=1, padding=None, padding_mode="zeros",
-                       tol=1e-6, max_iter=1000) -> float:
-    """Largest singular value of the convolution operator, by Lanczos (float64).
+def conv_operator_norm(conv_or_weight, input_size, *, stride=None, padding=None, dilation=None, groups=None,
+                       padding_mode=None, tol=1e-6, max_iter=1000) -> float:
+    """Largest singular value of the conv operator, by Lanczos in float64 (any padding and size).
 
-    ``weight (C_out, C_in, kh, kw)``; ``padding`` (zeros mode) defaults to ``k // 2``; circular
-    mode ignores ``padding`` (a shift).  ``tol`` bounds the Ritz residual relative to
-    ``sigma^2``.  Memory grows as ``iterations x operator size``.
+    ``tol`` bounds the Ritz residual relative to ``sigma^2``; memory grows as
+    ``iterations x operator size``; a RuntimeWarning says when ``max_iter`` ended it first.
     """
-    return _gram_extreme(weight, input_size, stride, padding, padding_mode, tol, max_iter, "max")
+    return _iterative(conv_or_weight, input_size, "max", tol, max_iter, stride=stride, padding=padding,
+                      dilation=dilation, groups=groups, padding_mode=padding_mode)
 
 
-def conv_min_singular_value(weight, input_size, *, stride=1, padding=None,
-                            padding_mode="zeros", tol=1e-6, max_iter=1000) -> float:
-    """Smallest non-zero singular value of the convolution operator, by Lanczos (float64).
+def conv_min_singular_value(conv_or_weight, input_size, *, stride=None, padding=None, dilation=None,
+                            groups=None, padding_mode=None, tol=1e-6, max_iter=1000) -> float:
+    """Smallest non-zero singular value of the conv operator, by Lanczos in float64.
 
-    Lanczos runs on the smaller Gram operator from a start vector in its range; Ritz values
-    below ``1e-10 * sigma_max^2`` (singular values below ``1e-5 sigma_max``) count as zero.
-    Convergence to the bottom of a dense spectrum is slower than to the top: raise ``max_iter``
-    if a RuntimeWarning says it did not converge.
+    Lanczos runs on the smaller Gram operator from a start vector in its range; values below
+    ``NONZERO_RTOL * sigma_max`` count as zero.  Convergence to the bottom of a dense spectrum is
+    far slower than to the top; without convergence (a RuntimeWarning) the result is an upper
+    bound.  ``conv_extremes`` is exact for small zero-padding operators.
     """
-    return _gram_extreme(weight, input_size, stride, padding, padding_mode, tol, max_iter, "min")
+    return _iterative(conv_or_weight, input_size, "min", tol, max_iter, stride=stride, padding=padding,
+                      dilation=dilation, groups=groups, padding_mode=padding_mode)
+
+
+def _dense_affordable(op: ConvOperator) -> bool:
+    """Exact zero-padding extremes are cheap (see ``DENSE_GRAM_PAIRS``, ``DENSE_GRAM_FLOPS``)."""
+    rows, cols = op.shape
+    if not op.dense_affordable:
+        return False
+    taps = op.weight[0].numel()
+    return rows == cols or (rows > cols and rows * taps**2 <= DENSE_GRAM_PAIRS) or \
+        2 * rows * cols * min(rows, cols) <= DENSE_GRAM_FLOPS
+
+
+def _gram_matrix(op: ConvOperator) -> torch.Tensor:
+    """The smaller Gram matrix: ``A^T A`` of a tall operator as the sum of its rows' outer products
+    (each row holds ``C_in / g * k * k`` taps), else the dense product."""
+    rows, cols = op.shape
+    taps = op.weight[0].numel()
+    if rows > cols and rows * taps**2 <= DENSE_GRAM_PAIRS:
+        index, values = op.row_taps()
+        G = op.weight.new_zeros(cols * cols)
+        chunk = max(1, 2**22 // taps**2)
+        for start in range(0, rows, chunk):
+            i, v = index[start:start + chunk], values[start:start + chunk]
+            G.index_add_(0, (i[:, :, None] * cols + i[:, None, :]).flatten(), (v[:, :, None] * v[:, None, :]).flatten())
+        return G.reshape(cols, cols)
+    A = op.matrix()
+    return A.T @ A if rows > cols else A @ A.T
+
+
+def _dense_smallest(op: ConvOperator) -> float:
+    """Smallest singular value of the smaller side by inverse iteration (Lanczos on the inverse
+    Gram) with an LU of A (square) or a Cholesky factor of the smaller Gram; a singular or
+    numerically indefinite factorisation falls back to the Gram's eigenvalues."""
+    rows, cols = op.shape
+    if rows == cols:
+        A = op.matrix()
+        LU, piv, info = torch.linalg.lu_factor_ex(A)
+
+        def solve(v):
+            u = torch.linalg.lu_solve(LU, piv, v[:, None], adjoint=True)
+            return torch.linalg.lu_solve(LU, piv, u)[:, 0]
+    else:
+        G = _gram_matrix(op)
+        L, info = torch.linalg.cholesky_ex(G)
+        U = L.mT.contiguous()                                 # cholesky_solve copies L per call
+
+        def solve(v):
+            return torch.linalg.solve_triangular(U, torch.linalg.solve_triangular(L, v[:, None], upper=False),
+                                                 upper=True)[:, 0]
+    if int(info) != 0:
+        G = A.T @ A if rows == cols else G
+        return float(spectrum_stats(torch.linalg.eigvalsh(G).clamp_min(0).sqrt())["sigma_min"])
+    inverse = lanczos(solve, min(rows, cols), which="largest", tol=1e-10, relative="value",
+                      device=op.weight.device)
+    return 1 / math.sqrt(float(inverse.values[-1]))
+
+
+def _circular_starts(op: ConvOperator) -> tuple:
+    """Start vectors for Lanczos on the smaller Gram, for the largest and for the smallest value:
+    on the output grid, the circular operator's top (smallest non-zero) left singular vector as a
+    plane wave under a half-sine envelope (the conjugate the operator amplifies more, resp.
+    less), mapped to the input side when that is the smaller Gram's; ``(None, None)`` when the
+    circular operator is undefined (input not divisible by the stride)."""
+    if any(n % s for n, s in zip(op.input_size, op.stride)):
+        return None, None
+    symbol = circular_symbol(op.with_mode("circular"))
+    sv = batched_svdvals(symbol)                              # (F, groups, r), descending
+    masked = torch.where(sv > NONZERO_RTOL * sv.max(), sv, torch.full_like(sv, math.inf))
+    starts = []
+    for which, index in (("max", int(sv[..., 0].argmax()) * sv.shape[-1]), ("min", int(masked.argmin()))):
+        f, rest = divmod(index, op.groups * sv.shape[-1])
+        g, k = divmod(rest, sv.shape[-1])
+        u = torch.linalg.svd(symbol[f, g], full_matrices=False)[0][:, k]
+        starts.append(_plane_wave(op, u, f, g, which))
+    return tuple(starts)
+
+
+def _plane_wave(op: ConvOperator, u: torch.Tensor, f: int, g: int, which: str) -> torch.Tensor:
+    (mh, mw), (oh, ow) = (n // s for n, s in zip(op.input_size, op.stride)), op.output_size
+    fu, fv = divmod(f, mw // 2 + 1)
+    i = torch.arange(oh, dtype=torch.float64, device=u.device)
+    j = torch.arange(ow, dtype=torch.float64, device=u.device)
+    wave = torch.polar(torch.ones(oh, ow, dtype=torch.float64, device=u.device),
+                       2 * math.pi * (fu * i[:, None] / mh + fv * j / mw))
+    envelope = torch.sin(math.pi * (i[:, None] + 1) / (oh + 1)) * torch.sin(math.pi * (j + 1) / (ow + 1))
+    co = op.c_out // op.groups
+    candidates = []
+    for vec in (u, u.conj()):
+        y = torch.zeros(op.c_out, oh, ow, dtype=torch.float64, device=u.device)
+        y[g * co:(g + 1) * co] = (vec.to(wave.dtype)[:, None, None] * wave).real * envelope
+        x = op.adjoint(y[None])
+        candidates.append((float(x.norm() / y.norm()), y, x))
+    _, y, x = (max if which == "max" else min)(candidates, key=lambda c: c[0])
+    return (y if op.shape[0] <= op.shape[1] else x).flatten()
+
+
+def _extremes_of(sv: torch.Tensor, method: str) -> dict:
+    stats = spectrum_stats(sv, rtol=NONZERO_RTOL)
+    return {"sigma_max": stats["sigma_max"], "sigma_min": stats["sigma_min"], "method": method, "exact": True,
+            "sigma_max_error": 0.0, "sigma_min_error": 0.0, "sigma_min_is": "value", "iterations": 0}
+
+
+def _exact_extremes(op: ConvOperator) -> dict | None:
+    if op.patchwise:
+        return _extremes_of(patch_singular_values(op), "patch")
+    if op.padding_mode == "circular":
+        return _extremes_of(circular_singular_values(op), "fft")
+    if not _dense_affordable(op):
+        return None
+    op64 = op.to(torch.float64)
+    top = _lanczos_extreme(op64, "max", 1e-10, min(op.shape), start=_circular_starts(op64)[0])
+    return {**_extremes_of(torch.tensor([top.value, _dense_smallest(op64)], dtype=torch.float64), "dense"),
+            "sigma_max_error": top.error, "iterations": top.iterations}
+
+
+def exact_extremes(conv_or_weight, input_size, **operator) -> dict | None:
+    """``conv_extremes(..., method="exact")`` where that is affordable, else None (no work done)."""
+    return _exact_extremes(conv_operator(conv_or_weight, input_size, **operator))
+
+
+def conv_extremes(conv_or_weight, input_size, *, stride=None, padding=None, dilation=None, groups=None,
+                  padding_mode=None, method="auto", tol=1e-6, max_iter=300) -> dict:
+    """``sigma_max`` and smallest non-zero ``sigma_min`` of the conv operator, and how they were
+    obtained (see the module docstring).
+
+    ``method``: ``"exact"`` (FFT, patch, or dense factorisation for zero padding; ValueError when
+    the dense route is not affordable), ``"lanczos"``, or ``"auto"`` (exact where affordable).
+    Returns floats ``sigma_max``, ``sigma_min``, ``sigma_max_error``, ``sigma_min_error``
+    (residual bounds on the relative error; 0 when exact), ``method``, ``exact``,
+    ``sigma_min_is`` (``"value"``, or ``"upper bound"`` when Lanczos did not converge: Ritz values
+    only ever overestimate the smallest singular value) and ``iterations``.  Lanczos runs at most
+    ``max_iter`` iterations per value with residual tolerance ``tol`` (relative to ``sigma^2``).
+    """
+    if method not in ("auto", "exact", "lanczos"):
+        raise UserError(f"method must be 'auto', 'exact' or 'lanczos', got {method!r}")
+    op = conv_operator(conv_or_weight, input_size, stride=stride, padding=padding, dilation=dilation,
+                       groups=groups, padding_mode=padding_mode)
+    if method != "lanczos":
+        exact = _exact_extremes(op)
+        if exact is not None:
+            return exact
+        if method == "exact":
+            raise UserError(f"the {op.shape[0]} x {op.shape[1]} zero-padding operator is too large for the "
+                            f"dense route (DENSE_LIMIT={DENSE_LIMIT}); use method='lanczos'")
+    op64 = op.to(torch.float64)
+    high_start, low_start = _circular_starts(op64)
+    top = _lanczos_extreme(op64, "max", tol, max_iter, start=high_start)
+    low = _lanczos_extreme(op64, "min", tol, max_iter, start=low_start, give_up_after=GIVE_UP_AFTER)
+    return {"sigma_max": top.value, "sigma_min": low.value, "method": "lanczos", "exact": False,
+            "sigma_max_error": top.error, "sigma_min_error": low.error if low.converged else math.inf,
+            "sigma_min_is": "value" if low.converged else "upper bound",
+            "iterations": top.iterations + low.iterations}

@@ -103,24 +103,23 @@ def log_norms(writer, summary: dict, step: int, *, prefix: str = NORM_PREFIX, hi
 def transition_errors(model) -> dict[str, float]:
     """``{transition_error/<conv path>: max relative distance from target}`` for ``model.transitions()``.
 
-    The non-zero singular values of each conv's circular operator at its input size and stride,
-    in float64 (float32 rounding alone reads ~1e-7 for an exact projection), against
-    ``norm_preserving_target``; the projection's own spectrum code (one SVD per conjugate
-    frequency pair, a single one for kernels no larger than their stride, as 1x1 transitions:
-    ~0.15 s per epoch for procresnet166 on 2 CPU cores, ~10x less than every frequency of
-    ``conv_singular_values``). Empty for a model without transitions.
+    The extreme non-zero singular values of each conv's circular operator at its input size and
+    stride, in float64 (float32 rounding alone reads ~1e-7 for an exact projection), against
+    ``norm_preserving_target``: ``procres.spectral.conv_extremes``, exact (one SVD for a kernel no
+    larger than its stride, as the 1x1 transitions; the FFT for the stem). Empty for a model
+    without transitions.
     """
-    from procres.procrustes import _operator_sv
-    from procres.spectral import _pair, norm_preserving_target, spectrum_stats
+    from procres.spectral import conv_extremes, norm_preserving_target
 
     transitions = model.transitions() if hasattr(model, "transitions") else []
     names = {id(m): name for name, m in model.named_modules()}
     out = {}
     for conv, size in transitions:
-        w, stride = conv.weight.detach().double(), tuple(conv.stride)
-        sv = _operator_sv(w, _pair(size, "input_size"), stride)
-        stats = spectrum_stats(sv, norm_preserving_target(w, stride))
-        out[f"transition_error/{names.get(id(conv), 'unnamed')}"] = stats["max_rel_error"]
+        w = conv.weight.detach().double()
+        ext = conv_extremes(w, size, stride=conv.stride, padding_mode="circular", method="exact")
+        target = norm_preserving_target(w, conv.stride)
+        error = max(abs(ext["sigma_max"] / target - 1), abs(ext["sigma_min"] / target - 1))
+        out[f"transition_error/{names.get(id(conv), 'unnamed')}"] = error
     return out
 
 

@@ -91,7 +91,6 @@ from procres.config import TrainConfig, lr_at, resume_changes
 from procres.distributed import gathered, process_group, reduced
 from procres.errors import UserError
 from procres.evaluate import eval_record, probe_norms
-from procres.models import create_model
 from procres.run import Run, build_run, capture_graphs, norm_recorder
 from procres.runlog import ROW_HEADER, logger, progress, row
 from procres.tensorboard import open_tensorboard, seed_log_dir
@@ -101,9 +100,6 @@ _DDP_TIME_CHECK_EVERY = 25  # DDP steps between rank 0's "checkpoint due?" broad
 _STOPPED = "training stopped; nothing was saved after it (the last checkpoint, if there is one, is kept)"
 
 __all__ = ["train", "train_seeds", "resume_config"]
-
-# procres.demo imports this name; procres.models.create_model is the one model factory
-build_model = create_model
 
 
 @dataclass

@@ -44,3 +44,10 @@ def test_diverged_training_is_one_sentence_unless_debug(monkeypatch, capsys):
     assert err == "procres train: error: non-finite loss in epoch 1, step 3\n"
     with pytest.raises(FloatingPointError, match="step 3"):
         cli.main(["--debug", "train", "--quiet"])
+
+
+def test_models_and_spectrum_name_the_input_size_alike(capsys):
+    assert cli.main(["models", "--filter", "procresnet166", "--input-size", "16"]) == 0
+    assert "16->8" in capsys.readouterr().out  # the first transition's grid at a 16x16 input
+    assert cli.main(["models", "--filter", "procresnet166", "--image-size", "16"]) == 0  # the older spelling
+    assert "16->8" in capsys.readouterr().out

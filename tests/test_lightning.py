@@ -259,3 +259,17 @@ def test_ddp_two_gloo_ranks_log_the_reduced_summary(tmp_path):
     acc = _scalars(tmp_path / "lt" / "version_0")
     events = acc.Scalars("norm_ratio/block_02")
     assert len(events) == EPOCHS and events[-1].value == pytest.approx(expected[1], rel=1e-6)
+
+
+def test_auto_units_trace_a_model_without_blocks():
+    """A torchvision-style ResNet has no ``blocks``: "auto" traces it from example_input_array and
+    finds the residual blocks; a transformer's sub-graph units are named, not guessed."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from user_models import PreNormBlock, tiny_resnet
+
+    net = tiny_resnet(layers=(2, 1, 1, 1))
+    module = Wrapped(net)
+    found = _auto_units(module, torch.randn(2, 3, 16, 16))
+    assert found == [net.layer1[0], net.layer1[1], net.layer2[0], net.layer3[0], net.layer4[0]]
+    with pytest.raises(UserError, match="have no module of their own.*pass units="):
+        _auto_units(Wrapped(torch.nn.Sequential(PreNormBlock(8), PreNormBlock(8))), torch.randn(2, 4, 8))

@@ -12,7 +12,6 @@ from torch import nn
 from procres.procrustes import (
     ProcrustesHook,
     ProjectionReport,
-    _faithful_step,
     attach_procrustes,
     polar,
     project_conv_,
@@ -20,6 +19,7 @@ from procres.procrustes import (
     register_procrustes_hook,
     symbol_polar,
 )
+from procres.faithful import faithful_step as _faithful_step
 from procres.spectral import conv_singular_values, polyphase_symbol
 from test_spectral import index_formula_matrix
 
@@ -248,7 +248,10 @@ def test_projection_in_place_keeps_dtype_device_and_parameter():
         (lambda: project_conv_(torch.randn(4, 4, 5, 5), 4), r"5x5.*\(4, 4\)"),
         (lambda: project_conv_(torch.randn(4, 4, 3, 3), 4, stride=2, faithful=True),
          r"\(3, 3\).*\(2, 2\)"),
-        (lambda: project_conv_(nn.Conv2d(4, 4, 3, groups=2), 8), "groups=2"),
+        (lambda: project_conv_(nn.Conv2d(4, 4, 3, dilation=2), 8), r"dilation=\(2, 2\)"),
+        (lambda: project_conv_(nn.Conv2d(4, 4, 1, stride=2), 8, stride=1), "stride=1 contradicts"),
+        (lambda: project_conv_(torch.randn(4, 4, 3, 3), 8, groups=3), "groups.*3"),
+        (lambda: project_conv_(nn.Conv2d(4, 4, 3, groups=2), 8, faithful=True), "groups=2"),
         (lambda: project_conv_(nn.Linear(4, 4), 8), "Linear"),
         (lambda: polar(torch.randn(3, 3), method="svdd"), "'svdd'"),
         (lambda: polar(torch.randn(3), method="svd"), r"\(3,\)"),
@@ -277,8 +280,10 @@ class TinyNet(nn.Module):
 DATA = torch.randn(8, 2, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
 
 
-def train(steps, *, p=0.5, hook_seed=0, start=0, net_state=None, hook_state=None):
-    """SGD on TinyNet over DATA[start:start + steps] with the hook attached."""
+def train(steps, *, p=0.5, hook_seed=0, start=0, net_state=None, hook_state=None, seen=None):
+    """SGD on TinyNet over DATA[start:start + steps] with the hook attached; ``seen`` collects,
+    after every step, whether ``trans`` was just projected (its 1x1 stride-2 operator is then
+    exactly on target: every singular value of W is sqrt(2); an SGD step alone never lands there)."""
     torch.manual_seed(0)
     net = TinyNet().double()
     if net_state is not None:
@@ -287,6 +292,10 @@ def train(steps, *, p=0.5, hook_seed=0, start=0, net_state=None, hook_state=None
     hook = attach_procrustes(net, opt, p=p, seed=hook_seed)
     if hook_state is not None:
         hook.load_state_dict(hook_state)
+    if seen is not None:                       # registered after the hook: runs after it
+        opt.register_step_post_hook(lambda *_: seen.append(bool(torch.allclose(
+            torch.linalg.svdvals(net.trans.weight.detach()[:, :, 0, 0]),
+            torch.full((4,), 2.0, dtype=torch.float64).sqrt(), rtol=1e-9, atol=0))))
     for x in DATA[start:start + steps]:
         opt.zero_grad()
         net(x).pow(2).sum().backward()
@@ -294,16 +303,27 @@ def train(steps, *, p=0.5, hook_seed=0, start=0, net_state=None, hook_state=None
     return net, hook
 
 
+def reference_decisions(seed, steps, p=0.5, layers=2):
+    """The documented rule: one torch.rand draw per layer per step from a generator seeded with
+    ``seed``; a layer is projected when its draw is below p.  -> [[bool per layer] per step]."""
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.rand(layers, generator=gen) < p).tolist() for _ in range(steps)]
+
+
 def test_hook_is_seeded_and_reproducible():
-    a, ha = train(6)
+    seen_a, seen_c = [], []
+    a, ha = train(6, seen=seen_a)
     b, hb = train(6)
     assert isinstance(ha, ProcrustesHook) and ha.steps == 6
-    assert 0 < ha.projections < 12 and ha.projections == hb.projections
+    ref_a, ref_c = reference_decisions(0, 6), reference_decisions(123, 6)
+    assert ha.projections == hb.projections == sum(map(sum, ref_a))
+    assert seen_a == [step[1] for step in ref_a]              # which steps projected `trans`
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
-    _, hc = train(6, hook_seed=123)
-    assert hc.projections != ha.projections or not torch.equal(
-        ha.generator.get_state(), hc.generator.get_state())
+    c, hc = train(6, hook_seed=123, seen=seen_c)
+    assert seen_c == [step[1] for step in ref_c] and hc.projections == sum(map(sum, ref_c))
+    assert ref_a != ref_c                                      # so the trained weights must differ
+    assert not torch.equal(a.trans.weight, c.trans.weight)
 
 
 def test_hook_p_one_projects_every_step_and_p_zero_never():
@@ -339,18 +359,24 @@ def test_hook_state_dict_round_trip_resumes_the_same_decisions():
     assert hook_resumed.steps == 8 and hook_resumed.projections == hook_full.projections
     for pa, pb in zip(full.parameters(), resumed.parameters()):
         assert torch.equal(pa, pb)
-    # without the state the resumed run would replay the first decisions
-    _, hook_fresh = train(4, start=4, net_state=part.state_dict())
-    assert not torch.equal(hook_fresh.generator.get_state(), hook_full.generator.get_state())
+    # without the state the resumed run replays the first four decisions, not steps 5 to 8
+    seen_fresh = []
+    fresh, _ = train(4, start=4, net_state=part.state_dict(), seen=seen_fresh)
+    ref = reference_decisions(0, 8)
+    assert seen_fresh == [step[1] for step in ref[:4]]
+    assert ref[:4] != ref[4:] and not torch.equal(fresh.trans.weight, full.trans.weight)
 
 
-def test_hook_raises_on_diverged_weights():
+def test_hook_raises_floating_point_error_naming_the_diverged_layer():
     net = TinyNet().double()
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    register_procrustes_hook(opt, net.transitions(), p=1.0)
+    register_procrustes_hook(opt, net.transitions(), p=1.0, names=["conv1", "trans"])
     net.trans.weight.grad = torch.full_like(net.trans.weight, float("nan"))
-    with pytest.raises(ValueError, match="layer 1.*NaN"):
+    with pytest.raises(FloatingPointError, match="trans has NaN.*step 1"):
         opt.step()
+    zoo = TinyNet().double()
+    opt = torch.optim.SGD(zoo.parameters(), lr=0.1)
+    assert attach_procrustes(zoo, opt, p=1.0).names == ["conv1", "trans"]   # qualified names
 
 
 def test_hook_rejects_bad_layers_and_p():
@@ -394,3 +420,23 @@ def test_projection_target_is_the_one_norm_preserving_target(shape, stride):
 
     report = project_conv_(torch.randn(shape, dtype=torch.float64), 8, stride=stride)
     assert report.target == norm_preserving_target(shape, stride)
+
+
+@pytest.mark.parametrize("k, stride, iterations", [(1, 2, 1), (3, 1, 60)])
+def test_grouped_conv_is_projected_group_by_group(k, stride, iterations):
+    # the operator is block-diagonal over groups: each group's non-zero singular values reach the
+    # target sqrt((C_out / g) / rank); the dense reference is the impulse response with F.conv2d
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 8, k, stride=stride, padding=k // 2, groups=2, bias=False,
+                     padding_mode="circular").double()
+    report = project_conv_(conv, 8, iterations=iterations)
+    assert report.groups == 2 and report.target == pytest.approx(np.sqrt(4 / min(4, 2 * min(k, stride) ** 2)))
+    eye = torch.eye(4 * 64, dtype=torch.float64).reshape(-1, 4, 8, 8)
+    A = conv(eye).reshape(4 * 64, -1).T.detach().numpy()
+    sv = np.linalg.svd(A, compute_uv=False)
+    nonzero = sv[sv > 1e-8 * sv[0]]
+    np.testing.assert_allclose(nonzero, report.target, rtol=1e-9 if k == 1 else 5e-2)   # 3x3: cropped
+    assert report.history[-1] < report.history[0] / 4
+    assert report.max_rel_error == pytest.approx(np.abs(nonzero / report.target - 1).max(), rel=1e-6, abs=1e-12)
+    # the two groups never mix: the off-diagonal blocks of the kernel stay zero by construction
+    assert conv.weight.shape == (8, 2, k, k)

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from procres.spectral import (
     DENSE_LIMIT,
+    conv_extremes,
     conv_matrix,
     conv_min_singular_value,
     conv_operator_norm,
@@ -140,7 +142,7 @@ def test_iterative_explicit_padding_matches_dense():
     eye = torch.eye(50, dtype=torch.float64).reshape(50, *x_shape[1:])
     M = F.conv2d(eye, weight, stride=2, padding=0).reshape(50, -1).T
     expected = torch.linalg.svdvals(M)
-    top = conv_operator_norm(weight, 5, stride=2, padding=0, tol=1e-10)
+    top = conv_operator_norm(weight, 5, stride=2, padding=0, padding_mode="zeros", tol=1e-10)
     assert top == pytest.approx(float(expected[0]), rel=1e-6)
 
 
@@ -151,11 +153,14 @@ def test_iterative_circular_matches_fft_beyond_dense_size():
     assert top == pytest.approx(float(sv[0]), rel=1e-6)
 
 
-def test_float32_iterative_and_matrix_dtype():
+def test_float32_iterative_and_matrix_dtype_and_one_default_padding():
+    # a bare weight means the circular operator for every function (one default)
     weight = torch.randn(3, 2, 3, 3)
     assert conv_matrix(weight, 4).dtype == torch.float32
-    ref = conv_singular_values(weight.double(), 4, padding_mode="zeros")
+    ref = torch.linalg.svdvals(torch.from_numpy(index_formula_matrix(weight, (4, 4), 1, "circular")))
     assert conv_operator_norm(weight, 4) == pytest.approx(float(ref[0]), rel=1e-5)
+    assert float(conv_singular_values(weight, 4)[0]) == pytest.approx(float(ref[0]), rel=1e-5)
+    assert conv_min_singular_value(weight, 4, tol=1e-10) == pytest.approx(float(ref[-1]), rel=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +176,7 @@ def test_float32_iterative_and_matrix_dtype():
         (lambda: conv_singular_values(torch.randint(0, 3, (2, 2, 3, 3)), 8), "dtype"),
         (lambda: conv_singular_values(torch.randn(64, 64, 3, 3), 16, padding_mode="zeros"),
          f"DENSE_LIMIT={DENSE_LIMIT}"),
-        (lambda: conv_operator_norm(torch.randn(2, 2, 5, 5), 3, padding=0),
+        (lambda: conv_operator_norm(torch.randn(2, 2, 5, 5), 3, padding=0, padding_mode="zeros"),
          r"\(3, 3\).*smaller than the kernel"),
         (lambda: conv_operator_norm(torch.randn(2, 2, 3, 3), 8, padding=-1), "padding.*-1"),
         (lambda: conv_operator_norm(torch.randn(2, 2, 3, 3), 8, tol=0), "tol.*0"),
@@ -230,3 +235,159 @@ def test_spectrum_stats_counts_nonzero_values_only():
     assert spectrum_stats(torch.zeros(3))["sigma_min"] == 0.0
     with pytest.raises(ValueError, match="at least one"):
         spectrum_stats([])
+
+
+# ---------------------------------------------------------------- nn.Conv2d, groups, dilation, dtypes
+def conv_oracle(conv, size, mode):
+    """Dense float64 operator from F.conv2d on every basis image (independent of conv_matrix);
+    "circular" wrap-pads k_eff // 2 rows/columns on top/left and the rest at the bottom/right."""
+    h, w = size
+    eye = torch.eye(conv.in_channels * h * w, dtype=torch.float64).reshape(-1, conv.in_channels, h, w)
+    kw = dict(stride=conv.stride, dilation=conv.dilation, groups=conv.groups)
+    weight = conv.weight.detach().double()
+    if mode == "zeros":
+        out = F.conv2d(eye, weight, padding=conv.padding, **kw)
+    else:
+        kh, kw_ = (d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation))
+        padded = F.pad(eye, (kw_ // 2, kw_ - 1 - kw_ // 2, kh // 2, kh - 1 - kh // 2), mode="circular")
+        out = F.conv2d(padded, weight, **kw)
+    return out.reshape(eye.shape[0], -1).T.numpy()
+
+
+CONVS = [  # (C_in, C_out, k, stride, dilation, groups, padding, size)
+    (4, 6, 3, 1, 1, 2, 1, (6, 6)),
+    (4, 4, 3, 1, 1, 4, 1, (6, 8)),      # depthwise, non-square input
+    (6, 4, 3, 2, 1, 2, 1, (8, 6)),      # grouped and strided
+    (3, 4, 3, 1, 2, 1, 2, (8, 8)),      # dilated
+    (4, 4, 3, 2, 2, 2, 2, (8, 8)),      # dilated, strided, grouped: some phases hold no tap
+    (2, 3, 2, 1, 1, 1, "same", (5, 6)),  # even kernel, asymmetric "same" padding
+    (3, 6, 2, 2, 1, 3, 0, (6, 6)),      # patch conv (k = s): one SVD
+    (4, 2, 1, 2, 3, 1, 0, (6, 4)),      # 1x1 strided (dilation is irrelevant)
+]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("c_in,c_out,k,stride,dilation,groups,padding,size", CONVS)
+@pytest.mark.parametrize("mode", ["zeros", "circular"])
+def test_conv_module_spectra_equal_the_impulse_response_operator(c_in, c_out, k, stride, dilation, groups,
+                                                                 padding, size, mode):
+    if mode == "circular" and (size[0] % stride or size[1] % stride):
+        pytest.skip("circular needs the size divisible by the stride")
+    conv = nn.Conv2d(c_in, c_out, k, stride=stride, dilation=dilation, groups=groups, padding=padding).double()
+    oracle = conv_oracle(conv, size, mode)
+    np.testing.assert_allclose(conv_matrix(conv, size, padding_mode=mode).numpy(), oracle, atol=1e-12)
+    expected = np.linalg.svd(oracle, compute_uv=False)
+    sv = conv_singular_values(conv, size, padding_mode=mode)
+    assert sv.numel() == min(oracle.shape)
+    np.testing.assert_allclose(sv.numpy(), expected, atol=1e-10 * expected[0])
+    nonzero = expected[expected > 1e-6 * expected[0]]
+    ext = conv_extremes(conv, size, padding_mode=mode)
+    assert ext["exact"] and ext["sigma_max"] == pytest.approx(expected[0], rel=1e-9)
+    assert ext["sigma_min"] == pytest.approx(nonzero[-1], rel=1e-8)
+    assert conv_operator_norm(conv, size, padding_mode=mode, tol=1e-12) == pytest.approx(expected[0], rel=1e-9)
+
+
+def test_a_conv_brings_its_own_operator_and_contradictions_are_errors():
+    conv = nn.Conv2d(3, 4, 3, stride=2, padding=1, dilation=1).double()
+    ref = np.linalg.svd(conv_oracle(conv, (8, 8), "zeros"), compute_uv=False)
+    torch.testing.assert_close(conv_singular_values(conv, 8), torch.from_numpy(ref))   # its own: zeros
+    w = conv.weight.detach()
+    torch.testing.assert_close(conv_singular_values(conv, 8, padding_mode="circular"),
+                               conv_singular_values(w, 8, stride=2))                  # a weight: circular
+    with pytest.raises(ValueError, match=r"stride=1 contradicts the conv's own stride=\(2, 2\)"):
+        conv_singular_values(conv, 8, stride=1)
+    with pytest.raises(ValueError, match="groups=2 contradicts"):
+        conv_operator_norm(conv, 8, groups=2)
+    reflect = nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")
+    with pytest.raises(ValueError, match="'reflect'.*padding_mode='zeros' or 'circular'"):
+        conv_singular_values(reflect, 6)
+    assert conv_singular_values(reflect, 6, padding_mode="circular").numel() == 72
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_are_measured_in_float32(dtype):
+    conv = nn.Conv2d(4, 8, 3, padding=1, bias=False).to(dtype)
+    ref = conv_singular_values(conv.weight.detach().double(), 8)              # the same rounded weights
+    sv = conv_singular_values(conv, 8, padding_mode="circular")
+    assert sv.dtype == torch.float32
+    np.testing.assert_allclose(sv.numpy(), ref.numpy(), rtol=0, atol=1e-5 * float(ref[0]))
+    assert conv_operator_norm(conv, 6) == pytest.approx(float(conv_singular_values(conv.weight.double(), 6,
+                                                                                      padding_mode="zeros")[0]), rel=1e-6)
+
+
+@pytest.mark.parametrize("size", [np.int64(8), np.int32(8), torch.Size([8, 8]), (np.int64(8), 8),
+                                  torch.tensor(8), [8, np.int16(8)]])
+def test_any_integral_size(size):
+    w = torch.randn(4, 2, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(conv_singular_values(w, size, stride=np.int64(2)), conv_singular_values(w, 8, stride=2))
+    assert conv_matrix(w, size).shape == (4 * 64, 2 * 64)
+
+
+@pytest.mark.parametrize("size", [8.0, "8", (8, 8, 8), True, torch.tensor(8.0)])
+def test_non_integral_sizes_are_refused(size):
+    with pytest.raises(ValueError, match="input_size"):
+        conv_singular_values(torch.randn(2, 2, 3, 3), size)
+
+
+def test_dense_size_rule_is_on_the_smaller_side():
+    tall = torch.randn(16, 3, 3, 3, dtype=torch.float64)       # 20 x 20: 6400 x 1200, smaller side 1200
+    sv = conv_singular_values(tall, 20, padding_mode="zeros")
+    assert sv.numel() == 1200
+    top = conv_operator_norm(tall, 20, padding_mode="zeros", tol=1e-12)
+    assert float(sv[0]) == pytest.approx(top, rel=1e-9)
+    with pytest.raises(ValueError, match="DENSE_LIMIT"):
+        conv_matrix(torch.randn(64, 64, 3, 3), 9, padding_mode="zeros")   # 5184 on both sides
+
+
+def test_zero_padding_extremes_exact_routes_and_lanczos_bounds():
+    torch.manual_seed(0)
+    for shape, stride, n in (((6, 6, 3, 3), 1, 8), ((8, 2, 3, 3), 1, 8), ((4, 8, 3, 3), 2, 8)):
+        w = torch.randn(shape, dtype=torch.float64)            # square (LU), tall, wide (Cholesky)
+        sv = conv_singular_values(w, n, stride=stride, padding_mode="zeros")
+        nonzero = sv[sv > 1e-6 * sv[0]]
+        exact = conv_extremes(w, n, stride=stride, padding_mode="zeros", method="exact")
+        assert exact["method"] == "dense" and exact["sigma_min_is"] == "value"
+        assert exact["sigma_max"] == pytest.approx(float(sv[0]), rel=1e-9)
+        assert exact["sigma_min"] == pytest.approx(float(nonzero[-1]), rel=1e-8)
+        approx = conv_extremes(w, n, stride=stride, padding_mode="zeros", method="lanczos", max_iter=20)
+        assert approx["method"] == "lanczos" and not approx["exact"]
+        assert approx["sigma_max"] <= float(sv[0]) * (1 + 1e-12)           # Ritz values: from below ...
+        assert approx["sigma_min"] >= float(nonzero[-1]) * (1 - 1e-12)       # ... and from above
+        assert approx["sigma_max"] == pytest.approx(float(sv[0]), rel=max(4 * approx["sigma_max_error"], 1e-6))
+        if approx["sigma_min_is"] == "value":
+            assert approx["sigma_min"] == pytest.approx(float(nonzero[-1]), rel=4 * approx["sigma_min_error"] + 1e-9)
+    with pytest.raises(ValueError, match="too large for the dense route"):
+        conv_extremes(torch.randn(16, 16, 3, 3), 32, padding_mode="zeros", method="exact")
+    with pytest.raises(ValueError, match="method.*'svd'"):
+        conv_extremes(torch.randn(2, 2, 3, 3), 8, method="svd")
+
+
+def test_lanczos_smallest_on_a_large_near_singular_operator_is_an_upper_bound():
+    torch.manual_seed(0)
+    w = torch.randn(8, 8, 3, 3, dtype=torch.float64) / 8
+    out = conv_extremes(w, 14, padding_mode="zeros", method="lanczos")
+    ref = np.linalg.svd(conv_oracle(_conv_with(w), (14, 14), "zeros"), compute_uv=False)   # 1568 x 1568
+    assert out["sigma_min_is"] == "upper bound" and out["sigma_min"] >= ref[-1]
+    assert out["iterations"] < 2 * 300                        # gave up early instead of running 300
+    assert out["sigma_max"] == pytest.approx(ref[0], rel=1e-6)
+
+
+def _conv_with(w):
+    conv = nn.Conv2d(w.shape[1], w.shape[0], w.shape[-1], padding=w.shape[-1] // 2, bias=False).double()
+    with torch.no_grad():
+        conv.weight.copy_(w)
+    return conv
+
+
+@pytest.mark.parametrize("conv, expected", [
+    (nn.Conv2d(64, 64, 7, padding=3, groups=64), 1.0),            # depthwise: 1 x 1 blocks
+    (nn.Conv2d(32, 128, 1, groups=4), 2.0),                       # per group 32 x 8: sqrt(32 / 8)
+    (nn.Conv2d(16, 64, 3, stride=2, dilation=2, padding=2), 2.0),  # dilation 2, stride 2: one phase of 4
+    (nn.Conv2d(16, 64, 3, stride=2, padding=1), 1.0),             # 4 phases: 64 x 64 blocks
+])
+def test_norm_preserving_target_with_groups_and_dilation(conv, expected):
+    from procres.spectral import norm_preserving_target
+
+    assert norm_preserving_target(conv) == pytest.approx(expected)
+    assert norm_preserving_target(tuple(conv.weight.shape), conv.stride, dilation=conv.dilation,
+                                  groups=conv.groups) == pytest.approx(expected)

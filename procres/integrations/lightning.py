@@ -49,14 +49,29 @@ __all__ = ["NormRatioCallback", "ProcrustesCallback"]
 # ---------------------------------------------------------------- finding units and convs
 def _auto_units(model: nn.Module, example_input=None) -> list[nn.Module]:
     """The units ``units="auto"`` means: ``blocks`` of ``model`` or of its first submodule that has
-    one (every procres model). The one place to change for automatic discovery by tracing
-    (``example_input``, the LightningModule's ``example_input_array``, is passed for it)."""
+    one (every procres model); otherwise, given ``example_input`` (the LightningModule's
+    ``example_input_array``), the module units :func:`procres.find_units` traces. A sub-graph unit
+    (a residual addition with no module of its own, as in a pre-norm transformer block) needs the
+    re-traced module ``find_units`` returns, which Lightning does not run: such models name their units."""
     for module in model.modules():  # the LightningModule itself first
         blocks = getattr(module, "blocks", None)
         if isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0:
             return list(blocks)
-    raise UserError(f"NormRatioCallback found no units in {type(model).__name__} (no submodule has a non-empty "
-                    "'blocks'): pass units=[modules or submodule names], e.g. units=['layer1.0', 'layer1.1']")
+    why = "no submodule has a non-empty 'blocks' and there is no example_input_array to trace"
+    if example_input is not None:
+        from procres.units import find_units
+
+        try:
+            found = find_units(model, example_input)
+        except UserError as err:
+            why = f"tracing found none ({err})"
+        else:
+            if all(u.module is not None for u in found):
+                return [u.module for u in found]
+            why = (f"{sum(u.module is None for u in found)} of its {len(found)} residual additions have no module "
+                   "of their own to hook")
+    raise UserError(f"NormRatioCallback found no units in {type(model).__name__}: {why}; pass "
+                    "units=[modules or submodule names], e.g. units=['layer1.0', 'layer1.1']")
 
 
 def _resolve_units(pl_module: nn.Module, units) -> list[nn.Module]:

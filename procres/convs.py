@@ -1,0 +1,197 @@
+"""The conv layers of any model: where they are, the input size each one really sees, their spectra.
+
+``find_convs(model, example_input)`` runs one forward pass (eval mode, no grad, the model's mode
+restored afterwards) with a pre-hook on every ``nn.Conv2d`` and returns ``ConvSite(name,
+module, input_size)`` in forward order (first call; convs never called are left out: they have no
+input size).  ``select_convs`` picks some by qualified name, module or ``"downsample"`` (every
+strided 1x1 conv), as ``attach_procrustes(model, opt, convs=...)`` does.
+
+``conv_spectra(model, example_input)`` is one ``layer_spectrum`` per conv: its shape, stride,
+padding, dilation, groups, input size, the norm-preserving target
+(:func:`procres.spectral.norm_preserving_target`) and two operators' extremes with the distance
+``max_rel_error = max |sigma / target - 1|`` over the non-zero singular values
+(:func:`procres.spectral.spectrum_stats`):
+
+- ``circular``: the periodic operator on the input's grid, exact at any size (FFT), when the input
+  is divisible by the stride;
+- ``zeros``: the layer's own zero-padded operator (:func:`procres.spectral.conv_extremes`): exact
+  for patch convs and where the dense route is affordable, else Lanczos, with the achieved error;
+  a Lanczos ``sigma_min`` that has not converged is an upper bound (then ``max_rel_error`` is a
+  lower bound).  ``zeros="dense"`` keeps only exact values, ``"off"`` skips it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from procres.errors import UserError
+
+__all__ = ["ConvSite", "find_convs", "select_convs", "layer_spectrum", "conv_spectra", "spectrum_table"]
+
+ZEROS_MODES = ("auto", "dense", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvSite:
+    """A conv of a model: qualified ``name``, the ``module``, and the ``(h, w)`` of its input."""
+
+    name: str
+    module: nn.Conv2d
+    input_size: tuple
+
+
+def run_example(model: nn.Module, example_input, *, grad: bool = False):
+    """``model(example_input)`` (a tuple or list is unpacked, a dict passed as keywords); failures
+    become one sentence."""
+    try:
+        with torch.set_grad_enabled(grad):
+            if isinstance(example_input, dict):
+                return model(**example_input)
+            if isinstance(example_input, (tuple, list)):
+                return model(*example_input)
+            return model(example_input)
+    except Exception as err:
+        shape = tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"{type(model).__name__} failed on the example input {shape}: "
+                        f"{type(err).__name__}: {first}") from err
+
+
+def first_inputs(model: nn.Module, modules, example_input) -> dict:
+    """``{module: its first positional input}`` for the ``modules`` called in one forward pass of
+    ``example_input`` (eval mode, no grad; the model's mode is restored), in order of first call."""
+    seen: dict = {}
+
+    def record(module, args):
+        if module not in seen:
+            seen[module] = args[0] if args else None
+
+    hooks = [m.register_forward_pre_hook(record) for m in modules]
+    was_training = model.training
+    try:
+        model.eval()
+        run_example(model, example_input)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def find_convs(model: nn.Module, example_input) -> list[ConvSite]:
+    """Every ``nn.Conv2d`` of ``model`` called in one forward pass of ``example_input``, in the
+    order of first call, with the spatial size of the input it received."""
+    names = {m: name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    if not names:
+        raise UserError(f"{type(model).__name__} has no nn.Conv2d layers")
+    seen = first_inputs(model, names, example_input)
+    return [ConvSite(names[m], m, tuple(int(n) for n in x.shape[-2:])) for m, x in seen.items()
+            if isinstance(x, torch.Tensor)]
+
+
+def select_convs(sites: list[ConvSite], which) -> list[ConvSite]:
+    """The sites named by ``which``: a qualified name (a glob as in
+    :func:`procres.units.units_by_name`: ``*`` within one dotted segment), an
+    ``nn.Conv2d``, ``"downsample"`` (every conv with a 1x1 kernel and a stride above 1), or a list
+    of these; each must match at least one conv seen in the forward pass."""
+    from procres.units import name_pattern
+
+    items = which if isinstance(which, (list, tuple)) else [which]
+    chosen: list[ConvSite] = []
+    for item in items:
+        if isinstance(item, nn.Module):
+            found = [s for s in sites if s.module is item]
+        elif item == "downsample":
+            found = [s for s in sites if tuple(s.module.kernel_size) == (1, 1) and max(s.module.stride) > 1]
+        elif isinstance(item, str):
+            pattern = name_pattern(item)
+            found = [s for s in sites if pattern.fullmatch(s.name)]
+        else:
+            raise UserError(f"convs must be names, nn.Conv2d modules or 'downsample', got {type(item).__name__}")
+        if not found:
+            listed = ", ".join(s.name for s in sites[:6]) + (", ..." if len(sites) > 6 else "")
+            raise UserError(f"no conv of the model matches {item!r} (convs called in the forward pass: {listed})")
+        chosen += [s for s in found if s not in chosen]
+    return chosen
+
+
+def _zeros_part(conv: nn.Conv2d, size, target: float, zeros: str, tol: float, max_iter: int) -> dict | None:
+    from procres.spectral import conv_extremes, exact_extremes
+
+    if zeros == "off" or conv.padding_mode == "circular":
+        return None
+    if zeros == "dense":
+        out = exact_extremes(conv, size, padding_mode="zeros")
+    else:
+        out = conv_extremes(conv, size, padding_mode="zeros", tol=tol, max_iter=max_iter)
+    if out is None:
+        return None
+    smax, smin = out["sigma_max"], out["sigma_min"]
+    return {**out, "cond": smax / smin if smin > 0 else float("inf"),
+            "max_rel_error": max(abs(smax / target - 1), abs(smin / target - 1))}
+
+
+def layer_spectrum(conv: nn.Conv2d, input_size, *, zeros: str = "auto", name: str = "", tol: float = 1e-6,
+                   max_iter: int = 300) -> dict:
+    """One conv's row (see the module docstring); ``input_size`` is ``n`` or ``(h, w)``."""
+    from procres.convop import size_pair
+    from procres.spectral import conv_singular_values, norm_preserving_target, spectrum_stats
+
+    if zeros not in ZEROS_MODES:
+        raise UserError(f"zeros must be one of {ZEROS_MODES}, got {zeros!r}")
+    size = size_pair(input_size, "input_size")
+    target = norm_preserving_target(conv)
+    row = {"name": name, "shape": list(conv.weight.shape), "stride": list(conv.stride),
+           "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
+           "dilation": list(conv.dilation), "groups": conv.groups, "padding_mode": conv.padding_mode,
+           "input_size": list(size), "target": target, "circular": None, "zeros": None}
+    if size[0] % conv.stride[0] == 0 and size[1] % conv.stride[1] == 0:
+        sv = conv_singular_values(conv.weight.detach().double(), size, stride=conv.stride, dilation=conv.dilation,
+                                  groups=conv.groups, padding_mode="circular")  # float64: small values keep digits
+        row["circular"] = spectrum_stats(sv, target)
+    row["zeros"] = _zeros_part(conv, size, target, zeros, tol, max_iter)
+    return row
+
+
+def conv_spectra(model: nn.Module, example_input, *, zeros: str = "auto", names=None, tol: float = 1e-6,
+                 max_iter: int = 300) -> list[dict]:
+    """:func:`layer_spectrum` of every conv seen in one forward pass of ``example_input`` (``names``:
+    only these, see :func:`select_convs`), in forward order."""
+    sites = find_convs(model, example_input)
+    if names is not None:
+        sites = select_convs(sites, list(names))
+    return [layer_spectrum(s.module, s.input_size, zeros=zeros, name=s.name, tol=tol, max_iter=max_iter)
+            for s in sites]
+
+
+def _size(row) -> str:
+    h, w = row["input_size"]
+    return str(h) if h == w else f"{h}x{w}"
+
+
+def _pair_text(values) -> str:
+    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+
+def spectrum_table(rows: list[dict]) -> str:
+    """Fixed-width text table of :func:`conv_spectra` rows; a zero-padding ``sigma_min`` that is an
+    upper bound prints as ``<value``."""
+    head = (f"{'layer':30s} {'out,in/g,k':>13s} {'s':>3s} {'d':>2s} {'g':>4s} {'n':>5s} {'target':>7s} "
+            f"{'sigma_max':>9s} {'sigma_min':>9s} {'cond':>8s} {'max|s/c-1|':>10s}  {'zeros: max':>10s} {'min':>9s}")
+    lines = [head]
+    for r in rows:
+        c, z = r.get("circular") or {}, r.get("zeros") or {}
+        f = lambda d, k, spec: "-" if k not in d else format(d[k], spec)  # noqa: E731
+        zmin = f(z, "sigma_min", "9.4g")
+        if z.get("sigma_min_is") == "upper bound":
+            zmin = "<" + format(z["sigma_min"], ".3g")
+        co, ci, kh, kw = r["shape"]
+        shape = f"{co},{ci},{_pair_text([kh, kw])}"
+        lines.append(f"{r['name']:30.30s} {shape:>13s} {_pair_text(r['stride']):>3s} {_pair_text(r['dilation']):>2s} "
+                     f"{r['groups']:4d} {_size(r):>5s} {r['target']:7.3f} {f(c, 'sigma_max', '9.4g')} "
+                     f"{f(c, 'sigma_min', '9.4g')} {f(c, 'cond', '8.3g')} {f(c, 'max_rel_error', '10.3g')}  "
+                     f"{f(z, 'sigma_max', '10.4g')} {zmin:>9s}")
+    return "\n".join(lines)
