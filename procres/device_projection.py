@@ -28,7 +28,8 @@ a layer is projected on the device when its operator is one matrix for every fre
 larger than the stride: the 1x1 stride-2 transitions, ``k = s`` patches), or when the smaller
 side of its frequency matrices ``min(C_out, C_in ph pw)`` is at most :data:`SMALL_SIDE` (32; the
 3 -> 64 stem: 544 matrices of 64 x 3 on its 32 x 17 half spectrum).  Every layer of the paper's
-ProcResNets is on the device route.  Larger frequency matrices (a 3x3 conv with many channels)
+ProcResNets is on the device route, whatever ``projection_method`` says (svd, eigh and converged
+Newton-Schulz are the same polar factor; on the device it is always this one).  Larger frequency matrices (a 3x3 conv with many channels)
 keep the CPU route: its float64 SVD is exact at any conditioning, and trained kernels with many
 channels can have near-singular frequencies, where the fixed schedule stops short.
 """

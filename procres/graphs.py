@@ -135,7 +135,8 @@ def capture_step(model, optimizer, x, y, *, amp: bool, lr: float, warmup: int = 
     _create_momentum_buffers(optimizer)
     static = (x.clone(memory_format=torch.preserve_format), y.clone(),
               torch.full((), float(lr), dtype=torch.float32, device=x.device))
-    saved = _snapshot(model, optimizer)
+    saved, mode = _snapshot(model, optimizer), model.training
+    model.train()  # the graph holds the training-mode forward (BN batch statistics), whatever the mode later
     try:
         side = torch.cuda.Stream(x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
@@ -147,6 +148,7 @@ def capture_step(model, optimizer, x, y, *, amp: bool, lr: float, warmup: int = 
         with torch.cuda.graph(graph):
             loss, logits = train_step(model, optimizer, *static, amp=amp)
     finally:
+        model.train(mode)
         _restore(saved)
         torch.cuda.synchronize(x.device)
     return StepGraph(graph, *static, loss, logits, capture_s=time.perf_counter() - started)
@@ -163,8 +165,9 @@ def self_check(model, optimizer, graph: StepGraph, *, amp: bool, lr: float, seed
     x = torch.empty_like(graph.x).normal_(generator=gen)  # the static input's shape and memory format
     y = torch.randint(0, graph.logits.shape[-1], graph.y.shape, generator=gen, device=device)
     lr = lr / 3
-    saved = _snapshot(model, optimizer)
+    saved, mode = _snapshot(model, optimizer), model.training
     before = _flat_state(model)
+    model.train()  # as the graph's forward
     try:
         lr_tensor = torch.full((), lr, dtype=torch.float32, device=device)
         loss_eager = train_step(model, optimizer, x, y, lr_tensor, amp=amp)[0].clone()
@@ -173,6 +176,7 @@ def self_check(model, optimizer, graph: StepGraph, *, amp: bool, lr: float, seed
         loss_graph = graph(x, y, lr)[0].clone()
         change_graph = [after - b for after, b in zip(_flat_state(model), before)]
     finally:
+        model.train(mode)
         _restore(saved)
     loss_e, loss_g = loss_eager.item(), loss_graph.item()
     update_diff, stats_diff = (_relative(g, e) for g, e in zip(change_graph, change_eager))

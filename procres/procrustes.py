@@ -228,8 +228,8 @@ def _exact_step(w, size, stride, target, method):
     """One exact projection of ``w (C_out, C_in, kh, kw)``, computed in float64 (the polar
     factor of a frequency matrix with condition number kappa loses about ``eps * kappa``: up to
     1e-4 in float32 for He-initialised 3x3 kernels); returns the new kernel in float64."""
-    if _stays_on_device(w, stride, False):   # procres.device_projection: no host round trip
-        return exact_step_on_device(w, size, stride, target)
+    if _stays_on_device(w, stride, False):   # procres.device_projection: no host round trip; every
+        return exact_step_on_device(w, size, stride, target)  # method's polar factor, to round-off
     device = w.device
     # Other CUDA weights take the CPU route: cuSOLVER has no batched SVD above 32 x 32, so torch
     # launches one per frequency (H200: 0.26 s for a 64 -> 64 layer on an 8 x 8 grid).  One

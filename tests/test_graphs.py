@@ -363,6 +363,61 @@ def test_non_finite_weights_met_by_the_device_projection_stop_naming_layer_epoch
     assert "layer 1 (Conv2d" in (Path(config.out) / "train.log").read_text()
 
 
+# ---------------------------------------------------------------- the GPU benchmark's bookkeeping
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _benchmark(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_speedup_epoch_seconds_and_table_come_from_the_measurements():
+    gpu_epoch, gpu_report = _benchmark("gpu_epoch"), _benchmark("gpu_report")
+    default = {"step_ms": 20.0, "epoch_s": 7.8, "eval_s": 1.5, "epoch_wall_s": 8.5, "cuda_graphs": True,
+               "capture_s": 2.0, "peak_memory_gib": 3.25}
+    report = {"commit": "0123456789abcdef", "gpu": "NVIDIA H200", "torch": "2.11.0", "date": "d", "batch_size": 128,
+              "epoch_steps": 390, "train_steps_per_epoch": 351, "errors": [], "skipped": ["procresnet1003 default"],
+              "numerics": None, "nets": {
+                  "procresnet166": {"authors": {"step_ms": 67.0, "epoch_s": 26.13}, "default": default,
+                                    "full_epoch": {**default, "epoch_wall_s": 9.04}},
+                  "preresnet164": {"authors": {"step_ms": 68.2, "epoch_s": 26.6},
+                                   "eager": {"step_ms": 80.0, "epoch_s": 31.2, "cuda_graphs": False}},
+                  "procresnet1003": {"default": {**default, "step_ms": 100.0, "eval_s": 4.0}}}}
+    gpu_epoch.summarise(report)
+    assert report["speedup"] == {"procresnet166": round(26.13 / 7.8, 3)}  # preresnet164 has no default row
+    assert report["epoch_seconds"] == {"procresnet166": {"seconds": 9.0, "measured": True},
+                                       "procresnet1003": {"seconds": round(351 * 0.1 + 4.0, 1), "measured": False}}
+    text = gpu_report.table(report)
+    assert "| procresnet166 | **default** (`procres train`: step graph, bf16, recorder every 10) | 20.0 | 7.8 | " \
+           "3.35x | 2.0 | 3.25 |" in text
+    assert "| preresnet164 | eager (`--no-cuda-graphs`) | 80.0 | 31.2 | 0.85x |" in text
+    assert "procresnet166 **3.35x**" in text and "Not reached within the time budget: procresnet1003 default" in text
+    assert '"procresnet1003": 39.1' in gpu_report.epoch_seconds(report)
+
+
+@pytest.mark.slow
+def test_gpu_all_dry_run_on_the_cpu_writes_latest_json_and_the_table(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "PROCRES_COMMIT": "f" * 40}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_all.sh"), "--smoke"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "latest.json").read_text())
+    assert report["commit"] == "f" * 40 and report["smoke"] and not report["errors"]
+    assert set(report["speedup"]) == {"procresnet13", "preresnet11"} and report["numerics"]["ok"]
+    assert set(report["nets"]["procresnet13"]) == {"authors", "default", "eager", "norec", "full_epoch"}
+    assert (tmp_path / "benchmarks_table.md").read_text() == _benchmark("gpu_report").table(report)
+
+
 # ---------------------------------------------------------------- CUDA (skipped without a GPU)
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", [False, True])
@@ -379,7 +434,9 @@ def test_cuda_step_graph_follows_eager_train_steps_and_reads_the_lr_each_replay(
         hooks = [attach_procrustes(m, o, p=0.5, seed=0) for m, o in zip((eager, graphed), opts)]
         before = {k: v.clone() for k, v in graphed.state_dict().items()}
         x0 = torch.zeros(8, 3, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
+        graphed.eval()  # the capture still records the training-mode forward, and leaves the mode as it was
         graph = capture_step(graphed, opts[1], x0, torch.zeros(8, dtype=torch.int64, device=device), amp=amp, lr=0.1)
+        assert not graphed.training
         _identical(graphed.state_dict(), before)  # the warm-up's updates undone
         check = self_check(graphed, opts[1], graph, amp=amp, lr=0.1)
         assert check["ok"], check
