@@ -44,7 +44,9 @@ def table(report: dict) -> str:
                 continue
             ratio = f"{authors / row['epoch_s']:.2f}x" if authors and variant != "authors" else ""
             fell_back = " (fell back to eager)" if "capture_s" in row and not row.get("cuda_graphs") else ""
-            capture = _num(row.get("capture_s")) + (f" + compile {row['compile_s']:.0f}" if "compile_s" in row else "")
+            capture = _num(row.get("capture_s"))
+            if "compile_s" in row:
+                capture += f" + compile {row['compile_s']:.0f}"
             lines.append(f"| {net} | {VARIANT_TEXT.get(variant, variant)}{fell_back} | {row['step_ms']:.1f} | "
                          f"{row['epoch_s']:.1f} | {ratio} | {capture} | {_num(row.get('peak_memory_gib'), 2)} |")
     lines += ["", f"Epoch = {report['epoch_steps']} steps of batch {report['batch_size']}, training "

@@ -29,9 +29,10 @@ larger than the stride: the 1x1 stride-2 transitions, ``k = s`` patches), or whe
 side of its frequency matrices ``min(C_out, C_in ph pw)`` is at most :data:`SMALL_SIDE` (32; the
 3 -> 64 stem: 544 matrices of 64 x 3 on its 32 x 17 half spectrum).  Every layer of the paper's
 ProcResNets is on the device route, whatever ``projection_method`` says (svd, eigh and converged
-Newton-Schulz are the same polar factor; on the device it is always this one).  Larger frequency matrices (a 3x3 conv with many channels)
-keep the CPU route: its float64 SVD is exact at any conditioning, and trained kernels with many
-channels can have near-singular frequencies, where the fixed schedule stops short.
+Newton-Schulz are the same polar factor; on the device it is always this one).  Larger frequency
+matrices (a 3x3 conv with many channels) keep the CPU route: its float64 SVD is exact at any
+conditioning, and trained kernels with many channels can have near-singular frequencies, where
+the fixed schedule stops short.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ import torch
 
 from procres.spectral import _phases, kernel_from_symbol, polyphase_symbol
 
-__all__ = ["POLAR_FLOOR", "POLAR_SCHEDULE", "SMALL_SIDE", "device_route", "polar_sync_free", "exact_step_on_device"]
+__all__ = ["POLAR_FLOOR", "POLAR_SCHEDULE", "SMALL_SIDE", "device_route", "polar_sync_free",
+           "exact_step_on_device"]
 
 POLAR_FLOOR = 1e-9  # singular values above this times ||A^H A||_F^{1/2} reach 1
 SMALL_SIDE = 32  # frequency matrices with a smaller side up to this are projected on the device

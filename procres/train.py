@@ -64,9 +64,10 @@ checkpoint is written after it. So does a FloatingPointError raised inside ``opt
 re-raises it with the epoch and step, and ``train.log`` records it. On CPU every step's loss is
 checked before the backward pass; on CUDA the check runs every ``_NAN_CHECK_EVERY`` steps and
 before every checkpoint, because it costs a host-device synchronisation; nothing else in a CUDA
-step waits for the device (the loss and accuracy sums stay there). The hook checks CUDA weights
-the same way: it counts non-finite weights per layer on the device (``ProcrustesHook.nonfinite``),
-and these checks raise FloatingPointError naming the layer. A finite loss can still overflow the
+step waits for the device (the loss and accuracy sums stay there). The hook does the same for
+the weights it projects on the device (``procres.device_projection``): it counts non-finite ones
+per layer there (``ProcrustesHook.nonfinite``), and these checks raise FloatingPointError naming
+the layer. A finite loss can still overflow the
 gradients, so before every checkpoint the weights are checked too: a saved checkpoint is always
 finite.
 
