@@ -105,9 +105,10 @@ class TrainConfig:
     amp: bool | None = _f(None, "bf16 autocast; None: on for CUDA, off for CPU")
     channels_last: bool | None = _f(None, "channels_last memory format; None: on (CUDA and CPU)")
     compile: bool = _f(False, "torch.compile the model (CUDA only: on CPU it compiles slowly and gains nothing)")
-    cuda_graphs: bool | None = _f(None, "replay forward+backward as CUDA graphs (one process, no compile; falls back "
-                                        "to eager with a warning if capture fails); None: off (opt-in until it has "
-                                        "been measured on a GPU: see docs/benchmarks.md)")
+    cuda_graphs: bool | None = _f(None, "replay the whole training step (forward, loss, backward, SGD update) as one "
+                                        "CUDA graph, checked against an eager step at capture (one process; falls "
+                                        "back to eager with a warning if capture or the check fails); None: on for "
+                                        "CUDA without compile, off for CPU; --no-cuda-graphs turns it off")
     deterministic: bool | None = _f(None, "deterministic algorithms (bit-exact resume); None: on for CPU, off for CUDA")
     threads: int = _f(0, "torch CPU threads (0: leave torch's default)")
     checkpoint_minutes: float = _f(10.0, "also checkpoint mid-epoch this often (0: only at epoch ends)")
@@ -186,7 +187,7 @@ class TrainConfig:
             amp=cuda if self.amp is None else self.amp,
             channels_last=True if self.channels_last is None else self.channels_last,
             deterministic=(not cuda) if self.deterministic is None else self.deterministic,
-            cuda_graphs=False if self.cuda_graphs is None else self.cuda_graphs,
+            cuda_graphs=(cuda and not self.compile) if self.cuda_graphs is None else self.cuda_graphs,
             out=self.out if self.out is not None else f"runs/{self.model}-{dataset}-seed{self.seed}",
         )
 

@@ -59,6 +59,7 @@ import torch
 from torch import nn
 
 from procres.convop import _check_weight, size_pair
+from procres.device_projection import device_route, exact_step_on_device
 from procres.errors import UserError
 from procres.faithful import check_faithful_grid, faithful_polar, faithful_step
 from procres.spectral import norm_preserving_target
@@ -221,11 +222,12 @@ def _exact_step(w, size, stride, groups, target, method):
     """One exact projection of ``w (C_out, C_in, kh, kw)``, computed in float64 (the polar
     factor of a frequency matrix with condition number kappa loses about ``eps * kappa``: up to
     1e-4 in float32 for He-initialised 3x3 kernels); returns the new kernel in float64."""
+    if _stays_on_device(w, stride, groups, False):  # procres.device_projection: no host round trip; every
+        return exact_step_on_device(w, size, stride, target)  # method's polar factor, to round-off
     device = w.device
-    # On CUDA the step runs on the CPU: kernels are tiny, and cuSOLVER has no batched SVD above
-    # 32 x 32, so torch launches one per frequency (H200: 0.26 s for a 64 -> 64 layer on an
-    # 8 x 8 grid; a ProcResNet-166 training step took 157 ms with the projection on the GPU
-    # against 81 ms for ResNet-164).  One small copy each way instead.
+    # Other CUDA weights take the CPU route: cuSOLVER has no batched SVD above 32 x 32, so torch
+    # launches one per frequency (H200: 0.26 s for a 64 -> 64 layer on an 8 x 8 grid).  One
+    # small copy each way instead.
     w = w.to("cpu", torch.float64)
     c_out = w.shape[0]
     if w.shape[-2:] == (1, 1):                  # the operator is W after subsampling: exact
@@ -237,6 +239,12 @@ def _exact_step(w, size, stride, groups, target, method):
         projected = symbol_polar(grouped, size, stride, method=method).reshape(symbol.shape)
         new = kernel_from_symbol(target * projected, w.shape[-2:], size, stride)
     return new.to(device)
+
+
+def _stays_on_device(w, stride, groups, faithful) -> bool:
+    """Whether projecting ``w`` needs no host round trip: a CUDA weight and the authors' step
+    (matrix products) or an ungrouped exact step on the device route (``procres.device_projection``)."""
+    return w.is_cuda and (faithful or (groups == 1 and device_route(w.shape, stride)))
 
 
 def _step(w, size, stride, groups, target, method, faithful):
@@ -397,14 +405,19 @@ class ProcrustesHook:
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
         self.projections = 0
+        self.nonfinite = None  # per-layer counts of non-finite weights met on the device (below)
         self._handle = optimizer.register_step_post_hook(self._after_step)
 
     @torch.no_grad()
     def _after_step(self, optimizer, args, kwargs):
+        # Draws from a CPU generator: no device sync, and the same decisions on every rank.
         draws = torch.rand(len(self.layers), generator=self.generator)
-        for name, (conv, size, stride, groups, target), u in zip(self.names, self.layers, draws.tolist()):
+        for i, (name, (conv, size, stride, groups, target), u) in enumerate(zip(self.names, self.layers,
+                                                                              draws.tolist())):
             if u < self.p:
-                if not torch.isfinite(conv.weight).all():
+                if _stays_on_device(conv.weight, stride, groups, self.faithful):
+                    self._count_nonfinite(i, conv.weight)
+                elif not torch.isfinite(conv.weight).all():
                     raise FloatingPointError(
                         f"Procrustes projection: {name} has NaN or inf weights after optimizer step "
                         f"{self.steps + 1}: training diverged, nothing to project")
@@ -412,6 +425,14 @@ class ProcrustesHook:
                          self.iterations, report=False)
                 self.projections += 1
         self.steps += 1
+
+    def _count_nonfinite(self, i, weight) -> None:
+        """Count non-finite weights of layer ``i`` in ``self.nonfinite`` on the device instead of
+        checking them on the host (a sync); the training loop reads the counts at its NaN checks
+        and raises FloatingPointError naming the layer (``procres.train``)."""
+        if self.nonfinite is None:
+            self.nonfinite = torch.zeros(len(self.layers), dtype=torch.int64, device=weight.device)
+        self.nonfinite[i] += torch.isfinite(weight).all().logical_not()
 
     def remove(self) -> None:
         self._handle.remove()

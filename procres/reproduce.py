@@ -26,12 +26,15 @@ GPU-hours: ``EPOCH_SECONDS`` holds the seconds one training epoch (352 steps of 
 SGD, bf16 autocast, channels_last, Procrustes projection p=0.5 on ProcResNets) plus evaluation
 of 15k images takes on one GPU, timed with ``benchmarks/reproduce_cost.py`` on the card named in
 ``EPOCH_SECONDS_SOURCE``; models not timed are scaled from the nearest timed one by forward
-multiply-accumulates. They are estimates, not promises: left out are the training loop's other
-work (norm recording every 10 steps, on-device augmentation, checkpoints: more time) and the
-opt-in CUDA graphs (``--cuda-graphs``: less time). The ProcResNet steps were timed with a
-projection that ran its SVDs on the GPU (~90 ms per step); the current one runs them on the CPU
-and costs less, so ProcResNet hours may be up to 2x too high. The times were taken with torch
-2.11; the pinned torch 2.13 has not been timed. Re-time with the script on the card you use.
+multiply-accumulates. They are estimates, not promises: the steps were timed eagerly, without
+the training loop's other work (norm recording every 10 steps, on-device augmentation,
+checkpoints: more time) and without the whole-step CUDA graph that is now the default on one GPU
+(less time), and the ProcResNet steps with a projection that ran its SVDs on the GPU (~90 ms per
+step; it now runs without host synchronisation), so the hours are likely too high. The times were
+taken with torch 2.11; the pinned torch 2.13 has not been timed. A run of
+``benchmarks/gpu_all.sh`` times the default pipeline itself (an epoch with evaluation, in
+``docs/gpu/latest.json``); ``benchmarks/gpu_report.py docs/gpu/latest.json --epoch-seconds``
+prints the entries and the source line to put here.
 With N GPUs under DDP the global batch of 128 is split (128/N per GPU), so small nets scale
 poorly: the wall time is at best GPU-hours / N.
 """
@@ -65,9 +68,8 @@ FORWARD_MMACS = {
 }
 # Seconds per epoch (train 45k + evaluate 10k + 5k) on one GPU, timed with
 # benchmarks/reproduce_cost.py (20 timed steps after 3 warm-up steps); see the module docstring.
-# The ProcResNet times include ~90 ms per step for the p=0.5 projection with its SVDs on the GPU;
-# with the SVDs on the CPU, as the projection runs them now, a procresnet166 step takes 81 ms
-# instead of 157 ms.
+# The ProcResNet times include ~90 ms per step for the p=0.5 projection with its SVDs on the GPU.
+# Entries measured by benchmarks/gpu_epoch.py replace these (benchmarks/gpu_report.py --epoch-seconds).
 EPOCH_SECONDS_SOURCE = ("measured on one NVIDIA H200 (torch 2.11, bf16, eager, batch 128; ProcResNets "
                         "with the projection's SVDs on the GPU, slower than the current CPU ones)")
 EPOCH_SECONDS: dict[str, float] = {

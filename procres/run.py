@@ -6,7 +6,8 @@ where torch has it), the Procrustes hook (only for models whose ``transitions()`
 and ``projection_p > 0``; seeded identically on every rank, so every rank projects the same
 layers the same way), the DDP wrapper and ``torch.compile``. :class:`Run` holds them with the
 loop's position; ``procres.train`` fills the position (a fresh start or a resume), then calls
-:func:`capture_graphs` (CUDA graphs, see ``procres.graphs``) and :func:`norm_recorder`.
+:func:`capture_graphs` (the whole training step as one CUDA graph, see ``procres.graphs``) and
+:func:`norm_recorder`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from procres.config import TrainConfig
+from procres.config import TrainConfig, lr_at
 from procres.errors import UserError
-from procres.graphs import graphed_loss  # looked up here at each run, so tests can patch run.graphed_loss
+# looked up here at each run, so tests can patch run.capture_step and run.self_check
+from procres.graphs import SELF_CHECK_TOLERANCE, capture_step, self_check
 from procres.models import create_model
 
 __all__ = ["Run", "build_run", "capture_graphs", "norm_recorder"]
@@ -54,8 +56,8 @@ class Run:
     lr: float = 0.0  # the last step's learning rate
     history: list = field(default_factory=list)
     partial: dict | None = None  # the position and sums of a resumed, unfinished epoch
-    graphed: object | None = None  # (x, y) -> (loss, logits) replayed as CUDA graphs; None: eager
-    static_shape: torch.Size | None = None  # the batch shape the graphs were captured for
+    graphed: object | None = None  # procres.graphs.StepGraph: (x, y, lr) -> (loss, logits), the whole step; None: eager
+    graph_info: dict = field(default_factory=dict)  # the capture's seconds and self-check (procres.graphs)
     recorder: object | None = None  # procres.diagnostics.NormRecorder on model.blocks
     changes: dict = field(default_factory=dict)  # settings changed at a resume, for the next epoch's record
     last_checkpoint: float = 0.0  # time.monotonic() of the last save
@@ -148,23 +150,38 @@ def _seed_everything(seed: int) -> None:
 
 
 def capture_graphs(run: Run) -> None:
-    """With ``cuda_graphs`` on one process, capture forward + loss + backward (see the module doc)."""
+    """With ``cuda_graphs`` on one process, capture the training step and check one replay against
+    an eager step (``procres.graphs``); on any failure warn, log and train eagerly."""
     if not run.cfg.cuda_graphs:
         return
     if run.world > 1:
         run.log.info("cuda_graphs: not used with DDP (several ranks); training eagerly")
         return
-    data, per_rank = run.data, run.cfg.batch_size
-    sample = torch.zeros((per_rank, data.in_channels, data.image_size, data.image_size), device=run.device)
-    sample = sample.contiguous(memory_format=torch.channels_last if run.cfg.channels_last else torch.contiguous_format)
+    data, per_rank, amp = run.data, run.cfg.batch_size, bool(run.cfg.amp)
+    fmt = torch.channels_last if run.cfg.channels_last else torch.contiguous_format
+    x = torch.zeros((per_rank, data.in_channels, data.image_size, data.image_size), device=run.device)
+    y = torch.zeros(per_rank, dtype=torch.int64, device=run.device)
+    lr = lr_at(run.cfg, run.epoch, run.step)
     try:
-        run.graphed = graphed_loss(run.model, sample, torch.zeros(per_rank, dtype=torch.int64, device=run.device),
-                                   amp=bool(run.cfg.amp))
+        graph = capture_step(run.model, run.optimizer, x.contiguous(memory_format=fmt), y, amp=amp, lr=lr)
+        check = self_check(run.model, run.optimizer, graph, amp=amp, lr=lr, seed=run.cfg.seed)
     except Exception as err:  # a beta API on any torch/driver: never lose a run to it
-        message = f"CUDA graph capture failed, training eagerly instead ({type(err).__name__}: {err})"
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
-        run.log.warning(message)
-    run.static_shape = sample.shape  # a batch of another shape (none with drop_last) runs eagerly
+        return _train_eagerly(run, f"CUDA graph capture failed, training eagerly instead ({type(err).__name__}: {err})")
+    run.graph_info = {"capture_s": graph.capture_s, **check}
+    if not check["ok"]:
+        return _train_eagerly(run, "CUDA graph self-check failed, training eagerly instead: one replay gave loss "
+                                   f"{check['loss_graph']:.6g} (eager {check['loss_eager']:.6g}), a weight update "
+                                   f"{check['update_diff']:.2e} and BN statistics {check['stats_diff']:.2e} (relative) "
+                                   f"away from the eager step's; tolerance {SELF_CHECK_TOLERANCE}")
+    run.graphed = graph
+    run.log.info(f"training step captured as one CUDA graph in {graph.capture_s:.1f} s; self-check against an eager "
+                 f"step: loss {check['loss_graph']:.6g} (eager {check['loss_eager']:.6g}), weight update within "
+                 f"{check['update_diff']:.1e}, BN statistics within {check['stats_diff']:.1e}")
+
+
+def _train_eagerly(run: Run, message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    run.log.warning(message)
 
 
 def norm_recorder(run: Run):

@@ -23,7 +23,9 @@ training live beside it: evaluation and the norm probe in ``procres.evaluate``, 
 Each step, in order: learning rate from ``lr_at`` -> forward (bf16 autocast on CUDA) -> loss ->
 backward -> optimizer step, after which the Procrustes hook (``procres.procrustes.attach_procrustes``,
 only for models whose ``transitions()`` is non-empty and ``projection_p > 0``) projects each
-transition conv with probability p. A :class:`procres.diagnostics.NormRecorder` on ``model.blocks``
+transition conv with probability p. On one CUDA process (``cuda_graphs``, the default there) the
+forward, loss, backward and SGD update are one CUDA-graph replay and the hook runs after it
+(``procres.graphs``: what stays eager and why). A :class:`procres.diagnostics.NormRecorder` on ``model.blocks``
 records per-unit gradient-norm ratios on every ``record_every``-th training step; its summary
 goes into the epoch's history record and is then reset. With ``compile`` the recorder's hooks
 would break the compiled graph at every unit, so the norms are measured instead at each epoch end
@@ -61,9 +63,13 @@ checkpoint is written after it. So does a FloatingPointError raised inside ``opt
 (the Procrustes hook raises one, naming the layer, when it meets non-finite weights): the loop
 re-raises it with the epoch and step, and ``train.log`` records it. On CPU every step's loss is
 checked before the backward pass; on CUDA the check runs every ``_NAN_CHECK_EVERY`` steps and
-before every checkpoint, because it costs a host-device synchronisation. A finite loss can still
-overflow the gradients, so before every checkpoint the weights are checked too: a saved
-checkpoint is always finite.
+before every checkpoint, because it costs a host-device synchronisation; nothing else in a CUDA
+step waits for the device (the loss and accuracy sums stay there). The hook does the same for
+the weights it projects on the device (``procres.device_projection``): it counts non-finite ones
+per layer there (``ProcrustesHook.nonfinite``), and these checks raise FloatingPointError naming
+the layer. A finite loss can still overflow the
+gradients, so before every checkpoint the weights are checked too: a saved checkpoint is always
+finite.
 
 DDP (``torchrun --nproc_per_node N -m procres train ...``; see ``procres.distributed``): every
 rank trains its shard with the per-rank batch, sums and norm summaries are reduced over ranks,
@@ -139,7 +145,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
 
     Keys: final_test_error, final_val_error, best_val_epoch, val_error_at_best_val,
     test_error_at_best_val (None without a validation split), epochs, run_dir, history (list of
-    records), model (the trained nn.Module, unwrapped).
+    records), model (the trained nn.Module, unwrapped), cuda_graphs (the capture's seconds and
+    self-check, ``procres.graphs.self_check``; empty when the run trained eagerly).
     """
     cfg = config.resolved(cuda_available=torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -333,42 +340,56 @@ def _train_epoch(run: Run, quiet: bool) -> _EpochSums:
         loss, out = _train_step(run, x, y)
         sums.add(loss, out, y)
         if run.cuda and run.step % _NAN_CHECK_EVERY == 0:
-            _check_finite(run.bad, None, run.world, run.epoch, run.step, exact=False)
+            _check_finite(run, run.step, weights=False)
         if sums.epoch_step < run.steps_per_epoch and _checkpoint_due(run):
             _save_mid_epoch(run, sums)
     return sums
 
 
 def _train_step(run: Run, x: torch.Tensor, y: torch.Tensor):
-    """One optimizer step on the batch: lr, forward and loss (a graph replay, or eager), backward,
-    step (the Procrustes hook projects inside it). Returns (loss, logits)."""
+    """One optimizer step on the batch: lr, then either one replay of the captured step (forward,
+    loss, backward, SGD update) and the Procrustes hook, or the eager forward, loss, backward and
+    ``optimizer.step()`` (the hook projects inside it). Returns (loss, logits)."""
     run.lr = lr_at(run.cfg, run.epoch, run.step)
     for group in run.optimizer.param_groups:
         group["lr"] = run.lr
     recorded = run.recorder is not None and run.step % run.cfg.record_every == 0
-    if run.graphed is not None and not recorded and x.shape == run.static_shape:
-        loss, out = run.graphed(x, y)  # replays the forward graph; backward() replays the other
+    if run.graphed is not None and not recorded and x.shape == run.graphed.shape:
+        loss, out = run.graphed(x, y, run.lr)  # the hook is not in the graph: it runs next
+        run.bad += torch.isfinite(loss).logical_not().long()
+        update = _projection if run.hook is not None else None
     else:
         with torch.autocast(**run.amp):
             out = run.net(x)
             loss = F.cross_entropy(out, y)
-    if not run.cuda:  # free on CPU: stop before a bad step touches the weights
-        _check_finite(torch.isfinite(loss).logical_not(), None, run.world, run.epoch, run.step + 1, exact=True)
-    else:
-        run.bad += torch.isfinite(loss).logical_not().long()
-    run.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+        if not run.cuda:  # free on CPU: stop before a bad step touches the weights
+            _check_finite(run, run.step + 1, weights=False, exact=True, bad=torch.isfinite(loss).logical_not())
+        else:
+            run.bad += torch.isfinite(loss).logical_not().long()
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        update = _optimizer_step
     try:
-        run.optimizer.step()  # the Procrustes hook projects here
+        if update is not None:
+            update(run)
     except FloatingPointError as err:  # the hook met non-finite weights (its message names the layer)
         raise FloatingPointError(f"in epoch {run.epoch + 1}, step {run.step + 1}: {err}; {_STOPPED}") from err
     run.step += 1
     return loss, out
 
 
+def _optimizer_step(run: Run) -> None:
+    run.optimizer.step()  # the Procrustes hook projects here
+
+
+def _projection(run: Run) -> None:
+    """The optimizer's step post-hook, after a replay that made the update inside the graph."""
+    run.hook._after_step(run.optimizer, (), {})
+
+
 def _end_epoch(run: Run, sums: _EpochSums) -> None:
     """Close epoch ``run.epoch``: check it stayed finite, share BN statistics, record it."""
-    _check_finite(run.bad, run.model, run.world, run.epoch, run.step, exact=False)
+    _check_finite(run, run.step, weights=True)
     train_time = time.monotonic() - sums.started
     if run.world > 1:
         for buffer in run.model.buffers():  # BN running statistics: rank 0's, as DDP's forward does
@@ -417,7 +438,7 @@ def _record_epoch(run: Run, record: dict) -> None:
 
 def _save_mid_epoch(run: Run, sums: _EpochSums) -> None:
     """Checkpoint inside an epoch: the position of every rank's loader, the sums so far, the norm window."""
-    _check_finite(run.bad, run.model, run.world, run.epoch, run.step, exact=False)
+    _check_finite(run, run.step, weights=True)
     loss_sum, correct, seen = sums.totals(run)
     windows = gathered(run.recorder.state_dict(), run.world) if run.recorder else None  # one per rank
     state = {"epoch_step": sums.epoch_step, "loss_sum": loss_sum, "correct": int(correct), "seen": int(seen),
@@ -429,24 +450,46 @@ def _save_mid_epoch(run: Run, sums: _EpochSums) -> None:
     run.last_checkpoint = time.monotonic()
 
 
-def _check_finite(bad: torch.Tensor, model, world: int, epoch: int, step: int, *, exact: bool) -> None:
-    """Raise FloatingPointError if any rank saw a non-finite loss (``bad`` counts them) or, when
-    ``model`` is given, holds a non-finite parameter or buffer (a finite loss can still give
-    overflowing gradients). Called before every checkpoint, so a saved checkpoint is always finite."""
-    flags = [bad.reshape(1).long()]
-    if model is not None:
-        tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
-        flags.append(torch.stack([torch.isfinite(t).all().logical_not() for t in tensors]).sum().reshape(1).long())
+def _check_finite(run: Run, step: int, *, weights: bool, exact: bool = False, bad=None) -> None:
+    """Raise FloatingPointError if any rank saw a non-finite loss (``bad``, default ``run.bad``,
+    counts them), if the projection hook met non-finite weights on the device
+    (``ProcrustesHook.nonfinite``, naming the layer) or, with ``weights``, if a parameter or buffer
+    is non-finite (a finite loss can still give overflowing gradients). One host sync; called
+    before every checkpoint, so a saved checkpoint is always finite."""
+    flags = [(run.bad if bad is None else bad).reshape(1).long()]
+    layers = getattr(run.hook, "nonfinite", None)  # None until the hook projects on the device
+    if layers is not None:
+        flags.append(layers.to(flags[0].device))
+    names = []
+    if weights:
+        names, tensors = zip(*[(k, t) for k, t in run.model.state_dict().items() if t.is_floating_point()])
+        flags.append(torch.stack([torch.isfinite(t).all().logical_not() for t in tensors]).long())
     flags = torch.cat(flags)
-    if world > 1:
+    if run.world > 1:
         dist.all_reduce(flags)
-    loss_bad, weights_bad = (flags.tolist() + [0])[:2]
+    counts = flags.tolist()
+    loss_bad, layer_bad, weights_bad = counts[0], counts[1:len(counts) - len(names)], counts[len(counts) - len(names):]
+    epoch = run.epoch + 1
     if loss_bad:
         when = f"step {step}" if exact else f"one of the {_NAN_CHECK_EVERY} steps up to step {step}"
-        raise FloatingPointError(f"non-finite loss in epoch {epoch + 1}, {when}: {_STOPPED}")
-    if weights_bad:
-        raise FloatingPointError(f"non-finite weights in epoch {epoch + 1}, step {step} (found at a checkpoint; the "
-                                 f"loss was finite, the gradients overflowed): {_STOPPED}")
+        raise FloatingPointError(f"non-finite loss in epoch {epoch}, {when}: {_STOPPED}")
+    for i, count in enumerate(layer_bad):
+        if count:
+            raise FloatingPointError(f"{run.hook.names[i]} has NaN or inf weights, met by the Procrustes projection "
+                                     f"in epoch {epoch} at one of the steps up to step {step}: training diverged; "
+                                     f"{_STOPPED}")
+    bad_names = [name for name, count in zip(names, weights_bad) if count]
+    if bad_names:
+        more = f" and {len(bad_names) - 1} more" if len(bad_names) > 1 else ""
+        raise FloatingPointError(f"non-finite weights in epoch {epoch}, step {step}: {bad_names[0]}{more} (found at a "
+                                 f"check; the loss was finite: {_overflow_cause(bad_names[0])}): {_STOPPED}")
+
+
+def _overflow_cause(name: str) -> str:
+    """What a first non-finite state_dict entry says about how the run diverged."""
+    if name.endswith(("running_var", "running_mean")):
+        return "a batch-norm running statistic overflowed, the activations grew beyond float range"
+    return "an update overflowed the weights, the gradients grew beyond float range"
 
 
 def _checkpoint_due(run: Run) -> bool:
@@ -488,7 +531,7 @@ def _finish(run: Run) -> dict:
     run.log.info(f"final test error {100 * result['final_test_error']:.2f}%"
                  + (f", at the best validation epoch {result['best_val_epoch']}: {100 * best:.2f}%" if best is not None
                     else " (no validation split)") + f"; run folder {run.run_dir}")
-    return {**result, "history": run.history, "model": run.model}
+    return {**result, "history": run.history, "model": run.model, "cuda_graphs": run.graph_info}
 
 
 def _result(history, run_dir) -> dict:

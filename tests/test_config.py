@@ -111,13 +111,13 @@ def test_resolved_fills_automatic_fields():
     assert cpu.out == "runs/resnet8-digits-seed0"
     gpu = TrainConfig(data="/data/cifar-100-python.tar.gz").resolved(cuda_available=True)
     assert (gpu.dataset, gpu.device, gpu.amp, gpu.deterministic, gpu.cuda_graphs) == (
-        "cifar100", "cuda", True, False, False)
+        "cifar100", "cuda", True, False, True)
     assert TrainConfig(data="/runs100/cifar-10-batches-py").resolved().dataset == "cifar10"
 
 
 def test_cuda_graphs_default_explicit_and_conflicts():
-    # automatic: off (opt-in until measured on a GPU); never with compile or on the CPU
-    assert TrainConfig().resolved(cuda_available=True).cuda_graphs is False
+    # automatic: on for CUDA; never with compile or on the CPU
+    assert TrainConfig().resolved(cuda_available=True).cuda_graphs is True
     assert TrainConfig(compile=True).resolved(cuda_available=True).cuda_graphs is False
     assert TrainConfig(device="cpu").resolved(cuda_available=True).cuda_graphs is False
     assert TrainConfig(cuda_graphs=False).resolved(cuda_available=True).cuda_graphs is False

@@ -24,7 +24,6 @@ import procres.train as train_module
 from procres.checkpoint import load_checkpoint
 from procres.errors import UserError
 from procres.models import create_model
-from procres.graphs import graphed_loss
 from procres.train import _result, train
 
 HISTORY_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
@@ -216,6 +215,30 @@ def test_non_finite_weights_met_in_the_step_stop_naming_epoch_and_step(tmp_path,
     assert "epoch 1, step 3: layer stem" in (Path(config.out) / "train.log").read_text()
 
 
+@pytest.mark.parametrize("entry, cause", [("blocks.0.bn1.running_var", "batch-norm running statistic"),
+                                          ("blocks.0.conv1.weight", "an update overflowed the weights")])
+def test_non_finite_weights_name_the_first_bad_tensor_and_its_cause(tmp_path, monkeypatch, entry, cause):
+    real = run_module._sgd
+
+    def poisoned_after_second_step(model, cfg, **kwargs):
+        optimizer, calls = real(model, cfg, **kwargs), []
+
+        def after_step(opt, args, kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                with torch.no_grad():
+                    model.state_dict()[entry].fill_(float("inf"))
+
+        optimizer.register_step_post_hook(after_step)
+        return optimizer
+
+    monkeypatch.setattr(run_module, "_sgd", poisoned_after_second_step)
+    config = _tiny(tmp_path, init_norm_batches=0, checkpoint_every_steps=1)
+    with pytest.raises(FloatingPointError, match=rf"non-finite weights in epoch 1, step 2: {entry} .*{cause}"):
+        train(config, quiet=True)
+    assert load_checkpoint(config.out)["step"] == 1
+
+
 def test_diverging_run_stops_and_its_checkpoint_is_finite(tmp_path):
     config = _tiny(tmp_path, lr=1e6, epochs=3, max_steps_per_epoch=10, checkpoint_every_steps=1)
     with pytest.raises(FloatingPointError, match=r"non-finite (loss|weights) in epoch \d+, step \d+") as info:
@@ -224,44 +247,6 @@ def test_diverging_run_stops_and_its_checkpoint_is_finite(tmp_path):
     checkpoint = load_checkpoint(config.out)
     assert checkpoint["step"] < bad_step
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
-
-
-def test_graph_branch_of_the_loop_matches_the_eager_run(finished_run, tmp_path, monkeypatch):
-    """The loop's CUDA-graph branch, run on the CPU with a stand-in for the captured callable that,
-    like a graph replay, bypasses the units' hooks: the recorded steps run eagerly with the
-    recorder, so weights, losses and norms are bit-identical to the eager run of the same config."""
-    config, eager = finished_run
-    replays = []
-
-    def stand_in(model, x, y, *, amp):
-        assert x.shape == (config.batch_size, 1, 16, 16) and x.is_contiguous(memory_format=torch.channels_last)
-
-        def step(xb, yb):  # model(x) == head(blocks(stem(x))), calling unit.forward: no hooks run
-            replays.append(1)
-            h = model.stem(xb)
-            for unit in model.blocks:
-                h = unit.forward(h)
-            out = model.head(h)
-            return torch.nn.functional.cross_entropy(out, yb), out.detach()
-
-        return step
-
-    resolved = TrainConfig.resolved
-    monkeypatch.setattr(TrainConfig, "resolved", lambda self, **kw: resolved(self, **kw).replace(cuda_graphs=True))
-    monkeypatch.setattr(run_module, "graphed_loss", stand_in)
-    graphs = train(config.replace(out=str(tmp_path / "graphs")), quiet=True)
-    assert "CUDA graphs on" in (tmp_path / "graphs" / "train.log").read_text()
-    assert len(replays) == 4  # 8 steps, record_every=2: steps 1, 3, 5, 7 replayed, 0, 2, 4, 6 eager
-    _assert_identical(graphs["model"].state_dict(), eager["model"].state_dict())
-    for g, e in zip(graphs["history"], eager["history"], strict=True):
-        assert json.dumps(g["norms"]) == json.dumps(e["norms"])  # NaN-aware equality
-        assert (g["train_loss"], g["test_acc"]) == (e["train_loss"], e["test_acc"])
-
-
-def test_graphed_loss_refuses_cpu_tensors():
-    model = create_model("resnet8", num_classes=10, in_channels=1, image_size=16)
-    with pytest.raises(ValueError, match="needs CUDA tensors.*cpu"):
-        graphed_loss(model, torch.zeros(2, 1, 16, 16), torch.zeros(2, dtype=torch.int64), amp=False)
 
 
 # ---------------------------------------------------------------- kill -9 and resume
@@ -466,60 +451,12 @@ def test_cuda_run_bf16_channels_last_projection_and_mid_epoch_resume(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("amp", [False, True])
-def test_cuda_graph_steps_match_eager_steps(amp):
-    """Graphed forward/backward + eager SGD + projection (p = 1, in place) == the eager loop, step by step;
-    the capture leaves BN statistics as they were."""
-    import copy
-
-    from procres.procrustes import attach_procrustes
-
-    device = torch.device("cuda")
-    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.benchmark = False
-    try:
-        eager = create_model("procresnet13", num_classes=10, in_channels=3, image_size=16).to(device)
-        eager = eager.to(memory_format=torch.channels_last)
-        graph = copy.deepcopy(eager)
-        before = {k: v.clone() for k, v in graph.state_dict().items()}
-        x0 = torch.zeros(8, 3, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
-        step = graphed_loss(graph, x0, torch.zeros(8, dtype=torch.int64, device=device), amp=amp)
-        _assert_identical(graph.state_dict(), before)
-        opts = []
-        for model in (eager, graph):
-            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-            attach_procrustes(model, opt, p=1.0, seed=0)
-            opts.append(opt)
-        gen = torch.Generator(device=device).manual_seed(0)
-        tol = dict(rtol=2e-2, atol=2e-2) if amp else dict(rtol=1e-3, atol=1e-4)
-        for _ in range(3):
-            x = torch.randn(8, 3, 16, 16, device=device, generator=gen).contiguous(memory_format=torch.channels_last)
-            y = torch.randint(0, 10, (8,), device=device, generator=gen)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                out = eager(x)
-                loss_e = torch.nn.functional.cross_entropy(out, y)
-            loss_g, logits = step(x, y)
-            assert torch.allclose(logits.float(), out.detach().float(), **tol)
-            assert torch.allclose(loss_g, loss_e, **tol), (loss_g.item(), loss_e.item())
-            for opt, loss in zip(opts, (loss_e, loss_g)):
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        g, e = graph.state_dict(), eager.state_dict()
-        for k in e:  # weights after 3 projected steps, BN running statistics, num_batches_tracked
-            assert torch.allclose(g[k].double(), e[k].double(), **tol), k
-        assert any(not torch.equal(g[k], before[k]) for k in g)  # the graphed steps did train
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = flags
-
-
-@pytest.mark.gpu
 def test_cuda_run_with_graphs_records_norms_eagerly_and_falls_back(tmp_path, monkeypatch):
     pytest.importorskip("sklearn")  # the digits set
-    config = _tiny(tmp_path, model="procresnet13", device="cuda", cuda_graphs=True)  # 4 steps/epoch, record_every=2
+    config = _tiny(tmp_path, model="procresnet13", device="cuda")  # graphs by default; 4 steps/epoch, record_every=2
     graphs = train(config, quiet=True)
     log = (Path(config.out) / "train.log").read_text()
-    assert "CUDA graphs on" in log and "capture failed" not in log
+    assert "CUDA graphs on" in log and "capture failed" not in log and graphs["cuda_graphs"]["ok"]
     assert [h["norms"]["steps_recorded"] for h in graphs["history"]] == [1, 2, 2]  # steps 0, 2 | 4, 6
     assert all(len(h["norms"]["ratio"]) == len(h["block_kinds"]) for h in graphs["history"])
     eager = train(config.replace(out=str(tmp_path / "eager"), cuda_graphs=False), quiet=True)
@@ -530,7 +467,7 @@ def test_cuda_run_with_graphs_records_norms_eagerly_and_falls_back(tmp_path, mon
     def broken(*args, **kwargs):
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(run_module, "graphed_loss", broken)
+    monkeypatch.setattr(run_module, "capture_step", broken)
     with pytest.warns(RuntimeWarning, match="capture failed, training eagerly"):
         fallback = train(config.replace(out=str(tmp_path / "fallback")), quiet=True)
     assert "CUDA graphs off" in (tmp_path / "fallback" / "train.log").read_text()
