@@ -284,7 +284,7 @@ def _run(out: Path, budget: Budget, seed: int, threads: int, progress: bool) -> 
         data = load_dataset("digits", seed=seed, val_size=0, image_size=budget.image_size)
         stage("data", t0)
         for model in nets:
-            t0 = time.perf_counter()
+            t0, start = time.perf_counter(), bar.n
             config = _train_config(budget, model, seed, out, threads)
             try:
                 _train_with_progress(config, bar, f"train {model}")
@@ -292,6 +292,7 @@ def _run(out: Path, budget: Budget, seed: int, threads: int, progress: bool) -> 
                 reason = str(err).split(": training stopped")[0]  # train's message names the epoch and step
                 (Path(config.out) / "stopped.json").write_text(json.dumps({"reason": reason}) + "\n")
                 bar.write(f"{model}: {err}")
+            bar.update(start + budget.epochs + 1 - bar.n)  # a run that stopped early still completes its share
             stage(f"train {model}", t0)
 
         t0 = time.perf_counter()
