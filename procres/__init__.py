@@ -41,7 +41,7 @@ _API = {
     "plainproc": "models",
     # diagnostics: norm ratios during training; jacobian: Jacobian spectra and the bounds
     "NormRecorder": "diagnostics",
-    "depth_study": "diagnostics",
+    "depth_study": "study",
     "log_norms": "tensorboard",
     "jacobian_singular_values": "jacobian",
     "check_bounds": "jacobian",

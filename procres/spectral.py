@@ -68,7 +68,6 @@ from procres.errors import UserError
 from procres.lanczos import lanczos
 from procres.symbol import (
     batched_svdvals,
-    check_divisible,
     circular_singular_values,
     circular_symbol,
     frequency_classes,

@@ -3,7 +3,6 @@
 import math
 
 import numpy as np
-import pytest
 
 from procres import verdicts
 from procres.ratios import log_ratio_spread
