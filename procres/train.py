@@ -481,15 +481,15 @@ def _check_finite(run: Run, step: int, *, weights: bool, exact: bool = False, ba
     bad_names = [name for name, count in zip(names, weights_bad) if count]
     if bad_names:
         more = f" and {len(bad_names) - 1} more" if len(bad_names) > 1 else ""
-        raise FloatingPointError(f"non-finite weights in epoch {epoch}, step {step}: {bad_names[0]}{more} (found at a "
-                                 f"check; the loss was finite: {_overflow_cause(bad_names[0])}): {_STOPPED}")
+        raise FloatingPointError(f"non-finite weights in epoch {epoch}, step {step}: {bad_names[0]}{more}, with a finite "
+                                 f"loss, so {_overflow_cause(bad_names[0])}: {_STOPPED}")
 
 
 def _overflow_cause(name: str) -> str:
     """What a first non-finite state_dict entry says about how the run diverged."""
     if name.endswith(("running_var", "running_mean")):
-        return "a batch-norm running statistic overflowed, the activations grew beyond float range"
-    return "an update overflowed the weights, the gradients grew beyond float range"
+        return "a batch-norm running statistic overflowed as the activations grew beyond float range"
+    return "an update overflowed the weights as the gradients grew beyond float range"
 
 
 def _checkpoint_due(run: Run) -> bool:

@@ -234,7 +234,7 @@ def test_non_finite_weights_name_the_first_bad_tensor_and_its_cause(tmp_path, mo
 
     monkeypatch.setattr(run_module, "_sgd", poisoned_after_second_step)
     config = _tiny(tmp_path, init_norm_batches=0, checkpoint_every_steps=1)
-    with pytest.raises(FloatingPointError, match=rf"non-finite weights in epoch 1, step 2: {entry} .*{cause}"):
+    with pytest.raises(FloatingPointError, match=rf"non-finite weights in epoch 1, step 2: {entry}, with a finite loss, so .*{cause}"):
         train(config, quiet=True)
     assert load_checkpoint(config.out)["step"] == 1
 
