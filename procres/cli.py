@@ -121,7 +121,8 @@ def _add_inspect(sub):
                    help="name the units instead of tracing: a glob on module names, * within one dotted segment "
                         "(e.g. 'layer*.*')")
     p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
-                   help="zero-padding extremes: auto (exact where affordable, else Lanczos), dense (exact only), off")
+                   help="extremes of each layer's own padded operator (zero, reflect or replicate padding): auto "
+                        "(exact where affordable, else Lanczos), dense (exact only), off")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the idle cores)")
     p.add_argument("--out", default="runs/inspect", help="folder for inspect.json and figures/ (default runs/inspect)")

@@ -14,10 +14,12 @@ padding, dilation, groups, input size, the norm-preserving target
 
 - ``circular``: the periodic operator on the input's grid, exact at any size (FFT), when the input
   is divisible by the stride;
-- ``zeros``: the layer's own zero-padded operator (:func:`procres.spectral.conv_extremes`): exact
-  for patch convs and where the dense route is affordable, else Lanczos, with the achieved error;
-  a Lanczos ``sigma_min`` that has not converged is an upper bound (then ``max_rel_error`` is a
-  lower bound).  ``zeros="dense"`` keeps only exact values, ``"off"`` skips it.
+- ``zeros``: the layer's own padded operator (:func:`procres.spectral.conv_extremes`), with its
+  ``padding_mode``: zero padding, or the reflect or replicate padding of a layer that pads so
+  (None for a circular layer: the first part is its operator): exact for patch convs and where
+  the dense route is affordable, else Lanczos, with the achieved error; a Lanczos ``sigma_min``
+  that has not converged is an upper bound (then ``max_rel_error`` is a lower bound).
+  ``zeros="dense"`` keeps only exact values, ``"off"`` skips it.
 """
 
 from __future__ import annotations
@@ -124,13 +126,13 @@ def _zeros_part(conv: nn.Conv2d, size, target: float, zeros: str, tol: float, ma
     if zeros == "off" or conv.padding_mode == "circular":
         return None
     if zeros == "dense":
-        out = exact_extremes(conv, size, padding_mode="zeros")
+        out = exact_extremes(conv, size)
     else:
-        out = conv_extremes(conv, size, padding_mode="zeros", tol=tol, max_iter=max_iter)
+        out = conv_extremes(conv, size, tol=tol, max_iter=max_iter)
     if out is None:
         return None
     smax, smin = out["sigma_max"], out["sigma_min"]
-    return {**out, "cond": smax / smin if smin > 0 else float("inf"),
+    return {**out, "padding_mode": conv.padding_mode, "cond": smax / smin if smin > 0 else float("inf"),
             "max_rel_error": max(abs(smax / target - 1), abs(smin / target - 1))}
 
 
@@ -180,7 +182,7 @@ def spectrum_table(rows: list[dict]) -> str:
     """Fixed-width text table of :func:`conv_spectra` rows; a zero-padding ``sigma_min`` that is an
     upper bound prints as ``<value``."""
     head = (f"{'layer':30s} {'out,in/g,k':>13s} {'s':>3s} {'d':>2s} {'g':>4s} {'n':>5s} {'target':>7s} "
-            f"{'sigma_max':>9s} {'sigma_min':>9s} {'cond':>8s} {'max|s/c-1|':>10s}  {'zeros: max':>10s} {'min':>9s}")
+            f"{'sigma_max':>9s} {'sigma_min':>9s} {'cond':>8s} {'max|s/c-1|':>10s}  {'padded: max':>12s} {'min':>9s}")
     lines = [head]
     for r in rows:
         c, z = r.get("circular") or {}, r.get("zeros") or {}
@@ -193,5 +195,5 @@ def spectrum_table(rows: list[dict]) -> str:
         lines.append(f"{r['name']:30.30s} {shape:>13s} {_pair_text(r['stride']):>3s} {_pair_text(r['dilation']):>2s} "
                      f"{r['groups']:4d} {_size(r):>5s} {r['target']:7.3f} {f(c, 'sigma_max', '9.4g')} "
                      f"{f(c, 'sigma_min', '9.4g')} {f(c, 'cond', '8.3g')} {f(c, 'max_rel_error', '10.3g')}  "
-                     f"{f(z, 'sigma_max', '10.4g')} {zmin:>9s}")
+                     f"{f(z, 'sigma_max', '12.4g')} {zmin:>9s}")
     return "\n".join(lines)
