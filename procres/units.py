@@ -3,7 +3,7 @@
 A residual unit is a place where a skip path and a branch that start at the same tensor ``x_l`` are
 added: ``x_{l+1} = s(x_l) + f(x_l)``.  ``find_units(model, example_input)`` traces the model with
 ``torch.fx`` and returns every such addition (``x + f(x)``, ``g(x) + f(x)``, ``out += identity``,
-``torch.add``, ``Tensor.add``) in forward order, each as a :class:`Unit` with a ``kind``:
+``out.add_(x)``, ``torch.add``, ``Tensor.add``) in forward order, each as a :class:`Unit` with a ``kind``:
 ``"identity"`` when one operand is ``x_l`` itself (``nn.Identity`` counts as itself), else
 ``"projection"`` (a shortcut with weights or any other map: option-A padding, 1x1 conv + BN).
 
@@ -24,7 +24,8 @@ kept whole and an identity *probe* module at each sub-graph unit's ``x_l`` and `
 the model's own submodules (same parameters, same modes), computes the same function and is what
 to train or run while recording.  Without sub-graph units ``units.module`` is the model itself.
 A traced module is specialised on its trace: Python branches on ``self.training`` or on shapes are
-fixed as they were for the example input (traced in the model's current mode).
+fixed as they were for the example input (traced in the model's current mode), and ``forward``
+arguments the example input does not give are fixed at their defaults (``mask=None``).
 
 Where tracing fails (data-dependent control flow, ``assert`` on shapes, ...) ``find_units`` says so
 in one sentence; then name the units: ``units_by_name(model, "layer*.*")`` globs qualified module
@@ -37,6 +38,7 @@ order (modules never called come last, in registration order).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import operator
 import re
 
@@ -142,19 +144,51 @@ class _Meta(fx.Interpreter):
         return out
 
 
+def _fixed_arguments(model: nn.Module, example_input) -> dict:
+    """The defaults of the ``forward`` parameters that ``example_input`` does not give: traced as
+    constants, so that ``if mask is not None`` takes the branch the example takes."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    if isinstance(example_input, dict):
+        given = set(example_input)
+    else:
+        count = len(example_input) if isinstance(example_input, (tuple, list)) else 1
+        given = {p.name for p in params[:count]}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in params
+            if p.name not in given and p.kind in kinds and p.default is not inspect.Parameter.empty}
+
+
+def _alias_in_place(graph: fx.Graph) -> None:
+    """Make later uses of a tensor changed by an in-place method (``out.add_(x)`` without an
+    assignment) read that call's node, which returns the same tensor: fx records no data flow
+    through a mutation, so the addition would otherwise seem to feed nothing."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for n in list(graph.nodes):
+        name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
+        if n.op not in ("call_method", "call_function") or not isinstance(name, str) or not n.args:
+            continue
+        if name.endswith("_") and not name.startswith("_") and isinstance(n.args[0], fx.Node):
+            n.args[0].replace_all_uses_with(n, delete_user_cb=lambda user, n=n: order[user] > order[n])
+
+
 def _trace(model: nn.Module, example_input, leaves=()):
     """-> (GraphModule, calls), the graph run once on ``example_input``; failures are one sentence."""
     tracer = _Tracer(leaves)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=_fixed_arguments(model, example_input) or None)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise UserError(f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {first[:160]}); "
                         "name its units instead: procres.units_by_name(model, 'layer*.*') or procres inspect --units 'layer*.*'") from err
+    _alias_in_place(graph)
     gm = fx.GraphModule(model, graph, class_name=f"Traced{type(model).__name__}")
-    placeholders = [n.target for n in graph.nodes if n.op == "placeholder"]
-    if isinstance(example_input, dict):
-        args = [example_input[k] for k in placeholders if k in example_input]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if isinstance(example_input, dict):  # the others are fixed arguments: their defaults
+        args = [example_input[n.target] if n.target in example_input else (n.args or (None,))[0]
+                for n in placeholders]
     else:
         args = list(example_input) if isinstance(example_input, (tuple, list)) else [example_input]
     was_training = model.training

@@ -12,7 +12,7 @@ from torch import nn
 
 from procres.diagnostics import NormRecorder
 from procres.units import find_units, name_pattern, units_by_name
-from user_models import (BasicBlock, DataDependent, DilatedNet, TinyConvNeXt, tiny_bottleneck_resnet,
+from user_models import (BasicBlock, DataDependent, DilatedNet, MaskedNet, TinyConvNeXt, tiny_bottleneck_resnet,
                          tiny_resnet, tiny_vit)
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
@@ -34,6 +34,7 @@ F64 = torch.float64
     (tiny_vit, 16, [("blocks.0:add0", "identity", "identity"), ("blocks.0:add1", "identity", "identity"),
                     ("blocks.1:add0", "identity", "identity"), ("blocks.1:add1", "identity", "identity")]),
     (DilatedNet, 12, [("block", "identity", "identity")]),
+    (MaskedNet, 8, [("blocks.0", "identity", "identity"), ("blocks.1", "identity", "identity")]),
 ])
 def test_discovered_units_equal_the_known_ones(factory, size, expected):
     model = factory()
@@ -75,7 +76,7 @@ def retain_grad_ratios(model, units, x, y):
     return [float(a.grad.norm() / b.grad.norm()) for a, b in pairs]
 
 
-@pytest.mark.parametrize("factory", [tiny_resnet, tiny_bottleneck_resnet, TinyConvNeXt])
+@pytest.mark.parametrize("factory", [tiny_resnet, tiny_bottleneck_resnet, TinyConvNeXt, MaskedNet])
 def test_module_units_ratios_equal_retain_grad(factory):
     torch.manual_seed(0)
     model = factory().to(F64).train()

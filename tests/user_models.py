@@ -250,3 +250,34 @@ class DataDependent(nn.Module):
         if x.abs().sum() > 0:  # a Python branch on tensor data: torch.fx cannot trace it
             x = self.block(x)
         return x.mean((1, 2, 3))
+
+
+# ---------------------------------------------------------------- in-place adds, optional arguments
+class InPlaceAddBlock(nn.Module):
+    """``out.add_(x)`` as a statement (no assignment), then a ReLU: fx records no data flow through it."""
+
+    def __init__(self, channels=4):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        out = self.bn(self.conv(x))
+        out.add_(x)
+        return torch.relu(out)
+
+
+class MaskedNet(nn.Module):
+    """A forward with an optional argument that a branch tests, as attention models take masks."""
+
+    def __init__(self, channels=4, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.blocks = nn.Sequential(InPlaceAddBlock(channels), InPlaceAddBlock(channels))
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x, mask=None, *, scale=1.0):
+        x = self.stem(x)
+        if mask is not None:
+            x = x * mask
+        return self.head(self.blocks(x).mean((2, 3))) * scale
