@@ -110,6 +110,15 @@ def tiny_bottleneck_resnet(*, layers=(1, 2, 1, 1), width=4, num_classes=10, dila
     return ResNet(Bottleneck, layers, width=width, num_classes=num_classes, dilate_last=dilate_last)
 
 
+def zero_head_resnet(**kwargs):
+    """tiny_resnet with its classifier at zero, as torchvision initialises a ViT's head: at
+    initialisation no gradient reaches the blocks."""
+    model = tiny_resnet(**kwargs)
+    nn.init.zeros_(model.fc.weight)
+    nn.init.zeros_(model.fc.bias)
+    return model
+
+
 def failing_factory(**kwargs):
     raise RuntimeError("weights file not found")
 
@@ -281,3 +290,32 @@ class MaskedNet(nn.Module):
         if mask is not None:
             x = x * mask
         return self.head(self.blocks(x).mean((2, 3))) * scale
+
+
+# ---------------------------------------------------------------- Hugging Face style
+class HFStyleLayer(nn.Module):
+    """A transformers-4 style layer: ``forward(hidden_states, attention_mask=None)`` returns a tuple."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.block = PreNormBlock(dim)
+
+    def forward(self, hidden_states, attention_mask=None):
+        return (self.block(hidden_states),)
+
+
+class HFStyleEncoder(nn.Module):
+    """Patches -> ``layer.<i>`` -> a final LayerNorm, returning ``{"last_hidden_state": (B, T, D)}``
+    as a ``ModelOutput`` (a dict) does."""
+
+    def __init__(self, dim=8, depth=2, patch=4):
+        super().__init__()
+        self.embeddings = nn.Conv2d(3, dim, patch, stride=patch)
+        self.layer = nn.ModuleList([HFStyleLayer(dim) for _ in range(depth)])
+        self.layernorm = nn.LayerNorm(dim)
+
+    def forward(self, pixel_values, output_hidden_states=None):
+        hidden_states = self.embeddings(pixel_values).flatten(2).transpose(1, 2)
+        for layer in self.layer:
+            hidden_states = layer(hidden_states)[0]
+        return {"last_hidden_state": self.layernorm(hidden_states)}
