@@ -47,7 +47,7 @@ from torch import fx, nn
 
 from procres.errors import UserError
 
-__all__ = ["Unit", "Units", "find_units", "units_by_name", "name_pattern"]
+__all__ = ["Unit", "Units", "find_units", "units_by_name", "name_pattern", "repeated_blocks"]
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
@@ -182,7 +182,7 @@ def _trace(model: nn.Module, example_input, leaves=()):
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise UserError(f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {first[:160]}); "
-                        "name its units instead: procres.units_by_name(model, 'layer*.*') or procres inspect --units 'layer*.*'") from err
+                        f"name its units instead: {_name_them(model)}") from err
     _alias_in_place(graph)
     gm = fx.GraphModule(model, graph, class_name=f"Traced{type(model).__name__}")
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
@@ -338,7 +338,7 @@ def find_units(model: nn.Module, example_input) -> Units:
     found = _discover(gm, calls)
     if not found:
         raise UserError(f"no residual addition found in {type(model).__name__} (an addition of two same-shape "
-                        "tensors computed from one input); name its units: procres.units_by_name(model, PATTERN)")
+                        f"tensors computed from one input); name its units: {_name_them(model)}")
     names = _subgraph_names(found, model, calls)
     anc, nodes = _ancestry(gm.graph)
     units = []
@@ -394,6 +394,31 @@ def _probe(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
 
 
 # ---------------------------------------------------------------- by name
+def repeated_blocks(model: nn.Module, most: int = 3) -> list[str]:
+    """Globs of ``model``'s repeated blocks, candidates for :func:`units_by_name`: the children of
+    every ``nn.ModuleList`` / ``nn.Sequential`` of at least two modules of one class defined
+    outside ``torch.nn``, with each number in a name made ``*`` (``layer1.0`` -> ``layer*.*``);
+    the first ``most`` in registration order (outer containers first)."""
+    found = []
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or len(m) < 2:
+            continue
+        kinds = {type(child) for child in m}
+        if len(kinds) > 1 or kinds.pop().__module__.startswith("torch.nn"):
+            continue
+        glob = re.sub(r"\d+", "*", f"{name}.*" if name else "*")
+        if glob not in found:
+            found.append(glob)
+    return found[:most]
+
+
+def _name_them(model: nn.Module) -> str:
+    globs = repeated_blocks(model)
+    where = (f"; repeated blocks of {type(model).__name__}: {', '.join(map(repr, globs))}" if globs
+             else ", e.g. 'layer*.*'")
+    return f"procres.units_by_name(model, PATTERN) or procres inspect --units PATTERN, a glob of module names{where}"
+
+
 def name_pattern(pattern: str) -> re.Pattern:
     """Regex of a module-name glob: ``*`` and ``?`` stay within one dotted segment, ``[...]`` is a
     character class (``[!...]`` negated), everything else is literal."""

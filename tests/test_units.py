@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from procres.diagnostics import NormRecorder
-from procres.units import find_units, name_pattern, units_by_name
-from user_models import (BasicBlock, DataDependent, DilatedNet, MaskedNet, TinyConvNeXt, tiny_bottleneck_resnet,
-                         tiny_resnet, tiny_vit)
+from procres.units import find_units, name_pattern, repeated_blocks, units_by_name
+from user_models import (BasicBlock, DataDependent, DilatedNet, HFStyleEncoder, MaskedNet, TinyConvNeXt,
+                         tiny_bottleneck_resnet, tiny_resnet, tiny_vit)
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 F64 = torch.float64
@@ -156,6 +156,12 @@ def test_untraceable_and_unit_free_models_say_so_in_one_sentence():
     with pytest.raises(ValueError, match=r"torch.fx cannot trace DataDependent \(TraceError.*units_by_name") as err:
         find_units(DataDependent(), torch.randn(1, 3, 8, 8))
     assert "\n" not in str(err.value)
+    untraceable = DataDependent()
+    untraceable.block = nn.Sequential(BasicBlock(3, 3), BasicBlock(3, 3))
+    with pytest.raises(ValueError, match=r"--units PATTERN.*repeated blocks of DataDependent: 'block\.\*'$"):
+        find_units(untraceable, torch.randn(1, 3, 8, 8))
+    assert repeated_blocks(tiny_resnet()) == ["layer*.*"]                # layer1.0, layer1.1, layer2.0, ...
+    assert repeated_blocks(HFStyleEncoder()) == ["layer.*"]
     with pytest.raises(ValueError, match="no residual addition found in Sequential"):
         find_units(nn.Sequential(nn.Conv2d(3, 3, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="failed on the example input"):
