@@ -181,7 +181,8 @@ def _pair_text(values) -> str:
 def spectrum_table(rows: list[dict]) -> str:
     """Fixed-width text table of :func:`conv_spectra` rows; a zero-padding ``sigma_min`` that is an
     upper bound prints as ``<value``."""
-    head = (f"{'layer':30s} {'out,in/g,k':>13s} {'s':>3s} {'d':>2s} {'g':>4s} {'n':>5s} {'target':>7s} "
+    w = max([30] + [len(r["name"]) for r in rows])             # whole names, however deep the module
+    head = (f"{'layer':{w}s} {'out,in/g,k':>13s} {'s':>3s} {'d':>2s} {'g':>4s} {'n':>5s} {'target':>7s} "
             f"{'sigma_max':>9s} {'sigma_min':>9s} {'cond':>8s} {'max|s/c-1|':>10s}  {'padded: max':>12s} {'min':>9s}")
     lines = [head]
     for r in rows:
@@ -192,7 +193,7 @@ def spectrum_table(rows: list[dict]) -> str:
             zmin = "<" + format(z["sigma_min"], ".3g")
         co, ci, kh, kw = r["shape"]
         shape = f"{co},{ci},{_pair_text([kh, kw])}"
-        lines.append(f"{r['name']:30.30s} {shape:>13s} {_pair_text(r['stride']):>3s} {_pair_text(r['dilation']):>2s} "
+        lines.append(f"{r['name']:{w}s} {shape:>13s} {_pair_text(r['stride']):>3s} {_pair_text(r['dilation']):>2s} "
                      f"{r['groups']:4d} {_size(r):>5s} {r['target']:7.3f} {f(c, 'sigma_max', '9.4g')} "
                      f"{f(c, 'sigma_min', '9.4g')} {f(c, 'cond', '8.3g')} {f(c, 'max_rel_error', '10.3g')}  "
                      f"{f(z, 'sigma_max', '12.4g')} {zmin:>9s}")

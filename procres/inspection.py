@@ -137,9 +137,10 @@ def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float 
 def units_table(result: dict) -> str:
     """Fixed-width units table: name, kind, skip, r_l at init and after the SGD steps."""
     steps = result["steps"]
-    lines = [f"{'unit':28s} {'kind':10s} {'skip':24s} {'r_l init':>9s} {f'after {steps}':>9s}"]
+    w = max([28] + [len(r["name"]) for r in result["units"]])    # whole names, however deep the module
+    lines = [f"{'unit':{w}s} {'kind':10s} {'skip':24s} {'r_l init':>9s} {f'after {steps}':>9s}"]
     for r in result["units"]:
-        lines.append(f"{r['name']:28.28s} {r['kind']:10s} {r['skip']:24.24s} {r['ratio_init']:9.4f} "
+        lines.append(f"{r['name']:{w}s} {r['kind']:10s} {r['skip']:24.24s} {r['ratio_init']:9.4f} "
                      f"{r['ratio_trained']:9.4f}")
     return "\n".join(lines)
 

@@ -118,6 +118,17 @@ def test_inspect_json_is_standard_json_when_no_gradient_reaches_the_units(tmp_pa
     assert (tmp_path / "figures" / "ratio_per_unit.png").stat().st_size > 5000
 
 
+def test_tables_print_whole_module_names():
+    from procres.convs import conv_spectra, spectrum_table
+    from procres.inspection import units_table
+
+    name = "model.encoder.stages.0.layers.0.layer.1.convolution"        # a Hugging Face depth
+    unit = {"name": name, "kind": "named", "skip": "", "ratio_init": 1.0, "ratio_trained": 1.5}
+    assert name in units_table({"steps": 1, "units": [unit]}).splitlines()[1]
+    row = {**conv_spectra(torch.nn.Conv2d(2, 2, 3), torch.randn(1, 2, 6, 6), zeros="off")[0], "name": name}
+    assert spectrum_table([row]).splitlines()[1].startswith(name + " ")
+
+
 @pytest.mark.parametrize("model, message", [
     ("bad model", "MODEL must be a registered name"),
     ("user_models:", "not an import path"),
