@@ -20,6 +20,9 @@ padding, dilation, groups, input size, the norm-preserving target
   the dense route is affordable, else Lanczos, with the achieved error; a Lanczos ``sigma_min``
   that has not converged is an upper bound (then ``max_rel_error`` is a lower bound).
   ``zeros="dense"`` keeps only exact values, ``"off"`` skips it.
+
+A conv whose class computes something else in its own ``forward`` (weight standardisation,
+padding computed at run time: :func:`computes_its_operator`) gets neither part, and a ``note``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from torch import nn
 
 from procres.errors import UserError
 
-__all__ = ["ConvSite", "find_convs", "select_convs", "layer_spectrum", "conv_spectra", "spectrum_table"]
+__all__ = ["ConvSite", "find_convs", "select_convs", "computes_its_operator", "layer_spectrum", "conv_spectra",
+           "spectrum_table"]
 
 ZEROS_MODES = ("auto", "dense", "off")
 
@@ -136,6 +140,35 @@ def _zeros_part(conv: nn.Conv2d, size, target: float, zeros: str, tol: float, ma
             "max_rel_error": max(abs(smax / target - 1), abs(smin / target - 1))}
 
 
+def computes_its_operator(conv: nn.Conv2d, input_size) -> bool:
+    """Whether ``conv`` on inputs of ``input_size`` computes the operator that the spectral
+    functions measure, ``F.conv2d`` with its weight, stride, padding, dilation, groups and padding
+    mode.  True for ``nn.Conv2d`` and the subclasses that keep its ``forward``; a subclass with its
+    own (timm's weight-standardised ``StdConv2d``, dynamically "same"-padded ``Conv2dSame``) is
+    run once on a random input, ``conv(x) - conv(0)`` (no bias) against the operator's output."""
+    from procres.convop import conv_operator
+
+    if type(conv).forward is nn.Conv2d.forward and type(conv)._conv_forward is nn.Conv2d._conv_forward:
+        return True
+    w = conv.weight
+    try:
+        op = conv_operator(conv, input_size).to(torch.float64)
+    except UserError:
+        if w.is_meta:
+            raise
+        return False                                          # its settings give no output at this size
+    x = torch.randn(1, op.c_in, *op.input_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x.to(w.device, w.dtype)
+    try:
+        with torch.no_grad():
+            out = (conv(x) - conv(torch.zeros_like(x))).double()
+    except Exception:  # a forward that needs more than one tensor measures nothing we know
+        return False
+    ref = op.forward(x.double())
+    tol = 1e-2 if w.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    return out.shape == ref.shape and float((out - ref).abs().max()) <= tol * float(ref.abs().max())
+
+
 def layer_spectrum(conv: nn.Conv2d, input_size, *, zeros: str = "auto", name: str = "", tol: float = 1e-6,
                    max_iter: int = 300) -> dict:
     """One conv's row (see the module docstring); ``input_size`` is ``n`` or ``(h, w)``."""
@@ -150,6 +183,10 @@ def layer_spectrum(conv: nn.Conv2d, input_size, *, zeros: str = "auto", name: st
            "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
            "dilation": list(conv.dilation), "groups": conv.groups, "padding_mode": conv.padding_mode,
            "input_size": list(size), "target": target, "circular": None, "zeros": None}
+    if not computes_its_operator(conv, size):
+        row["note"] = (f"not measured: {type(conv).__name__}.forward computes another operator than F.conv2d "
+                       "with its weight and settings")
+        return row
     if size[0] % conv.stride[0] == 0 and size[1] % conv.stride[1] == 0:
         sv = conv_singular_values(conv.weight.detach().double(), size, stride=conv.stride, dilation=conv.dilation,
                                   groups=conv.groups, padding_mode="circular")  # float64: small values keep digits
@@ -197,4 +234,5 @@ def spectrum_table(rows: list[dict]) -> str:
                      f"{r['groups']:4d} {_size(r):>5s} {r['target']:7.3f} {f(c, 'sigma_max', '9.4g')} "
                      f"{f(c, 'sigma_min', '9.4g')} {f(c, 'cond', '8.3g')} {f(c, 'max_rel_error', '10.3g')}  "
                      f"{f(z, 'sigma_max', '12.4g')} {zmin:>9s}")
+    lines += [f"{r['name']}: {r['note']}" for r in rows if r.get("note")]
     return "\n".join(lines)

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from procres.cli import main
-from procres.convs import conv_spectra, find_convs, select_convs
+from procres.convs import conv_spectra, find_convs, select_convs, spectrum_table
 from procres.procrustes import attach_procrustes
 from procres.spectral import norm_preserving_target
-from user_models import DilatedNet, TinyConvNeXt, tiny_bottleneck_resnet, tiny_resnet
+from user_models import (CountedConv2d, DilatedNet, SamePadConv2d, StandardisedConv2d, TinyConvNeXt,
+                         tiny_bottleneck_resnet, tiny_resnet)
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
@@ -98,6 +99,24 @@ def test_reflect_and_replicate_layers_are_measured_with_their_own_padding():
         sv = np.linalg.svd(impulse_operator(conv, r["input_size"], conv.padding_mode).numpy(), compute_uv=False)
         assert r["zeros"]["sigma_max"] == pytest.approx(sv[0], rel=1e-8)
         assert r["zeros"]["sigma_min"] == pytest.approx(sv[sv > 1e-6 * sv[0]][-1], rel=1e-7)
+
+
+def test_convs_that_compute_another_operator_are_not_measured_nor_projected():
+    torch.manual_seed(0)
+    model = nn.Sequential(StandardisedConv2d(3, 4, 3, padding=1), SamePadConv2d(4, 4, 3, stride=2),
+                          CountedConv2d(4, 6, 1, stride=2)).double()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    rows = conv_spectra(model, x)
+    for r in rows[:2]:
+        assert r["circular"] is None and r["zeros"] is None and "computes another operator" in r["note"]
+    counted = rows[2]                                         # its own forward, nn.Conv2d's operator
+    sv = np.linalg.svd(impulse_operator(model[2], (4, 4), "zeros").numpy(), compute_uv=False)
+    assert "note" not in counted and counted["zeros"]["sigma_max"] == pytest.approx(sv[0], rel=1e-10)
+    assert "StandardisedConv2d.forward computes another operator" in spectrum_table(rows)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"cannot project 0 \(StandardisedConv2d\), 1 \(SamePadConv2d\)"):
+        attach_procrustes(model, opt, convs=["0", "1", "2"], example_input=x)
+    assert attach_procrustes(model, opt, convs="downsample", example_input=x).names == ["2"]
 
 
 def test_grouped_depthwise_rows_of_a_convnext():

@@ -7,8 +7,10 @@ conv, channels-last LayerNorm, layer scale), a pre-norm transformer (two residua
 take keyword arguments so that the command line can build them (``user_models:tiny_resnet``).
 """
 
+import math
+
 import torch
-import torch.nn.functional as F  # noqa: F401 (`procres inspect user_models:F`: a module, not a factory)
+import torch.nn.functional as F  # also `procres inspect user_models:F`: a module, not a factory
 from torch import nn
 
 
@@ -319,3 +321,36 @@ class HFStyleEncoder(nn.Module):
         for layer in self.layer:
             hidden_states = layer(hidden_states)[0]
         return {"last_hidden_state": self.layernorm(hidden_states)}
+
+
+# ---------------------------------------------------------------- nn.Conv2d subclasses with their own forward
+class StandardisedConv2d(nn.Conv2d):
+    """Weight standardisation in ``forward``, as timm's ``StdConv2d`` (BiT ResNets)."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class SamePadConv2d(nn.Conv2d):
+    """TensorFlow "same" padding computed in ``forward`` (the module's padding stays 0), as timm's
+    ``Conv2dSame`` (tf_efficientnet)."""
+
+    def forward(self, x):
+        pads = []
+        for n, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+            pads.append((total // 2, total - total // 2))
+        x = F.pad(x, (*pads[1], *pads[0]))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class CountedConv2d(nn.Conv2d):
+    """Its own ``forward`` that computes ``nn.Conv2d``'s (it counts calls)."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
