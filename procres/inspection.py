@@ -140,9 +140,16 @@ def units_table(result: dict) -> str:
     w = max([28] + [len(r["name"]) for r in result["units"]])    # whole names, however deep the module
     lines = [f"{'unit':{w}s} {'kind':10s} {'skip':24s} {'r_l init':>9s} {f'after {steps}':>9s}"]
     for r in result["units"]:
-        lines.append(f"{r['name']:{w}s} {r['kind']:10s} {r['skip']:24.24s} {r['ratio_init']:9.4f} "
-                     f"{r['ratio_trained']:9.4f}")
+        lines.append(f"{r['name']:{w}s} {r['kind']:10s} {r['skip']:24.24s} {_ratio(r['ratio_init'])} "
+                     f"{_ratio(r['ratio_trained'])}")
+    if any(_ratio(r[k]).strip() == "-" for r in result["units"] for k in ("ratio_init", "ratio_trained")):
+        lines.append("-: no gradient reached the unit, r_l = 0/0 (a classifier initialised at zero, as "
+                     "torchvision's ViT head, passes none back)")
     return "\n".join(lines)
+
+
+def _ratio(value) -> str:
+    return f"{'-':>9s}" if value is None or not math.isfinite(value) else f"{value:9.4f}"
 
 
 def write_inspection(result: dict, out) -> dict:

@@ -116,6 +116,9 @@ def test_inspect_json_is_standard_json_when_no_gradient_reaches_the_units(tmp_pa
         assert all(u["ratio_init"] is None for u in result["units"])           # 0 / 0 at a zero head
         assert all(u["ratio_trained"] > 0 for u in result["units"])
     assert (tmp_path / "figures" / "ratio_per_unit.png").stat().st_size > 5000
+    assert main(["inspect", "user_models:zero_head_resnet", "--steps", "1", "--zeros", "off", "--input-shape",
+                 "3", "16", "16", "--out", str(tmp_path), "--threads", "1"]) == 0
+    assert "no gradient reached the unit" in capsys.readouterr().out
 
 
 def test_tables_print_whole_module_names():
