@@ -24,7 +24,8 @@ kept whole and an identity *probe* module at each sub-graph unit's ``x_l`` and `
 the model's own submodules (same parameters, same modes), computes the same function and is what
 to train or run while recording.  Without sub-graph units ``units.module`` is the model itself.
 A traced module is specialised on its trace: Python branches on ``self.training`` or on shapes are
-fixed as they were for the example input (traced in the model's current mode), and ``forward``
+fixed as they were for the example input (traced in the model's current mode; batch norms, those
+with a ``forward`` of their own included, are kept whole and follow the mode), and ``forward``
 arguments the example input does not give are fixed at their defaults (``mask=None``).
 
 Where tracing fails (data-dependent control flow, ``assert`` on shapes, ...) ``find_units`` says so
@@ -110,7 +111,10 @@ class _Tracer(fx.Tracer):
         self.calls: list[_Call] = []
 
     def is_leaf_module(self, m, qualified_name):
-        return id(m) in self.leaves or super().is_leaf_module(m, qualified_name)
+        # batch norms with their own forward (timm's BatchNormAct2d) stay whole: traced through, their
+        # self.training would be fixed at trace time (batch statistics in eval, running stats moved)
+        return (id(m) in self.leaves or isinstance(m, nn.modules.batchnorm._BatchNorm)
+                or super().is_leaf_module(m, qualified_name))
 
     def call_module(self, m, forward, args, kwargs):
         name = self.path_of_module(m)
@@ -192,6 +196,7 @@ def _trace(model: nn.Module, example_input, leaves=()):
     else:
         args = list(example_input) if isinstance(example_input, (tuple, list)) else [example_input]
     was_training = model.training
+    buffers = [(b, b.clone()) for b in model.buffers()]     # what a traced-through module would move
     try:
         model.eval()  # no batch-norm statistics move; the graph is fixed already
         with torch.no_grad():
@@ -202,6 +207,9 @@ def _trace(model: nn.Module, example_input, leaves=()):
                         f"({type(err).__name__}: {first[:160]})") from err
     finally:
         model.train(was_training)
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
     return gm, tracer.calls
 
 
@@ -260,10 +268,26 @@ def _residual_adds(gm: fx.GraphModule, anc: dict, nodes: list) -> list[_Found]:
         fork = nodes[common.bit_length() - 1]
         if fork in (a, b):
             found.append(_Found(n, fork, "identity", None))
-        else:  # the skip path is the operand with fewer operations since the fork
-            cost = [bin(anc[x] & ~anc[fork]).count("1") for x in (a, b)]
+        else:  # the skip path is the operand with fewer operations since the fork (a submodule: one)
+            cost = [len(_steps(_since(x, fork, anc, nodes), len(_stack(n)))) for x in (a, b)]
             found.append(_Found(n, fork, "projection", (a, b)[cost[1] < cost[0]]))
     return found
+
+
+def _since(x: fx.Node, fork: fx.Node, anc: dict, nodes: list) -> list[fx.Node]:
+    """The operations between ``fork`` and ``x`` (``x`` included)."""
+    return [n for i, n in enumerate(nodes) if anc[x] >> i & 1 and not anc[fork] >> i & 1]
+
+
+def _steps(path: list[fx.Node], depth: int) -> list:
+    """``path`` as the steps a reader sees in code at module depth ``depth``: a submodule (by name:
+    a call, or one whose own forward was traced through) counts once, an operation at this depth
+    is itself."""
+    def step(n):
+        inside = list(n.meta.get("nn_module_stack", {}).values())
+        return n.target if n.op == "call_module" else inside[-1][0] if len(inside) > depth else n
+
+    return list(dict.fromkeys(map(step, path)))
 
 
 def _stack(node: fx.Node) -> list[str]:
@@ -318,12 +342,12 @@ def _subgraph_names(found: list[_Found], gm_root: nn.Module, calls: list[_Call])
 def _skip_text(f: _Found, anc: dict, nodes: list) -> str:
     if f.kind == "identity":
         return "identity"
-    path = [n for i, n in enumerate(nodes) if anc[f.skip] >> i & 1 and not anc[f.fork] >> i & 1]
-    mods = [n.target for n in path if n.op == "call_module"]
+    steps = _steps(_since(f.skip, f.fork, anc, nodes), len(_stack(f.add)))
+    mods = [m for m in steps if isinstance(m, str)]
     if mods:
         prefix = mods[0].rsplit(".", 1)[0] if len(mods) > 1 else mods[0]
         return prefix if all(m.startswith(prefix + ".") or m == prefix for m in mods) else ", ".join(mods)
-    return ", ".join(str(getattr(n.target, "__name__", n.target)) for n in path) or "projection"
+    return ", ".join(str(getattr(n.target, "__name__", n.target)) for n in steps) or "projection"
 
 
 def find_units(model: nn.Module, example_input) -> Units:

@@ -12,8 +12,8 @@ from torch import nn
 
 from procres.diagnostics import NormRecorder
 from procres.units import find_units, name_pattern, repeated_blocks, units_by_name
-from user_models import (BasicBlock, DataDependent, DilatedNet, HFStyleEncoder, MaskedNet, TinyConvNeXt,
-                         tiny_bottleneck_resnet, tiny_resnet, tiny_vit)
+from user_models import (BasicBlock, DataDependent, DilatedNet, HFStyleEncoder, MaskedNet, PreActPair,
+                         StandardisedConv2d, TinyConvNeXt, tiny_bottleneck_resnet, tiny_resnet, tiny_vit)
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 F64 = torch.float64
@@ -46,6 +46,12 @@ def test_discovered_units_equal_the_known_ones(factory, size, expected):
         else:
             assert u.module is model.get_submodule(u.name) and u.probes is None
     assert (units.module is model) == all(u.probes is None for u in units)
+
+
+def test_a_skip_through_a_module_with_its_own_forward_is_named_by_that_module():
+    block = BasicBlock(3, 6, stride=2, downsample=StandardisedConv2d(3, 6, 1, stride=2))   # traced through
+    units = find_units(nn.Sequential(nn.Conv2d(3, 3, 3), block), torch.randn(2, 3, 10, 10))
+    assert [(u.name, u.kind, u.skip) for u in units] == [("1", "projection", "1.downsample")]
 
 
 def test_the_zoo_models_units_match_their_block_kinds():
@@ -110,6 +116,22 @@ def test_sub_graph_units_of_a_pre_norm_transformer_equal_retain_grad():
     torch.testing.assert_close(torch.tensor(summary["ratio"]), torch.tensor(ref), rtol=1e-9, atol=0)
     fwd_in = torch.tensor(summary["fwd_in"], dtype=F64)
     torch.testing.assert_close(fwd_in, torch.stack([t.detach().norm() for t in xs[:-1]]), rtol=1e-9, atol=0)
+
+
+def test_find_units_moves_no_statistics_and_its_traced_module_keeps_the_modes():
+    torch.manual_seed(0)
+    model = PreActPair().to(F64)
+    for bn in (model.f1[0], model.f2[0]):                     # trained-looking running statistics
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    units = find_units(model, torch.randn(1, 3, 8, 8, dtype=F64))     # one example, training mode
+    assert units.names() == ["add0", "add1"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    x = torch.randn(3, 3, 8, 8, dtype=F64)
+    torch.testing.assert_close(units.module.eval()(x), model.eval()(x))  # eval: running statistics
+    torch.testing.assert_close(units.module.train()(x), model.train()(x))
 
 
 def test_units_by_name_glob_and_forward_order():

@@ -354,3 +354,31 @@ class CountedConv2d(nn.Conv2d):
     def forward(self, x):
         self.calls += 1
         return super().forward(x)
+
+
+# ---------------------------------------------------------------- a batch norm with its own forward
+class BatchNormAct(nn.BatchNorm2d):
+    """Batch norm and ReLU in one module with its own ``forward``, as timm's ``BatchNormAct2d``."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                         self.momentum, self.eps)
+        return F.relu(x)
+
+
+class PreActPair(nn.Module):
+    """Two pre-activation residual additions in the model's own ``forward``: sub-graph units, so
+    ``find_units`` returns a traced module."""
+
+    def __init__(self, channels=4, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.f1 = nn.Sequential(BatchNormAct(channels), nn.Conv2d(channels, channels, 3, padding=1))
+        self.f2 = nn.Sequential(BatchNormAct(channels), nn.Conv2d(channels, channels, 3, padding=1))
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.f1(x)
+        x = x + self.f2(x)
+        return self.head(x.mean((2, 3)))
