@@ -187,8 +187,9 @@ class NormRecorder:
     """Record forward and backward norms at the input and output of every unit during training.
 
     ``units``: an iterable of modules, e.g. ``model.blocks``; unit l maps x_l to x_{l+1}; its
-    first positional input and its output must be tensors with the batch in dimension 0, or
-    tuples / dicts whose first entry is one (Hugging Face layers return ``(hidden_states, ...)``).  Also
+    first positional input and its output must be tensors with the batch in dimension 0 (an
+    output may be a tuple / dict whose first entry is one: Hugging Face layers return
+    ``(hidden_states, ...)``).  Also
     accepted: the result of :func:`procres.find_units` or :func:`procres.units_by_name` (or any
     of their :class:`procres.units.Unit` records), and qualified module names with
     ``model=`` to resolve them.  A unit found inside a module's code (a pre-norm transformer's
@@ -312,7 +313,7 @@ class NormRecorder:
         return None
 
     def _note(self, i: int, role: str, x, module: nn.Module) -> Tensor:
-        x = first_tensor(x)
+        x = first_tensor(x) if role == "out" else x  # a list input (DenseNet's layers) has no single x_l
         if not isinstance(x, Tensor):
             raise UserError(f"NormRecorder: unit {i} ({type(module).__name__}) has a non-tensor "
                              f"{'first input' if role == 'in' else 'output'} ({type(x).__name__})")

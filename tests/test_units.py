@@ -174,6 +174,21 @@ def test_norm_recorder_takes_names_with_the_model():
         NormRecorder(["layer7"], model=model)
 
 
+def test_norm_recorder_refuses_a_list_input():
+    class Concat(nn.Module):                                   # DenseNet's layers take every earlier map
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(6, 3, 1)
+
+        def forward(self, features):
+            return self.conv(torch.cat(features, 1))
+
+    unit, x = Concat(), torch.randn(2, 3, 4, 4, requires_grad=True)
+    with pytest.raises(ValueError, match=r"unit 0 \(Concat\) has a non-tensor first input \(list\)"):
+        with NormRecorder([unit]):
+            unit([x, x]).sum().backward()
+
+
 def test_untraceable_and_unit_free_models_say_so_in_one_sentence():
     with pytest.raises(ValueError, match=r"torch.fx cannot trace DataDependent \(TraceError.*units_by_name") as err:
         find_units(DataDependent(), torch.randn(1, 3, 8, 8))
