@@ -7,15 +7,16 @@ added: ``x_{l+1} = s(x_l) + f(x_l)``.  ``find_units(model, example_input)`` trac
 ``"identity"`` when one operand is ``x_l`` itself (``nn.Identity`` counts as itself), else
 ``"projection"`` (a shortcut with weights or any other map: option-A padding, 1x1 conv + BN).
 
-How a unit is found.  The fork ``x_l`` of an addition ``a + b`` is the latest tensor both operands
-depend on (through tensor values only: ``x.size(1)`` used to slice a table makes no fork); an
-addition without one (``x + positional_table``), or whose operands do not have the result's shape
-(``x + bias``), is not a residual unit.  Module units: the innermost module call whose first input
-is ``x_l``, whose output depends on the addition, and with no other residual addition after it
-inside (torchvision's ``BasicBlock``, ``out += identity; out = relu(out)``: the whole block, so
-``x_{l+1}`` is the block's output, after the ReLU).  Sub-graph units: additions with no such module
-(a pre-norm transformer block, ``x = x + attn(ln1(x)); x = x + mlp(ln2(x))``, has two in one
-``forward``), named ``"<module>:add<k>"`` (the k-th residual addition of that module's own code).
+How a unit is found (on the graph of :func:`procres.tracing.trace`).  The fork ``x_l`` of an
+addition ``a + b`` is the latest tensor both operands depend on (through tensor values only:
+``x.size(1)`` used to slice a table makes no fork); an addition without one (``x +
+positional_table``), or whose operands do not have the result's shape (``x + bias``), is not a
+residual unit.  Module units: the innermost module call whose first input is ``x_l``, whose output
+depends on the addition, and with no other residual addition after it inside (torchvision's
+``BasicBlock``, ``out += identity; out = relu(out)``: the whole block, so ``x_{l+1}`` is the
+block's output, after the ReLU).  Sub-graph units: additions with no such module (a pre-norm
+transformer block, ``x = x + attn(ln1(x)); x = x + mlp(ln2(x))``, has two in one ``forward``),
+named ``"<module>:add<k>"`` (the k-th residual addition of that module's own code).
 
 How a unit is recorded.  :class:`procres.diagnostics.NormRecorder` hooks a module unit's module
 (input ``x_l``, output ``x_{l+1}``): run the model as usual.  A sub-graph unit has no module to
@@ -39,7 +40,6 @@ order (modules never called come last, in registration order).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import operator
 import re
 
@@ -47,8 +47,9 @@ import torch
 from torch import fx, nn
 
 from procres.errors import UserError
+from procres.tracing import Call, trace
 
-__all__ = ["Unit", "Units", "find_units", "units_by_name", "name_pattern", "repeated_blocks"]
+__all__ = ["Unit", "Units", "find_units", "units_by_name", "name_pattern", "repeated_blocks", "how_to_name_units"]
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
@@ -91,128 +92,6 @@ class _Probe(nn.Module):
         return x.view_as(x)
 
 
-# ---------------------------------------------------------------- tracing
-@dataclasses.dataclass
-class _Call:
-    key: str
-    name: str
-    module: nn.Module
-    input: fx.Node | None
-    output: fx.Node | None = None
-
-
-class _Tracer(fx.Tracer):
-    """``fx.Tracer`` that keeps ``leaves`` whole and records every module call's first input and
-    output node under its ``nn_module_stack`` key."""
-
-    def __init__(self, leaves=()):
-        super().__init__()
-        self.leaves = {id(m) for m in leaves}
-        self.calls: list[_Call] = []
-
-    def is_leaf_module(self, m, qualified_name):
-        # batch norms with their own forward (timm's BatchNormAct2d) stay whole: traced through, their
-        # self.training would be fixed at trace time (batch statistics in eval, running stats moved)
-        return (id(m) in self.leaves or isinstance(m, nn.modules.batchnorm._BatchNorm)
-                or super().is_leaf_module(m, qualified_name))
-
-    def call_module(self, m, forward, args, kwargs):
-        name = self.path_of_module(m)
-        count = self.num_calls.get(name, 0)
-        first = args[0] if args else None
-        call = _Call(f"{name}@{count}" if count else name, name, m,
-                     first.node if isinstance(first, fx.Proxy) else None)
-        out = super().call_module(m, forward, args, kwargs)
-        call.output = out.node if isinstance(out, fx.Proxy) else None
-        self.calls.append(call)
-        return out
-
-
-def _tensorish(value) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, (tuple, list)):
-        return any(_tensorish(v) for v in value)
-    if isinstance(value, dict):
-        return any(_tensorish(v) for v in value.values())
-    return False
-
-
-class _Meta(fx.Interpreter):
-    """Runs the traced graph once, noting which nodes carry tensors and their shapes."""
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        n.meta["procres_tensor"] = _tensorish(out)
-        n.meta["procres_shape"] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        return out
-
-
-def _fixed_arguments(model: nn.Module, example_input) -> dict:
-    """The defaults of the ``forward`` parameters that ``example_input`` does not give: traced as
-    constants, so that ``if mask is not None`` takes the branch the example takes."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return {}
-    if isinstance(example_input, dict):
-        given = set(example_input)
-    else:
-        count = len(example_input) if isinstance(example_input, (tuple, list)) else 1
-        given = {p.name for p in params[:count]}
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return {p.name: p.default for p in params
-            if p.name not in given and p.kind in kinds and p.default is not inspect.Parameter.empty}
-
-
-def _alias_in_place(graph: fx.Graph) -> None:
-    """Make later uses of a tensor changed by an in-place method (``out.add_(x)`` without an
-    assignment) read that call's node, which returns the same tensor: fx records no data flow
-    through a mutation, so the addition would otherwise seem to feed nothing."""
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    for n in list(graph.nodes):
-        name = n.target if n.op == "call_method" else getattr(n.target, "__name__", "")
-        if n.op not in ("call_method", "call_function") or not isinstance(name, str) or not n.args:
-            continue
-        if name.endswith("_") and not name.startswith("_") and isinstance(n.args[0], fx.Node):
-            n.args[0].replace_all_uses_with(n, delete_user_cb=lambda user, n=n: order[user] > order[n])
-
-
-def _trace(model: nn.Module, example_input, leaves=()):
-    """-> (GraphModule, calls), the graph run once on ``example_input``; failures are one sentence."""
-    tracer = _Tracer(leaves)
-    try:
-        graph = tracer.trace(model, concrete_args=_fixed_arguments(model, example_input) or None)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {first[:160]}); "
-                        f"name its units instead: {_name_them(model)}") from err
-    _alias_in_place(graph)
-    gm = fx.GraphModule(model, graph, class_name=f"Traced{type(model).__name__}")
-    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
-    if isinstance(example_input, dict):  # the others are fixed arguments: their defaults
-        args = [example_input[n.target] if n.target in example_input else (n.args or (None,))[0]
-                for n in placeholders]
-    else:
-        args = list(example_input) if isinstance(example_input, (tuple, list)) else [example_input]
-    was_training = model.training
-    buffers = [(b, b.clone()) for b in model.buffers()]     # what a traced-through module would move
-    try:
-        model.eval()  # no batch-norm statistics move; the graph is fixed already
-        with torch.no_grad():
-            _Meta(gm).run(*args)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(f"the traced {type(model).__name__} failed on the example input "
-                        f"({type(err).__name__}: {first[:160]})") from err
-    finally:
-        model.train(was_training)
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-    return gm, tracer.calls
-
-
 # ---------------------------------------------------------------- discovery
 def _resolve(node: fx.Node, gm: fx.GraphModule) -> fx.Node:
     """Look through ``nn.Identity`` calls."""
@@ -249,7 +128,7 @@ class _Found:
     fork: fx.Node
     kind: str
     skip: fx.Node | None
-    call: _Call | None = None
+    call: Call | None = None
 
 
 def _residual_adds(gm: fx.GraphModule, anc: dict, nodes: list) -> list[_Found]:
@@ -308,7 +187,7 @@ def _module_call(f: _Found, units: list[fx.Node], calls: dict, anc: dict, index:
     return None
 
 
-def _discover(gm: fx.GraphModule, calls: list[_Call], whole=()) -> list[_Found]:
+def _discover(gm: fx.GraphModule, calls: list[Call], whole=()) -> list[_Found]:
     """Residual additions of the traced graph; ``whole``: modules of units kept whole (a residual
     addition happens inside each)."""
     anc, nodes = _ancestry(gm.graph)
@@ -323,7 +202,7 @@ def _discover(gm: fx.GraphModule, calls: list[_Call], whole=()) -> list[_Found]:
     return found
 
 
-def _subgraph_names(found: list[_Found], gm_root: nn.Module, calls: list[_Call]) -> dict:
+def _subgraph_names(found: list[_Found], gm_root: nn.Module, calls: list[Call]) -> dict:
     """``"<module>:add<k>"`` for each addition without a module unit; scope module per addition."""
     by_key = {c.key: c for c in calls}
     counts: dict[str, int] = {}
@@ -358,11 +237,11 @@ def find_units(model: nn.Module, example_input) -> Units:
     """
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be an nn.Module, got {type(model).__name__}")
-    gm, calls = _trace(model, example_input)
+    gm, calls = trace(model, example_input)
     found = _discover(gm, calls)
     if not found:
         raise UserError(f"no residual addition found in {type(model).__name__} (an addition of two same-shape "
-                        f"tensors computed from one input); name its units: {_name_them(model)}")
+                        f"tensors computed from one input); name its units: {how_to_name_units(model)}")
     names = _subgraph_names(found, model, calls)
     anc, nodes = _ancestry(gm.graph)
     units = []
@@ -384,7 +263,7 @@ def _with_probes(model, example_input, units: list[Unit], found: list[_Found]) -
     subgraph_adds = [f for f in found if f.call is None]
     whole = [f.call for f in found if f.call is not None
              and not any(f.call.key in _stack(g.add) for g in subgraph_adds)]
-    gm, calls = _trace(model, example_input, leaves=[c.module for c in whole])
+    gm, calls = trace(model, example_input, leaves=[c.module for c in whole])
     again = _discover(gm, calls, whole=[c.module for c in whole])
     names = _subgraph_names(again, model, calls)
     points = {}
@@ -436,7 +315,9 @@ def repeated_blocks(model: nn.Module, most: int = 3) -> list[str]:
     return found[:most]
 
 
-def _name_them(model: nn.Module) -> str:
+def how_to_name_units(model: nn.Module) -> str:
+    """The end of the sentence that says a model's units must be named: the call, and the model's
+    repeated blocks as candidate globs."""
     globs = repeated_blocks(model)
     where = (f"; repeated blocks of {type(model).__name__}: {', '.join(map(repr, globs))}" if globs
              else ", e.g. 'layer*.*'")
