@@ -14,6 +14,8 @@ loading accepts them (Python's ``random.getstate()`` tuple becomes a list and ba
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import random
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 
 from procres.errors import UserError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "training_state", "rng_state", "set_rng_state", "atomic_save",
+__all__ = ["save_checkpoint", "load_checkpoint", "training_state", "rng_state", "set_rng_state", "atomic_save", "json_text",
            "atomic_write_text", "append_jsonl"]
 
 
@@ -130,6 +132,25 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def json_text(obj, *, indent: int | None = None) -> str:
+    """``obj`` as standard JSON (RFC 8259): NaN and infinities become ``null`` (Python's ``json``
+    writes ``NaN`` / ``Infinity``, which other JSON parsers refuse); other numbers go through
+    ``int`` or ``float`` (numpy and 0-d torch numbers)."""
+    def clean(v):
+        if v is None or isinstance(v, (str, bool)):
+            return v
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, numbers.Integral):
+            return int(v)
+        v = float(v)
+        return v if math.isfinite(v) else None
+
+    return json.dumps(clean(obj), indent=indent, allow_nan=False)
 
 
 def append_jsonl(path: Path, record: dict) -> None:

@@ -81,10 +81,9 @@ def _set_threads(threads: int) -> None:
 
 
 def _run_spectrum(args):
-    import json
-
     import torch
 
+    from procres.checkpoint import json_text
     from procres.convs import conv_spectra, spectrum_table
     from procres.factory import load_model
 
@@ -95,7 +94,7 @@ def _run_spectrum(args):
     p = next(model.parameters())
     x = torch.zeros(1, channels, size, size, dtype=p.dtype, device=p.device)
     rows = conv_spectra(model, x, zeros=args.zeros, names=args.layers)
-    print(json.dumps(rows, indent=1) if args.json else spectrum_table(rows))
+    print(json_text(rows, indent=1) if args.json else spectrum_table(rows))
     return 0
 
 
@@ -121,7 +120,8 @@ def _add_inspect(sub):
                    help="name the units instead of tracing: a glob on module names, * within one dotted segment "
                         "(e.g. 'layer*.*')")
     p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
-                   help="zero-padding extremes: auto (exact where affordable, else Lanczos), dense (exact only), off")
+                   help="extremes of each layer's own padded operator (zero, reflect or replicate padding): auto "
+                        "(exact where affordable, else Lanczos), dense (exact only), off")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the idle cores)")
     p.add_argument("--out", default="runs/inspect", help="folder for inspect.json and figures/ (default runs/inspect)")
@@ -134,6 +134,7 @@ def _run_inspect(args):
 
     import torch
 
+    from procres.checkpoint import json_text
     from procres.convs import spectrum_table
     from procres.factory import build
     from procres.inspection import inspect_model, make_batches, units_table, write_inspection
@@ -158,7 +159,7 @@ def _run_inspect(args):
     result["spec"] = {"model": args.model, "kwargs": kwargs, "data": args.data}
     paths = write_inspection(result, args.out)
     if args.json:
-        print(json.dumps(result, indent=1, default=float))
+        print(json_text(result, indent=1))
         return 0
     print(units_table(result))
     print()

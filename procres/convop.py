@@ -7,8 +7,9 @@ or a weight, plus keyword arguments) into one :class:`ConvOperator`; every funct
 :mod:`procres.spectral` goes through it, so they agree on every default:
 
 * an ``nn.Conv2d`` brings its own stride, padding, dilation, groups and padding mode
-  (``"zeros"`` or ``"circular"``); ``padding_mode`` may be overridden (the circular operator of a
-  zero-padded layer), any other keyword that contradicts the conv is an error.
+  (``"zeros"``, ``"circular"``, ``"reflect"`` or ``"replicate"``); ``padding_mode`` may be
+  overridden (the circular operator of a zero-padded layer), any other keyword that contradicts
+  the conv is an error.
 * a bare weight means stride 1, dilation 1, groups 1 and **circular** padding, the operator whose
   spectrum is exact at any size and the one the Procrustes projection controls; zero padding
   defaults to ``k_eff // 2`` on each side, ``k_eff = d (k - 1) + 1`` (``nn.Conv2d(padding=k // 2)``).
@@ -26,6 +27,9 @@ Operators (``padding_mode``):
   ignored (a shift, which changes no singular value).
 * ``"zeros"``: ``nn.Conv2d`` with zero padding exactly (asymmetric ``padding="same"`` included),
   output ``(h + pad_top + pad_bottom - k_eff) // s + 1`` rows.
+* ``"reflect"``, ``"replicate"``: ``nn.Conv2d`` with that padding mode exactly (same padding and
+  output size as ``"zeros"``; a padded pixel reads the input pixel it mirrors or repeats, so
+  one input pixel may feed a tap twice).  Reflect padding must be smaller than the input.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ DENSE_LIMIT = 4096
 #: Largest number of entries of a dense operator (512 MiB in float64).
 DENSE_ENTRIES = 4 * DENSE_LIMIT**2
 
-PADDING_MODES = ("circular", "zeros")
+PADDING_MODES = ("circular", "zeros", "reflect", "replicate")
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -89,6 +93,9 @@ def _check_weight(weight) -> None:
         raise UserError(f"weight must be a real floating tensor, got dtype {weight.dtype}")
     if weight.numel() == 0:
         raise UserError(f"weight is empty, shape {tuple(weight.shape)}")
+    if weight.is_meta:
+        raise UserError(f"weight {tuple(weight.shape)} is on the meta device and has no values: materialise the "
+                        "model first (model.to_empty(device='cpu'), then load or initialise its weights)")
     if not torch.isfinite(weight).all():
         raise UserError("weight contains NaN or inf values")
 
@@ -187,9 +194,7 @@ class ConvOperator:
             if t == b and l == r:
                 return F.conv2d(x, self.weight, padding=(t, l), **kw)
             return F.conv2d(F.pad(x, (l, r, t, b)), self.weight, **kw)
-        kh, kw_ = self.effective_kernel
-        ih = _wrap_index(x.shape[-2], kh, x.device)
-        iw = _wrap_index(x.shape[-1], kw_, x.device)
+        ih, iw = self.pad_indices(x.device)
         return F.conv2d(x[..., ih, :][..., iw], self.weight, **kw)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
@@ -199,16 +204,27 @@ class ConvOperator:
             t, b, l, r = self.padding
             padded = (h + t + b, w + l + r)
         else:
-            padded = (h + kh - 1, w + kw - 1)
+            ih, iw = self.pad_indices(y.device)
+            padded = (len(ih), len(iw))
         extra = tuple(p - ((o - 1) * s + k) for p, o, s, k in
                       zip(padded, y.shape[-2:], self.stride, (kh, kw)))
         z = F.conv_transpose2d(y, self.weight, stride=self.stride, dilation=self.dilation,
                                groups=self.groups, output_padding=extra)
         if self.padding_mode == "zeros":
             return z[..., t:t + h, l:l + w]
-        # adjoint of "wrap-pad then valid conv": fold the padded rows and columns onto the torus
-        x = z.new_zeros(*z.shape[:-2], h, z.shape[-1]).index_add_(-2, _wrap_index(h, kh, z.device), z)
-        return x.new_zeros(*x.shape[:-1], w).index_add_(-1, _wrap_index(w, kw, x.device), x)
+        # adjoint of "pad by indexing, then valid conv": add each padded row and column onto its source
+        x = z.new_zeros(*z.shape[:-2], h, z.shape[-1]).index_add_(-2, ih, z)
+        return x.new_zeros(*x.shape[:-1], w).index_add_(-1, iw, x)
+
+    def pad_indices(self, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a padding by indexing (every mode but ``"zeros"``): the input row and column that
+        each row and column of the padded input reads."""
+        (h, w), (kh, kw) = self.input_size, self.effective_kernel
+        if self.padding_mode == "circular":
+            return _wrap_index(h, kh, device), _wrap_index(w, kw, device)
+        t, b, l, r = self.padding
+        return (_source_index(torch.arange(-t, h + b, device=device), h, self.padding_mode),
+                _source_index(torch.arange(-l, w + r, device=device), w, self.padding_mode))
 
     @property
     def dense_affordable(self) -> bool:
@@ -229,13 +245,13 @@ class ConvOperator:
         c = torch.arange(c_in_g, device=dev)[:, None, None]
         a = torch.arange(kh, device=dev)[:, None]
         b = torch.arange(kw, device=dev)
-        if self.padding_mode == "zeros":
-            top, left = self.padding[0], self.padding[2]
-        else:
-            top, left = self.effective_kernel[0] // 2, self.effective_kernel[1] // 2
-        r, q = sh * i + dh * a - top, sw * j + dw * b - left
         if self.padding_mode == "circular":
-            r, q = r % h, q % w
+            top, left = self.effective_kernel[0] // 2, self.effective_kernel[1] // 2
+        else:
+            top, left = self.padding[0], self.padding[2]
+        r, q = sh * i + dh * a - top, sw * j + dw * b - left
+        if self.padding_mode != "zeros":
+            r, q = _source_index(r, h, self.padding_mode), _source_index(q, w, self.padding_mode)
         keep = (r >= 0) & (r < h) & (q >= 0) & (q < w)
         channel = (o // (self.c_out // self.groups)) * c_in_g + c
         shape = (self.c_out, oh, ow, c_in_g, kh, kw)
@@ -253,7 +269,7 @@ class ConvOperator:
                 f"smaller side or DENSE_ENTRIES={DENSE_ENTRIES} entries; use conv_operator_norm / "
                 "conv_min_singular_value instead")
         index, values = self.row_taps()
-        return self.weight.new_zeros(rows, cols).scatter_add_(1, index, values)  # circular taps may coincide
+        return self.weight.new_zeros(rows, cols).scatter_add_(1, index, values)  # padded taps may coincide
 
 
 def _wrap_index(n: int, k: int, device) -> torch.Tensor:
@@ -261,9 +277,24 @@ def _wrap_index(n: int, k: int, device) -> torch.Tensor:
     return torch.arange(-(k // 2), n + k - 1 - k // 2, device=device) % n
 
 
+def _source_index(i: torch.Tensor, n: int, mode: str) -> torch.Tensor:
+    """The input index that padded index ``i`` (in ``[-pad, n + pad)``) reads under ``mode``."""
+    if mode == "circular":
+        return i % n
+    if mode == "replicate":
+        return i.clamp(0, n - 1)
+    i = i.abs()                                               # reflect: the edge pixel is not repeated
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
 def _check_mode(padding_mode, op_or_conv) -> str:
     if padding_mode not in PADDING_MODES:
         raise UserError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+    if padding_mode == "reflect":
+        (t, b, l, r), (h, w) = op_or_conv.padding, op_or_conv.input_size
+        if max(t, b) >= h or max(l, r) >= w:
+            raise UserError(f"reflect padding {op_or_conv.padding} (top, bottom, left, right) must be smaller "
+                            f"than the input_size {op_or_conv.input_size}")
     if padding_mode == "circular":
         size, stride = op_or_conv.input_size, op_or_conv.stride
         if size[0] % stride[0] or size[1] % stride[1]:
@@ -275,7 +306,6 @@ def _from_conv(conv: nn.Conv2d, given: dict) -> dict:
     """The conv's own settings.  ``padding_mode`` may be given (the circular operator of a
     zero-padded layer is a question worth asking); any other keyword that contradicts the conv is
     an error."""
-    mode = {"zeros": "zeros", "circular": "circular"}.get(conv.padding_mode)
     own = dict(stride=tuple(conv.stride), dilation=tuple(conv.dilation), groups=conv.groups,
                padding=conv.padding if isinstance(conv.padding, str) else tuple(conv.padding))
     for key, value in given.items():
@@ -285,10 +315,7 @@ def _from_conv(conv: nn.Conv2d, given: dict) -> dict:
         if norm != own[key]:
             raise UserError(f"{key}={value!r} contradicts the conv's own {key}={own[key]!r}: "
                             "pass conv.weight to measure another operator")
-    if mode is None and given["padding_mode"] is None:
-        raise UserError(f"padding_mode={conv.padding_mode!r} of the conv is not supported: "
-                        "pass padding_mode='zeros' or 'circular' to measure one of those operators")
-    return {**own, "padding_mode": given["padding_mode"] or mode}
+    return {**own, "padding_mode": given["padding_mode"] or conv.padding_mode}
 
 
 def conv_operator(conv_or_weight, input_size, *, stride=None, padding=None, dilation=None, groups=None,

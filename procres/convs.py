@@ -14,10 +14,15 @@ padding, dilation, groups, input size, the norm-preserving target
 
 - ``circular``: the periodic operator on the input's grid, exact at any size (FFT), when the input
   is divisible by the stride;
-- ``zeros``: the layer's own zero-padded operator (:func:`procres.spectral.conv_extremes`): exact
-  for patch convs and where the dense route is affordable, else Lanczos, with the achieved error;
-  a Lanczos ``sigma_min`` that has not converged is an upper bound (then ``max_rel_error`` is a
-  lower bound).  ``zeros="dense"`` keeps only exact values, ``"off"`` skips it.
+- ``zeros``: the layer's own padded operator (:func:`procres.spectral.conv_extremes`), with its
+  ``padding_mode``: zero padding, or the reflect or replicate padding of a layer that pads so
+  (None for a circular layer: the first part is its operator): exact for patch convs and where
+  the dense route is affordable, else Lanczos, with the achieved error; a Lanczos ``sigma_min``
+  that has not converged is an upper bound (then ``max_rel_error`` is a lower bound).
+  ``zeros="dense"`` keeps only exact values, ``"off"`` skips it.
+
+A conv whose class computes something else in its own ``forward`` (weight standardisation,
+padding computed at run time: :func:`computes_its_operator`) gets neither part, and a ``note``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from torch import nn
 
 from procres.errors import UserError
 
-__all__ = ["ConvSite", "find_convs", "select_convs", "layer_spectrum", "conv_spectra", "spectrum_table"]
+__all__ = ["ConvSite", "find_convs", "select_convs", "computes_its_operator", "layer_spectrum", "conv_spectra",
+           "spectrum_table"]
 
 ZEROS_MODES = ("auto", "dense", "off")
 
@@ -124,14 +130,43 @@ def _zeros_part(conv: nn.Conv2d, size, target: float, zeros: str, tol: float, ma
     if zeros == "off" or conv.padding_mode == "circular":
         return None
     if zeros == "dense":
-        out = exact_extremes(conv, size, padding_mode="zeros")
+        out = exact_extremes(conv, size)
     else:
-        out = conv_extremes(conv, size, padding_mode="zeros", tol=tol, max_iter=max_iter)
+        out = conv_extremes(conv, size, tol=tol, max_iter=max_iter)
     if out is None:
         return None
     smax, smin = out["sigma_max"], out["sigma_min"]
-    return {**out, "cond": smax / smin if smin > 0 else float("inf"),
+    return {**out, "padding_mode": conv.padding_mode, "cond": smax / smin if smin > 0 else float("inf"),
             "max_rel_error": max(abs(smax / target - 1), abs(smin / target - 1))}
+
+
+def computes_its_operator(conv: nn.Conv2d, input_size) -> bool:
+    """Whether ``conv`` on inputs of ``input_size`` computes the operator that the spectral
+    functions measure, ``F.conv2d`` with its weight, stride, padding, dilation, groups and padding
+    mode.  True for ``nn.Conv2d`` and the subclasses that keep its ``forward``; a subclass with its
+    own (timm's weight-standardised ``StdConv2d``, dynamically "same"-padded ``Conv2dSame``) is
+    run once on a random input, ``conv(x) - conv(0)`` (no bias) against the operator's output."""
+    from procres.convop import conv_operator
+
+    if type(conv).forward is nn.Conv2d.forward and type(conv)._conv_forward is nn.Conv2d._conv_forward:
+        return True
+    w = conv.weight
+    try:
+        op = conv_operator(conv, input_size).to(torch.float64)
+    except UserError:
+        if w.is_meta:
+            raise
+        return False                                          # its settings give no output at this size
+    x = torch.randn(1, op.c_in, *op.input_size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x.to(w.device, w.dtype)
+    try:
+        with torch.no_grad():
+            out = (conv(x) - conv(torch.zeros_like(x))).double()
+    except Exception:  # a forward that needs more than one tensor measures nothing we know
+        return False
+    ref = op.forward(x.double())
+    tol = 1e-2 if w.dtype in (torch.float16, torch.bfloat16) else 1e-4
+    return out.shape == ref.shape and float((out - ref).abs().max()) <= tol * float(ref.abs().max())
 
 
 def layer_spectrum(conv: nn.Conv2d, input_size, *, zeros: str = "auto", name: str = "", tol: float = 1e-6,
@@ -148,6 +183,10 @@ def layer_spectrum(conv: nn.Conv2d, input_size, *, zeros: str = "auto", name: st
            "padding": conv.padding if isinstance(conv.padding, str) else list(conv.padding),
            "dilation": list(conv.dilation), "groups": conv.groups, "padding_mode": conv.padding_mode,
            "input_size": list(size), "target": target, "circular": None, "zeros": None}
+    if not computes_its_operator(conv, size):
+        row["note"] = (f"not measured: {type(conv).__name__}.forward computes another operator than F.conv2d "
+                       "with its weight and settings")
+        return row
     if size[0] % conv.stride[0] == 0 and size[1] % conv.stride[1] == 0:
         sv = conv_singular_values(conv.weight.detach().double(), size, stride=conv.stride, dilation=conv.dilation,
                                   groups=conv.groups, padding_mode="circular")  # float64: small values keep digits
@@ -179,8 +218,9 @@ def _pair_text(values) -> str:
 def spectrum_table(rows: list[dict]) -> str:
     """Fixed-width text table of :func:`conv_spectra` rows; a zero-padding ``sigma_min`` that is an
     upper bound prints as ``<value``."""
-    head = (f"{'layer':30s} {'out,in/g,k':>13s} {'s':>3s} {'d':>2s} {'g':>4s} {'n':>5s} {'target':>7s} "
-            f"{'sigma_max':>9s} {'sigma_min':>9s} {'cond':>8s} {'max|s/c-1|':>10s}  {'zeros: max':>10s} {'min':>9s}")
+    w = max([30] + [len(r["name"]) for r in rows])             # whole names, however deep the module
+    head = (f"{'layer':{w}s} {'out,in/g,k':>13s} {'s':>3s} {'d':>2s} {'g':>4s} {'n':>5s} {'target':>7s} "
+            f"{'sigma_max':>9s} {'sigma_min':>9s} {'cond':>8s} {'max|s/c-1|':>10s}  {'padded: max':>12s} {'min':>9s}")
     lines = [head]
     for r in rows:
         c, z = r.get("circular") or {}, r.get("zeros") or {}
@@ -190,8 +230,9 @@ def spectrum_table(rows: list[dict]) -> str:
             zmin = "<" + format(z["sigma_min"], ".3g")
         co, ci, kh, kw = r["shape"]
         shape = f"{co},{ci},{_pair_text([kh, kw])}"
-        lines.append(f"{r['name']:30.30s} {shape:>13s} {_pair_text(r['stride']):>3s} {_pair_text(r['dilation']):>2s} "
+        lines.append(f"{r['name']:{w}s} {shape:>13s} {_pair_text(r['stride']):>3s} {_pair_text(r['dilation']):>2s} "
                      f"{r['groups']:4d} {_size(r):>5s} {r['target']:7.3f} {f(c, 'sigma_max', '9.4g')} "
                      f"{f(c, 'sigma_min', '9.4g')} {f(c, 'cond', '8.3g')} {f(c, 'max_rel_error', '10.3g')}  "
-                     f"{f(z, 'sigma_max', '10.4g')} {zmin:>9s}")
+                     f"{f(z, 'sigma_max', '12.4g')} {zmin:>9s}")
+    lines += [f"{r['name']}: {r['note']}" for r in rows if r.get("note")]
     return "\n".join(lines)

@@ -167,6 +167,18 @@ def _resolve_units(units, model) -> list[tuple[str, nn.Module, tuple | None]]:
     return entries
 
 
+def first_tensor(value):
+    """``value`` itself, or the first entry of a tuple, list or dict (a Hugging Face ``ModelOutput``
+    or a layer's ``(hidden_states, attentions)``) when that is a tensor; else ``value``."""
+    if isinstance(value, (tuple, list)) and value:
+        first = value[0]
+    elif isinstance(value, dict) and value:
+        first = next(iter(value.values()))
+    else:
+        return value
+    return first if isinstance(first, Tensor) else value
+
+
 def _acc_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -175,7 +187,9 @@ class NormRecorder:
     """Record forward and backward norms at the input and output of every unit during training.
 
     ``units``: an iterable of modules, e.g. ``model.blocks``; unit l maps x_l to x_{l+1}; its
-    first positional input and its output must be tensors with the batch in dimension 0.  Also
+    first positional input and its output must be tensors with the batch in dimension 0 (an
+    output may be a tuple / dict whose first entry is one: Hugging Face layers return
+    ``(hidden_states, ...)``).  Also
     accepted: the result of :func:`procres.find_units` or :func:`procres.units_by_name` (or any
     of their :class:`procres.units.Unit` records), and qualified module names with
     ``model=`` to resolve them.  A unit found inside a module's code (a pre-norm transformer's
@@ -299,6 +313,7 @@ class NormRecorder:
         return None
 
     def _note(self, i: int, role: str, x, module: nn.Module) -> Tensor:
+        x = first_tensor(x) if role == "out" else x  # a list input (DenseNet's layers) has no single x_l
         if not isinstance(x, Tensor):
             raise UserError(f"NormRecorder: unit {i} ({type(module).__name__}) has a non-tensor "
                              f"{'first input' if role == 'in' else 'output'} ({type(x).__name__})")

@@ -9,9 +9,13 @@
    backward passes in training mode without an update ("init"), then ``steps`` steps of SGD
    (lr ``lr``, momentum 0.9; the model is changed), then the same passes again ("trained").
 
-The loss is cross-entropy when the model returns ``(N, K)`` logits and labels are known (random
-labels in ``[0, K)`` for random data), else half the mean squared output: r_l measures how the
-network transports a gradient, whichever loss produced it.  Wall and CPU seconds per phase
+The model's output is a tensor, or a tuple or dict (a Hugging Face ``ModelOutput``) whose first
+entry is one (``logits``, ``last_hidden_state``).  The loss is cross-entropy when that is ``(N, K)``
+logits (random labels in ``[0, K)`` for random data), else ``sum(out * g) / N`` for a standard
+normal ``g`` of the output's shape (drawn per batch from a generator seeded with ``seed``, the
+same draws for both measurements): an isotropic output gradient, as the paper assumes, that a
+final LayerNorm cannot cancel (half the mean square of a normalised output is a constant).
+r_l measures how the network transports a gradient, whichever loss produced it.  Wall and CPU seconds per phase
 (``trace``, ``spectra``, ``record``) are part of the result.  ``write_inspection`` saves ``inspect.json``
 (atomically) and the figures ``ratio_per_unit.png`` and ``spectra.png``, drawn from that JSON alone.
 
@@ -24,6 +28,7 @@ and std.
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -59,13 +64,18 @@ def make_batches(data: str, *, input_shape, batch: int, count: int, seed: int = 
 
 
 def _loss(out, y, gen):
-    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.is_floating_point() and out.shape[1] > 1:
+    from procres.diagnostics import first_tensor
+
+    out = first_tensor(out)
+    if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+        raise UserError(f"inspect needs a model that returns a float tensor, or a tuple or dict (a ModelOutput) "
+                        f"whose first entry is one; got {type(out).__name__}")
+    if out.dim() == 2 and out.shape[1] > 1:
         if y is None:
             y = torch.randint(out.shape[1], (out.shape[0],), generator=gen).to(out.device)
         return nn.functional.cross_entropy(out, y)
-    if not isinstance(out, torch.Tensor):
-        raise UserError(f"inspect needs a model that returns one tensor, got {type(out).__name__}")
-    return 0.5 * out.float().pow(2).mean()
+    direction = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.device, out.dtype)
+    return (out * direction).sum() / out.shape[0]
 
 
 def _measure(runner, units, batches, seed):
@@ -127,19 +137,28 @@ def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float 
 def units_table(result: dict) -> str:
     """Fixed-width units table: name, kind, skip, r_l at init and after the SGD steps."""
     steps = result["steps"]
-    lines = [f"{'unit':28s} {'kind':10s} {'skip':24s} {'r_l init':>9s} {f'after {steps}':>9s}"]
+    w = max([28] + [len(r["name"]) for r in result["units"]])    # whole names, however deep the module
+    lines = [f"{'unit':{w}s} {'kind':10s} {'skip':24s} {'r_l init':>9s} {f'after {steps}':>9s}"]
     for r in result["units"]:
-        lines.append(f"{r['name']:28.28s} {r['kind']:10s} {r['skip']:24.24s} {r['ratio_init']:9.4f} "
-                     f"{r['ratio_trained']:9.4f}")
+        lines.append(f"{r['name']:{w}s} {r['kind']:10s} {r['skip']:24.24s} {_ratio(r['ratio_init'])} "
+                     f"{_ratio(r['ratio_trained'])}")
+    if any(_ratio(r[k]).strip() == "-" for r in result["units"] for k in ("ratio_init", "ratio_trained")):
+        lines.append("-: no gradient reached the unit, r_l = 0/0 (a classifier initialised at zero, as "
+                     "torchvision's ViT head, passes none back)")
     return "\n".join(lines)
 
 
+def _ratio(value) -> str:
+    return f"{'-':>9s}" if value is None or not math.isfinite(value) else f"{value:9.4f}"
+
+
 def write_inspection(result: dict, out) -> dict:
-    """``out/inspect.json`` (atomic) and the figures drawn from it; returns their paths."""
-    from procres.checkpoint import atomic_write_text
+    """``out/inspect.json`` (atomic; standard JSON: an undefined value, e.g. the r_l of a unit no
+    gradient reached, is ``null``) and the figures drawn from it; returns their paths."""
+    from procres.checkpoint import atomic_write_text, json_text
 
     out = Path(out)
-    atomic_write_text(out / "inspect.json", json.dumps(result, indent=1, default=float) + "\n")
+    atomic_write_text(out / "inspect.json", json_text(result, indent=1) + "\n")
     paths = {"json": out / "inspect.json"}
     paths.update(plot_inspection(json.loads((out / "inspect.json").read_text()), out / "figures"))
     return paths
@@ -159,7 +178,7 @@ def plot_inspection(result: dict, folder) -> dict:
     ax = fig.subplots()
     idx = list(range(1, len(units) + 1))
     for key, label, style in (("ratio_init", "init", "o-"), ("ratio_trained", f"after {result['steps']} SGD steps", "s-")):
-        ax.plot(idx, [r[key] for r in units], style, ms=4, label=label)
+        ax.plot(idx, [math.nan if r[key] is None else r[key] for r in units], style, ms=4, label=label)
     for i, r in zip(idx, units):
         if r["kind"] == "projection":
             ax.axvspan(i - 0.5, i + 0.5, color="#ff7f0e", alpha=0.15, lw=0)
@@ -180,7 +199,7 @@ def plot_inspection(result: dict, folder) -> dict:
         for part, marker in (("circular", "o"), ("zeros", "x")):
             for key, color in (("sigma_max", "#d62728"), ("sigma_min", "#1f77b4")):
                 pts = [(i, r[part][key] / r["target"]) for i, r in zip(idx, convs)
-                       if r.get(part) and r[part].get(key, 0) > 0]
+                       if r.get(part) and (r[part].get(key) or 0) > 0]
                 values += [v for _, v in pts]
                 if pts:
                     ax.plot(*zip(*pts), marker, color=color, ms=4, ls="none",

@@ -463,6 +463,8 @@ def attach_procrustes(model, optimizer, *, convs=None, example_input=None, p=0.5
     them (a qualified module name, an ``nn.Conv2d``, ``"downsample"`` for every strided 1x1
     conv, or a list of these) and ``example_input`` (a batch the model accepts) gives one
     forward pass in which every conv's input size is recorded (:func:`procres.convs.find_convs`).
+    A named conv whose class computes another operator in its own ``forward``
+    (:func:`procres.convs.computes_its_operator`) is refused.
     """
     if convs is None:
         if not hasattr(model, "transitions"):
@@ -472,12 +474,17 @@ def attach_procrustes(model, optimizer, *, convs=None, example_input=None, p=0.5
         names = {id(m): name for name, m in model.named_modules()}
         return register_procrustes_hook(optimizer, layers, p=p, method=method, faithful=faithful, seed=seed,
                                         iterations=iterations, names=[names.get(id(c), "?") for c, _ in layers])
-    from procres.convs import find_convs, select_convs
+    from procres.convs import computes_its_operator, find_convs, select_convs
 
     if example_input is None:
         raise UserError("attach_procrustes(convs=...) needs example_input, a batch the model accepts, "
                         "to learn each conv's input size")
     sites = select_convs(find_convs(model, example_input), convs)
+    other = [f"{s.name} ({type(s.module).__name__})" for s in sites if not computes_its_operator(s.module, s.input_size)]
+    if other:
+        raise UserError(f"cannot project {', '.join(other)}: its forward computes another operator than F.conv2d "
+                        "with its weight (weight standardisation, run-time padding), which a projected weight "
+                        "would not make norm-preserving")
     return register_procrustes_hook(optimizer, [(s.module, s.input_size) for s in sites], p=p,
                                     method=method, faithful=faithful, seed=seed, iterations=iterations,
                                     names=[s.name for s in sites])

@@ -24,18 +24,18 @@ Exact spectra (Sedghi, Gupta & Long, ICLR 2019; polyphase form as in Senderovich
 * dilation ``d``: the kernel with ``d - 1`` zeros between taps (exact); groups: the operator is
   block-diagonal over the groups (after a permutation of channels), so its spectrum is the union
   of the groups' spectra.
-* patch convolutions (``k_eff <= s`` with circular padding or no zero padding: 1x1 convs,
+* patch convolutions (``k_eff <= s`` with circular padding or no padding: 1x1 convs,
   ``k = s`` patchify stems): every output pixel reads its own input pixels, so the spectrum is
   the ``C_out x C_in k k`` matrix's singular values, each ``oh ow`` times, plus zeros: one SVD,
-  for both padding modes.
-* zeros otherwise: no FFT diagonalisation; exact through the dense matrix when its smaller side
-  is at most ``DENSE_LIMIT`` (the SVD of A or A^T).
+  for every padding mode.
+* zero, reflect or replicate padding otherwise: no FFT diagonalisation; exact through the dense
+  matrix when its smaller side is at most ``DENSE_LIMIT`` (the SVD of A or A^T).
 
 Extremes (``conv_operator_norm``, ``conv_min_singular_value``, ``conv_extremes``): Lanczos
 (:mod:`procres.lanczos`) on the smaller Gram operator, applied with ``conv2d`` and its adjoint
 ``conv_transpose2d``, for any padding and size.  ``conv_extremes`` is what the spectrum tables
-use: exact where it is cheap (FFT, patch, or, for zero padding, a dense LU of a square operator
-with at most ``DENSE_LIMIT`` rows, or a Cholesky factor of a small enough smaller Gram, followed
+use: exact where it is cheap (FFT, patch, or, for the other paddings, a dense LU of a square
+operator with at most ``DENSE_LIMIT`` rows, or a Cholesky factor of a small enough smaller Gram, followed
 by inverse iteration for the smallest value), else Lanczos with the achieved error reported.
 Its Lanczos starts from the circular operator's top (or smallest) singular vector, a plane wave
 under a half-sine envelope, plus ``START_MIX`` of a random vector so that no group or frequency
@@ -400,13 +400,13 @@ def _extremes_of(sv: torch.Tensor, method: str) -> dict:
 
 
 def _exact_extremes(op: ConvOperator) -> dict | None:
+    op64 = op.to(torch.float64)                               # float32 would leave a small sigma_min few digits
     if op.patchwise:
-        return _extremes_of(patch_singular_values(op), "patch")
+        return _extremes_of(patch_singular_values(op64), "patch")
     if op.padding_mode == "circular":
-        return _extremes_of(circular_singular_values(op), "fft")
+        return _extremes_of(circular_singular_values(op64), "fft")
     if not _dense_affordable(op):
         return None
-    op64 = op.to(torch.float64)
     top = _lanczos_extreme(op64, "max", 1e-10, min(op.shape), start=_circular_starts(op64)[0])
     return {**_extremes_of(torch.tensor([top.value, _dense_smallest(op64)], dtype=torch.float64), "dense"),
             "sigma_max_error": top.error, "iterations": top.iterations}
@@ -422,7 +422,7 @@ def conv_extremes(conv_or_weight, input_size, *, stride=None, padding=None, dila
     """``sigma_max`` and smallest non-zero ``sigma_min`` of the conv operator, and how they were
     obtained (see the module docstring).
 
-    ``method``: ``"exact"`` (FFT, patch, or dense factorisation for zero padding; ValueError when
+    ``method``: ``"exact"`` (FFT, patch, or dense factorisation for other paddings; ValueError when
     the dense route is not affordable), ``"lanczos"``, or ``"auto"`` (exact where affordable).
     Returns floats ``sigma_max``, ``sigma_min``, ``sigma_max_error``, ``sigma_min_error``
     (residual bounds on the relative error; 0 when exact), ``method``, ``exact``,

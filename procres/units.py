@@ -3,19 +3,20 @@
 A residual unit is a place where a skip path and a branch that start at the same tensor ``x_l`` are
 added: ``x_{l+1} = s(x_l) + f(x_l)``.  ``find_units(model, example_input)`` traces the model with
 ``torch.fx`` and returns every such addition (``x + f(x)``, ``g(x) + f(x)``, ``out += identity``,
-``torch.add``, ``Tensor.add``) in forward order, each as a :class:`Unit` with a ``kind``:
+``out.add_(x)``, ``torch.add``, ``Tensor.add``) in forward order, each as a :class:`Unit` with a ``kind``:
 ``"identity"`` when one operand is ``x_l`` itself (``nn.Identity`` counts as itself), else
 ``"projection"`` (a shortcut with weights or any other map: option-A padding, 1x1 conv + BN).
 
-How a unit is found.  The fork ``x_l`` of an addition ``a + b`` is the latest tensor both operands
-depend on (through tensor values only: ``x.size(1)`` used to slice a table makes no fork); an
-addition without one (``x + positional_table``), or whose operands do not have the result's shape
-(``x + bias``), is not a residual unit.  Module units: the innermost module call whose first input
-is ``x_l``, whose output depends on the addition, and with no other residual addition after it
-inside (torchvision's ``BasicBlock``, ``out += identity; out = relu(out)``: the whole block, so
-``x_{l+1}`` is the block's output, after the ReLU).  Sub-graph units: additions with no such module
-(a pre-norm transformer block, ``x = x + attn(ln1(x)); x = x + mlp(ln2(x))``, has two in one
-``forward``), named ``"<module>:add<k>"`` (the k-th residual addition of that module's own code).
+How a unit is found (on the graph of :func:`procres.tracing.trace`).  The fork ``x_l`` of an
+addition ``a + b`` is the latest tensor both operands depend on (through tensor values only:
+``x.size(1)`` used to slice a table makes no fork); an addition without one (``x +
+positional_table``), or whose operands do not have the result's shape (``x + bias``), is not a
+residual unit.  Module units: the innermost module call whose first input is ``x_l``, whose output
+depends on the addition, and with no other residual addition after it inside (torchvision's
+``BasicBlock``, ``out += identity; out = relu(out)``: the whole block, so ``x_{l+1}`` is the
+block's output, after the ReLU).  Sub-graph units: additions with no such module (a pre-norm
+transformer block, ``x = x + attn(ln1(x)); x = x + mlp(ln2(x))``, has two in one ``forward``),
+named ``"<module>:add<k>"`` (the k-th residual addition of that module's own code).
 
 How a unit is recorded.  :class:`procres.diagnostics.NormRecorder` hooks a module unit's module
 (input ``x_l``, output ``x_{l+1}``): run the model as usual.  A sub-graph unit has no module to
@@ -24,7 +25,9 @@ kept whole and an identity *probe* module at each sub-graph unit's ``x_l`` and `
 the model's own submodules (same parameters, same modes), computes the same function and is what
 to train or run while recording.  Without sub-graph units ``units.module`` is the model itself.
 A traced module is specialised on its trace: Python branches on ``self.training`` or on shapes are
-fixed as they were for the example input (traced in the model's current mode).
+fixed as they were for the example input (traced in the model's current mode; batch norms, those
+with a ``forward`` of their own included, are kept whole and follow the mode), and ``forward``
+arguments the example input does not give are fixed at their defaults (``mask=None``).
 
 Where tracing fails (data-dependent control flow, ``assert`` on shapes, ...) ``find_units`` says so
 in one sentence; then name the units: ``units_by_name(model, "layer*.*")`` globs qualified module
@@ -44,8 +47,9 @@ import torch
 from torch import fx, nn
 
 from procres.errors import UserError
+from procres.tracing import Call, trace
 
-__all__ = ["Unit", "Units", "find_units", "units_by_name", "name_pattern"]
+__all__ = ["Unit", "Units", "find_units", "units_by_name", "name_pattern", "repeated_blocks", "how_to_name_units"]
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
@@ -88,89 +92,6 @@ class _Probe(nn.Module):
         return x.view_as(x)
 
 
-# ---------------------------------------------------------------- tracing
-@dataclasses.dataclass
-class _Call:
-    key: str
-    name: str
-    module: nn.Module
-    input: fx.Node | None
-    output: fx.Node | None = None
-
-
-class _Tracer(fx.Tracer):
-    """``fx.Tracer`` that keeps ``leaves`` whole and records every module call's first input and
-    output node under its ``nn_module_stack`` key."""
-
-    def __init__(self, leaves=()):
-        super().__init__()
-        self.leaves = {id(m) for m in leaves}
-        self.calls: list[_Call] = []
-
-    def is_leaf_module(self, m, qualified_name):
-        return id(m) in self.leaves or super().is_leaf_module(m, qualified_name)
-
-    def call_module(self, m, forward, args, kwargs):
-        name = self.path_of_module(m)
-        count = self.num_calls.get(name, 0)
-        first = args[0] if args else None
-        call = _Call(f"{name}@{count}" if count else name, name, m,
-                     first.node if isinstance(first, fx.Proxy) else None)
-        out = super().call_module(m, forward, args, kwargs)
-        call.output = out.node if isinstance(out, fx.Proxy) else None
-        self.calls.append(call)
-        return out
-
-
-def _tensorish(value) -> bool:
-    if isinstance(value, torch.Tensor):
-        return True
-    if isinstance(value, (tuple, list)):
-        return any(_tensorish(v) for v in value)
-    if isinstance(value, dict):
-        return any(_tensorish(v) for v in value.values())
-    return False
-
-
-class _Meta(fx.Interpreter):
-    """Runs the traced graph once, noting which nodes carry tensors and their shapes."""
-
-    def run_node(self, n):
-        out = super().run_node(n)
-        n.meta["procres_tensor"] = _tensorish(out)
-        n.meta["procres_shape"] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
-        return out
-
-
-def _trace(model: nn.Module, example_input, leaves=()):
-    """-> (GraphModule, calls), the graph run once on ``example_input``; failures are one sentence."""
-    tracer = _Tracer(leaves)
-    try:
-        graph = tracer.trace(model)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {first[:160]}); "
-                        "name its units instead: procres.units_by_name(model, 'layer*.*') or procres inspect --units 'layer*.*'") from err
-    gm = fx.GraphModule(model, graph, class_name=f"Traced{type(model).__name__}")
-    placeholders = [n.target for n in graph.nodes if n.op == "placeholder"]
-    if isinstance(example_input, dict):
-        args = [example_input[k] for k in placeholders if k in example_input]
-    else:
-        args = list(example_input) if isinstance(example_input, (tuple, list)) else [example_input]
-    was_training = model.training
-    try:
-        model.eval()  # no batch-norm statistics move; the graph is fixed already
-        with torch.no_grad():
-            _Meta(gm).run(*args)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(f"the traced {type(model).__name__} failed on the example input "
-                        f"({type(err).__name__}: {first[:160]})") from err
-    finally:
-        model.train(was_training)
-    return gm, tracer.calls
-
-
 # ---------------------------------------------------------------- discovery
 def _resolve(node: fx.Node, gm: fx.GraphModule) -> fx.Node:
     """Look through ``nn.Identity`` calls."""
@@ -207,7 +128,7 @@ class _Found:
     fork: fx.Node
     kind: str
     skip: fx.Node | None
-    call: _Call | None = None
+    call: Call | None = None
 
 
 def _residual_adds(gm: fx.GraphModule, anc: dict, nodes: list) -> list[_Found]:
@@ -226,10 +147,26 @@ def _residual_adds(gm: fx.GraphModule, anc: dict, nodes: list) -> list[_Found]:
         fork = nodes[common.bit_length() - 1]
         if fork in (a, b):
             found.append(_Found(n, fork, "identity", None))
-        else:  # the skip path is the operand with fewer operations since the fork
-            cost = [bin(anc[x] & ~anc[fork]).count("1") for x in (a, b)]
+        else:  # the skip path is the operand with fewer operations since the fork (a submodule: one)
+            cost = [len(_steps(_since(x, fork, anc, nodes), len(_stack(n)))) for x in (a, b)]
             found.append(_Found(n, fork, "projection", (a, b)[cost[1] < cost[0]]))
     return found
+
+
+def _since(x: fx.Node, fork: fx.Node, anc: dict, nodes: list) -> list[fx.Node]:
+    """The operations between ``fork`` and ``x`` (``x`` included)."""
+    return [n for i, n in enumerate(nodes) if anc[x] >> i & 1 and not anc[fork] >> i & 1]
+
+
+def _steps(path: list[fx.Node], depth: int) -> list:
+    """``path`` as the steps a reader sees in code at module depth ``depth``: a submodule (by name:
+    a call, or one whose own forward was traced through) counts once, an operation at this depth
+    is itself."""
+    def step(n):
+        inside = list(n.meta.get("nn_module_stack", {}).values())
+        return n.target if n.op == "call_module" else inside[-1][0] if len(inside) > depth else n
+
+    return list(dict.fromkeys(map(step, path)))
 
 
 def _stack(node: fx.Node) -> list[str]:
@@ -250,7 +187,7 @@ def _module_call(f: _Found, units: list[fx.Node], calls: dict, anc: dict, index:
     return None
 
 
-def _discover(gm: fx.GraphModule, calls: list[_Call], whole=()) -> list[_Found]:
+def _discover(gm: fx.GraphModule, calls: list[Call], whole=()) -> list[_Found]:
     """Residual additions of the traced graph; ``whole``: modules of units kept whole (a residual
     addition happens inside each)."""
     anc, nodes = _ancestry(gm.graph)
@@ -265,7 +202,7 @@ def _discover(gm: fx.GraphModule, calls: list[_Call], whole=()) -> list[_Found]:
     return found
 
 
-def _subgraph_names(found: list[_Found], gm_root: nn.Module, calls: list[_Call]) -> dict:
+def _subgraph_names(found: list[_Found], gm_root: nn.Module, calls: list[Call]) -> dict:
     """``"<module>:add<k>"`` for each addition without a module unit; scope module per addition."""
     by_key = {c.key: c for c in calls}
     counts: dict[str, int] = {}
@@ -284,12 +221,12 @@ def _subgraph_names(found: list[_Found], gm_root: nn.Module, calls: list[_Call])
 def _skip_text(f: _Found, anc: dict, nodes: list) -> str:
     if f.kind == "identity":
         return "identity"
-    path = [n for i, n in enumerate(nodes) if anc[f.skip] >> i & 1 and not anc[f.fork] >> i & 1]
-    mods = [n.target for n in path if n.op == "call_module"]
+    steps = _steps(_since(f.skip, f.fork, anc, nodes), len(_stack(f.add)))
+    mods = [m for m in steps if isinstance(m, str)]
     if mods:
         prefix = mods[0].rsplit(".", 1)[0] if len(mods) > 1 else mods[0]
         return prefix if all(m.startswith(prefix + ".") or m == prefix for m in mods) else ", ".join(mods)
-    return ", ".join(str(getattr(n.target, "__name__", n.target)) for n in path) or "projection"
+    return ", ".join(str(getattr(n.target, "__name__", n.target)) for n in steps) or "projection"
 
 
 def find_units(model: nn.Module, example_input) -> Units:
@@ -300,11 +237,11 @@ def find_units(model: nn.Module, example_input) -> Units:
     """
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be an nn.Module, got {type(model).__name__}")
-    gm, calls = _trace(model, example_input)
+    gm, calls = trace(model, example_input)
     found = _discover(gm, calls)
     if not found:
         raise UserError(f"no residual addition found in {type(model).__name__} (an addition of two same-shape "
-                        "tensors computed from one input); name its units: procres.units_by_name(model, PATTERN)")
+                        f"tensors computed from one input); name its units: {how_to_name_units(model)}")
     names = _subgraph_names(found, model, calls)
     anc, nodes = _ancestry(gm.graph)
     units = []
@@ -326,7 +263,7 @@ def _with_probes(model, example_input, units: list[Unit], found: list[_Found]) -
     subgraph_adds = [f for f in found if f.call is None]
     whole = [f.call for f in found if f.call is not None
              and not any(f.call.key in _stack(g.add) for g in subgraph_adds)]
-    gm, calls = _trace(model, example_input, leaves=[c.module for c in whole])
+    gm, calls = trace(model, example_input, leaves=[c.module for c in whole])
     again = _discover(gm, calls, whole=[c.module for c in whole])
     names = _subgraph_names(again, model, calls)
     points = {}
@@ -360,6 +297,33 @@ def _probe(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
 
 
 # ---------------------------------------------------------------- by name
+def repeated_blocks(model: nn.Module, most: int = 3) -> list[str]:
+    """Globs of ``model``'s repeated blocks, candidates for :func:`units_by_name`: the children of
+    every ``nn.ModuleList`` / ``nn.Sequential`` of at least two modules of one class defined
+    outside ``torch.nn``, with each number in a name made ``*`` (``layer1.0`` -> ``layer*.*``);
+    the first ``most`` in registration order (outer containers first)."""
+    found = []
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or len(m) < 2:
+            continue
+        kinds = {type(child) for child in m}
+        if len(kinds) > 1 or kinds.pop().__module__.startswith("torch.nn"):
+            continue
+        glob = re.sub(r"\d+", "*", f"{name}.*" if name else "*")
+        if glob not in found:
+            found.append(glob)
+    return found[:most]
+
+
+def how_to_name_units(model: nn.Module) -> str:
+    """The end of the sentence that says a model's units must be named: the call, and the model's
+    repeated blocks as candidate globs."""
+    globs = repeated_blocks(model)
+    where = (f"; repeated blocks of {type(model).__name__}: {', '.join(map(repr, globs))}" if globs
+             else ", e.g. 'layer*.*'")
+    return f"procres.units_by_name(model, PATTERN) or procres inspect --units PATTERN, a glob of module names{where}"
+
+
 def name_pattern(pattern: str) -> re.Pattern:
     """Regex of a module-name glob: ``*`` and ``?`` stay within one dotted segment, ``[...]`` is a
     character class (``[!...]`` negated), everything else is literal."""

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from procres.cli import main
-from procres.convs import conv_spectra, find_convs, select_convs
+from procres.convs import conv_spectra, find_convs, select_convs, spectrum_table
 from procres.procrustes import attach_procrustes
 from procres.spectral import norm_preserving_target
-from user_models import DilatedNet, TinyConvNeXt, tiny_bottleneck_resnet, tiny_resnet
+from user_models import (CountedConv2d, DilatedNet, SamePadConv2d, StandardisedConv2d, TinyConvNeXt,
+                         tiny_bottleneck_resnet, tiny_resnet)
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
@@ -36,7 +37,8 @@ def shapes_seen(model, x):
 
 def impulse_operator(conv, size, padding_mode):
     """Dense float64 operator of ``conv`` on inputs ``size``: F.conv2d applied to every basis image
-    (for "circular": wrap-padded by k_eff // 2 top/left, as the spectral module defines it)."""
+    (for "circular": wrap-padded by k_eff // 2 top/left, as the spectral module defines it; "reflect"
+    and "replicate": the conv's padding in that mode, as nn.Conv2d pads)."""
     h, w = size
     c_in = conv.in_channels
     eye = torch.eye(c_in * h * w, dtype=torch.float64).reshape(-1, c_in, h, w)
@@ -44,6 +46,9 @@ def impulse_operator(conv, size, padding_mode):
     kw = dict(stride=conv.stride, dilation=conv.dilation, groups=conv.groups)
     if padding_mode == "zeros":
         out = F.conv2d(eye, wt, padding=conv.padding, **kw)
+    elif padding_mode in ("reflect", "replicate"):             # the conv's own (int) padding, by F.pad
+        (ph, pw) = conv.padding
+        out = F.conv2d(F.pad(eye, (pw, pw, ph, ph), mode=padding_mode), wt, **kw)
     else:
         kh, kw_ = (d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation))
         out = F.conv2d(F.pad(eye, (kw_ // 2, kw_ - 1 - kw_ // 2, kh // 2, kh - 1 - kh // 2), mode="circular"),
@@ -81,6 +86,37 @@ def test_conv_spectra_rows_equal_the_dense_operator():
             err = np.abs(np.array([nonzero[0], nonzero[-1]]) / r["target"] - 1).max()
             assert r[part]["max_rel_error"] == pytest.approx(err, rel=1e-7)
         assert r["zeros"]["exact"] and r["zeros"]["method"] in ("dense", "patch")
+
+
+def test_reflect_and_replicate_layers_are_measured_with_their_own_padding():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"),
+                          nn.Conv2d(3, 3, 3, padding=2, dilation=2, padding_mode="replicate"),
+                          nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="reflect")).double()
+    rows = conv_spectra(model, torch.randn(1, 2, 6, 6, dtype=torch.float64))
+    for conv, r in zip(model, rows):
+        assert r["padding_mode"] == r["zeros"]["padding_mode"] == conv.padding_mode
+        sv = np.linalg.svd(impulse_operator(conv, r["input_size"], conv.padding_mode).numpy(), compute_uv=False)
+        assert r["zeros"]["sigma_max"] == pytest.approx(sv[0], rel=1e-8)
+        assert r["zeros"]["sigma_min"] == pytest.approx(sv[sv > 1e-6 * sv[0]][-1], rel=1e-7)
+
+
+def test_convs_that_compute_another_operator_are_not_measured_nor_projected():
+    torch.manual_seed(0)
+    model = nn.Sequential(StandardisedConv2d(3, 4, 3, padding=1), SamePadConv2d(4, 4, 3, stride=2),
+                          CountedConv2d(4, 6, 1, stride=2)).double()
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    rows = conv_spectra(model, x)
+    for r in rows[:2]:
+        assert r["circular"] is None and r["zeros"] is None and "computes another operator" in r["note"]
+    counted = rows[2]                                         # its own forward, nn.Conv2d's operator
+    sv = np.linalg.svd(impulse_operator(model[2], (4, 4), "zeros").numpy(), compute_uv=False)
+    assert "note" not in counted and counted["zeros"]["sigma_max"] == pytest.approx(sv[0], rel=1e-10)
+    assert "StandardisedConv2d.forward computes another operator" in spectrum_table(rows)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"cannot project 0 \(StandardisedConv2d\), 1 \(SamePadConv2d\)"):
+        attach_procrustes(model, opt, convs=["0", "1", "2"], example_input=x)
+    assert attach_procrustes(model, opt, convs="downsample", example_input=x).names == ["2"]
 
 
 def test_grouped_depthwise_rows_of_a_convnext():

@@ -5,6 +5,7 @@ procres.convs on the same weights, and the files the command says it wrote.
 """
 
 import json
+import math
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 
 from procres.cli import main
 from procres.inspection import inspect_model
-from user_models import tiny_resnet
+from user_models import HFStyleEncoder, tiny_resnet
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
@@ -73,6 +74,62 @@ def test_inspect_model_ratios_equal_retain_grad_before_training():
     expected = [(a + b) / 2 for a, b in zip(*reference)]
     assert init == pytest.approx(expected, rel=1e-9)
     assert [u["ratio_trained"] for u in result["units"]] == pytest.approx(init, rel=1e-9)   # no step taken
+
+
+def test_inspect_a_hugging_face_style_encoder_by_layer_names():
+    # tuple-returning layers, a dict output after a final LayerNorm: r_l against retain_grad with the
+    # documented loss, sum(out * g) / N for a standard normal g drawn from Generator(seed)
+    torch.manual_seed(0)
+    model = HFStyleEncoder().double()
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=gen), None) for _ in range(2)]
+    directions = torch.Generator().manual_seed(0)
+    reference = []
+    for x, _ in batches:
+        pairs = []
+        hooks = [layer.register_forward_hook(lambda m, args, out: pairs.append((args[0], out[0])))
+                 for layer in model.layer]
+        out = model(x)["last_hidden_state"]
+        for t in (t for pair in pairs for t in pair):
+            t.retain_grad()
+        g = torch.randn(out.shape, generator=directions, dtype=torch.float64)
+        ((out * g).sum() / out.shape[0]).backward()
+        for h in hooks:
+            h.remove()
+        reference.append([float(a.grad.norm() / b.grad.norm()) for a, b in pairs])
+        model.zero_grad()
+    result = inspect_model(model, batches, steps=1, pattern="layer.*", zeros="off")
+    assert [u["name"] for u in result["units"]] == ["layer.0", "layer.1"]
+    expected = [(a + b) / 2 for a, b in zip(*reference)]
+    assert [u["ratio_init"] for u in result["units"]] == pytest.approx(expected, rel=1e-9)
+    assert all(u["ratio_trained"] > 0 for u in result["units"]) and all(map(math.isfinite, result["losses"]))
+
+
+def test_inspect_json_is_standard_json_when_no_gradient_reaches_the_units(tmp_path, capsys):
+    def refuse(constant):
+        raise ValueError(f"not standard JSON: {constant}")
+
+    assert main(["inspect", "user_models:zero_head_resnet", "--json", "--steps", "1", "--zeros", "off",
+                 "--input-shape", "3", "16", "16", "--out", str(tmp_path), "--threads", "1"]) == 0
+    for text in (capsys.readouterr().out, (tmp_path / "inspect.json").read_text()):
+        result = json.loads(text, parse_constant=refuse)
+        assert all(u["ratio_init"] is None for u in result["units"])           # 0 / 0 at a zero head
+        assert all(u["ratio_trained"] > 0 for u in result["units"])
+    assert (tmp_path / "figures" / "ratio_per_unit.png").stat().st_size > 5000
+    assert main(["inspect", "user_models:zero_head_resnet", "--steps", "1", "--zeros", "off", "--input-shape",
+                 "3", "16", "16", "--out", str(tmp_path), "--threads", "1"]) == 0
+    assert "no gradient reached the unit" in capsys.readouterr().out
+
+
+def test_tables_print_whole_module_names():
+    from procres.convs import conv_spectra, spectrum_table
+    from procres.inspection import units_table
+
+    name = "model.encoder.stages.0.layers.0.layer.1.convolution"        # a Hugging Face depth
+    unit = {"name": name, "kind": "named", "skip": "", "ratio_init": 1.0, "ratio_trained": 1.5}
+    assert name in units_table({"steps": 1, "units": [unit]}).splitlines()[1]
+    row = {**conv_spectra(torch.nn.Conv2d(2, 2, 3), torch.randn(1, 2, 6, 6), zeros="off")[0], "name": name}
+    assert spectrum_table([row]).splitlines()[1].startswith(name + " ")
 
 
 @pytest.mark.parametrize("model, message", [

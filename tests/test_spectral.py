@@ -169,11 +169,14 @@ def test_float32_iterative_and_matrix_dtype_and_one_default_padding():
         (lambda: conv_singular_values(torch.randn(3, 3, 3), 8), r"4-D.*\(3, 3, 3\)"),
         (lambda: conv_singular_values(torch.randn(2, 2, 3, 3), 7, stride=2), r"\(7, 7\).*stride"),
         (lambda: conv_singular_values(torch.full((2, 2, 3, 3), float("nan")), 8), "NaN"),
-        (lambda: conv_singular_values(torch.randn(2, 2, 3, 3), 8, padding_mode="reflect"),
-         "'reflect'"),
+        (lambda: conv_singular_values(torch.randn(2, 2, 3, 3), 8, padding_mode="symmetric"),
+         "'symmetric'"),
+        (lambda: conv_singular_values(torch.randn(2, 2, 5, 5), 2, padding=2, padding_mode="reflect"),
+         r"reflect padding \(2, 2, 2, 2\).*smaller than the input_size \(2, 2\)"),
         (lambda: conv_singular_values(torch.randn(2, 2, 3, 3), 0), "input_size.*0"),
         (lambda: conv_singular_values(torch.randn(2, 2, 3, 3), 8, stride=0), "stride.*0"),
         (lambda: conv_singular_values(torch.randint(0, 3, (2, 2, 3, 3)), 8), "dtype"),
+        (lambda: conv_singular_values(torch.randn(2, 2, 3, 3, device="meta"), 8), "meta device"),
         (lambda: conv_singular_values(torch.randn(64, 64, 3, 3), 16, padding_mode="zeros"),
          f"DENSE_LIMIT={DENSE_LIMIT}"),
         (lambda: conv_operator_norm(torch.randn(2, 2, 5, 5), 3, padding=0, padding_mode="zeros"),
@@ -240,17 +243,24 @@ def test_spectrum_stats_counts_nonzero_values_only():
 # ---------------------------------------------------------------- nn.Conv2d, groups, dilation, dtypes
 def conv_oracle(conv, size, mode):
     """Dense float64 operator from F.conv2d on every basis image (independent of conv_matrix);
-    "circular" wrap-pads k_eff // 2 rows/columns on top/left and the rest at the bottom/right."""
+    "circular" wrap-pads k_eff // 2 rows/columns on top/left and the rest at the bottom/right;
+    "reflect" and "replicate" pad as the conv's own padding says, with F.pad in that mode."""
     h, w = size
     eye = torch.eye(conv.in_channels * h * w, dtype=torch.float64).reshape(-1, conv.in_channels, h, w)
     kw = dict(stride=conv.stride, dilation=conv.dilation, groups=conv.groups)
     weight = conv.weight.detach().double()
+    kh, kw_ = (d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation))
     if mode == "zeros":
         out = F.conv2d(eye, weight, padding=conv.padding, **kw)
-    else:
-        kh, kw_ = (d * (k - 1) + 1 for k, d in zip(conv.kernel_size, conv.dilation))
+    elif mode == "circular":
         padded = F.pad(eye, (kw_ // 2, kw_ - 1 - kw_ // 2, kh // 2, kh - 1 - kh // 2), mode="circular")
         out = F.conv2d(padded, weight, **kw)
+    else:  # reflect / replicate: the conv's own padding, applied by F.pad in that mode
+        if conv.padding == "same":  # PyTorch's: the extra row and column at the end
+            (top, bottom), (left, right) = ((t // 2, t - t // 2) for t in (kh - 1, kw_ - 1))
+        else:
+            (top, bottom), (left, right) = ((p, p) for p in conv.padding)
+        out = F.conv2d(F.pad(eye, (left, right, top, bottom), mode=mode), weight, **kw)
     return out.reshape(eye.shape[0], -1).T.numpy()
 
 
@@ -268,11 +278,13 @@ CONVS = [  # (C_in, C_out, k, stride, dilation, groups, padding, size)
 
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
 @pytest.mark.parametrize("c_in,c_out,k,stride,dilation,groups,padding,size", CONVS)
-@pytest.mark.parametrize("mode", ["zeros", "circular"])
+@pytest.mark.parametrize("mode", ["zeros", "circular", "reflect", "replicate"])
 def test_conv_module_spectra_equal_the_impulse_response_operator(c_in, c_out, k, stride, dilation, groups,
                                                                  padding, size, mode):
     if mode == "circular" and (size[0] % stride or size[1] % stride):
         pytest.skip("circular needs the size divisible by the stride")
+    if mode in ("reflect", "replicate") and padding == 0:
+        pytest.skip("no padding: the same operator as zeros")
     conv = nn.Conv2d(c_in, c_out, k, stride=stride, dilation=dilation, groups=groups, padding=padding).double()
     oracle = conv_oracle(conv, size, mode)
     np.testing.assert_allclose(conv_matrix(conv, size, padding_mode=mode).numpy(), oracle, atol=1e-12)
@@ -298,9 +310,9 @@ def test_a_conv_brings_its_own_operator_and_contradictions_are_errors():
         conv_singular_values(conv, 8, stride=1)
     with pytest.raises(ValueError, match="groups=2 contradicts"):
         conv_operator_norm(conv, 8, groups=2)
-    reflect = nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")
-    with pytest.raises(ValueError, match="'reflect'.*padding_mode='zeros' or 'circular'"):
-        conv_singular_values(reflect, 6)
+    reflect = nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect").double()   # its own: reflect
+    np.testing.assert_allclose(conv_singular_values(reflect, 6).numpy(),
+                               np.linalg.svd(conv_oracle(reflect, (6, 6), "reflect"), compute_uv=False), atol=1e-12)
     assert conv_singular_values(reflect, 6, padding_mode="circular").numel() == 72
 
 
@@ -360,6 +372,22 @@ def test_zero_padding_extremes_exact_routes_and_lanczos_bounds():
         conv_extremes(torch.randn(16, 16, 3, 3), 32, padding_mode="zeros", method="exact")
     with pytest.raises(ValueError, match="method.*'svd'"):
         conv_extremes(torch.randn(2, 2, 3, 3), 8, method="svd")
+
+
+@pytest.mark.parametrize("kernel, stride, mode", [(1, 1, "zeros"), (2, 2, "zeros"), (3, 1, "circular")])
+def test_exact_extremes_of_a_float32_conv_keep_a_small_sigma_min_to_float64(kernel, stride, mode):
+    # patch and FFT routes: "exact" means the float64 answer for the (float32) weights as stored
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, kernel, stride=stride, padding=0 if mode == "zeros" else kernel // 2,
+                     padding_mode=mode, bias=False)
+    with torch.no_grad():                                     # one direction 1e-4 of the others
+        u, _, vh = torch.linalg.svd(conv.weight.reshape(8, -1), full_matrices=False)
+        conv.weight.copy_((u * torch.tensor([1.0] * 7 + [1e-4]) @ vh).reshape(conv.weight.shape))
+    out = conv_extremes(conv, 4)
+    ref = np.linalg.svd(conv_oracle(conv, (4, 4), mode), compute_uv=False)
+    assert out["exact"] and out["method"] == ("fft" if mode == "circular" else "patch")
+    assert out["sigma_max"] == pytest.approx(ref[0], rel=1e-10)
+    assert out["sigma_min"] == pytest.approx(ref[ref > 1e-6 * ref[0]][-1], rel=1e-8)
 
 
 def test_lanczos_smallest_on_a_large_near_singular_operator_is_an_upper_bound():

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from procres.diagnostics import NormRecorder
-from procres.units import find_units, name_pattern, units_by_name
-from user_models import (BasicBlock, DataDependent, DilatedNet, TinyConvNeXt, tiny_bottleneck_resnet,
-                         tiny_resnet, tiny_vit)
+from procres.units import find_units, name_pattern, repeated_blocks, units_by_name
+from user_models import (BasicBlock, DataDependent, DilatedNet, HFStyleEncoder, MaskedNet, PreActPair,
+                         StandardisedConv2d, TinyConvNeXt, tiny_bottleneck_resnet, tiny_resnet, tiny_vit)
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 F64 = torch.float64
@@ -34,6 +34,7 @@ F64 = torch.float64
     (tiny_vit, 16, [("blocks.0:add0", "identity", "identity"), ("blocks.0:add1", "identity", "identity"),
                     ("blocks.1:add0", "identity", "identity"), ("blocks.1:add1", "identity", "identity")]),
     (DilatedNet, 12, [("block", "identity", "identity")]),
+    (MaskedNet, 8, [("blocks.0", "identity", "identity"), ("blocks.1", "identity", "identity")]),
 ])
 def test_discovered_units_equal_the_known_ones(factory, size, expected):
     model = factory()
@@ -45,6 +46,12 @@ def test_discovered_units_equal_the_known_ones(factory, size, expected):
         else:
             assert u.module is model.get_submodule(u.name) and u.probes is None
     assert (units.module is model) == all(u.probes is None for u in units)
+
+
+def test_a_skip_through_a_module_with_its_own_forward_is_named_by_that_module():
+    block = BasicBlock(3, 6, stride=2, downsample=StandardisedConv2d(3, 6, 1, stride=2))   # traced through
+    units = find_units(nn.Sequential(nn.Conv2d(3, 3, 3), block), torch.randn(2, 3, 10, 10))
+    assert [(u.name, u.kind, u.skip) for u in units] == [("1", "projection", "1.downsample")]
 
 
 def test_the_zoo_models_units_match_their_block_kinds():
@@ -75,7 +82,7 @@ def retain_grad_ratios(model, units, x, y):
     return [float(a.grad.norm() / b.grad.norm()) for a, b in pairs]
 
 
-@pytest.mark.parametrize("factory", [tiny_resnet, tiny_bottleneck_resnet, TinyConvNeXt])
+@pytest.mark.parametrize("factory", [tiny_resnet, tiny_bottleneck_resnet, TinyConvNeXt, MaskedNet])
 def test_module_units_ratios_equal_retain_grad(factory):
     torch.manual_seed(0)
     model = factory().to(F64).train()
@@ -109,6 +116,22 @@ def test_sub_graph_units_of_a_pre_norm_transformer_equal_retain_grad():
     torch.testing.assert_close(torch.tensor(summary["ratio"]), torch.tensor(ref), rtol=1e-9, atol=0)
     fwd_in = torch.tensor(summary["fwd_in"], dtype=F64)
     torch.testing.assert_close(fwd_in, torch.stack([t.detach().norm() for t in xs[:-1]]), rtol=1e-9, atol=0)
+
+
+def test_find_units_moves_no_statistics_and_its_traced_module_keeps_the_modes():
+    torch.manual_seed(0)
+    model = PreActPair().to(F64)
+    for bn in (model.f1[0], model.f2[0]):                     # trained-looking running statistics
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    units = find_units(model, torch.randn(1, 3, 8, 8, dtype=F64))     # one example, training mode
+    assert units.names() == ["add0", "add1"]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    x = torch.randn(3, 3, 8, 8, dtype=F64)
+    torch.testing.assert_close(units.module.eval()(x), model.eval()(x))  # eval: running statistics
+    torch.testing.assert_close(units.module.train()(x), model.train()(x))
 
 
 def test_units_by_name_glob_and_forward_order():
@@ -151,10 +174,31 @@ def test_norm_recorder_takes_names_with_the_model():
         NormRecorder(["layer7"], model=model)
 
 
+def test_norm_recorder_refuses_a_list_input():
+    class Concat(nn.Module):                                   # DenseNet's layers take every earlier map
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(6, 3, 1)
+
+        def forward(self, features):
+            return self.conv(torch.cat(features, 1))
+
+    unit, x = Concat(), torch.randn(2, 3, 4, 4, requires_grad=True)
+    with pytest.raises(ValueError, match=r"unit 0 \(Concat\) has a non-tensor first input \(list\)"):
+        with NormRecorder([unit]):
+            unit([x, x]).sum().backward()
+
+
 def test_untraceable_and_unit_free_models_say_so_in_one_sentence():
     with pytest.raises(ValueError, match=r"torch.fx cannot trace DataDependent \(TraceError.*units_by_name") as err:
         find_units(DataDependent(), torch.randn(1, 3, 8, 8))
     assert "\n" not in str(err.value)
+    untraceable = DataDependent()
+    untraceable.block = nn.Sequential(BasicBlock(3, 3), BasicBlock(3, 3))
+    with pytest.raises(ValueError, match=r"--units PATTERN.*repeated blocks of DataDependent: 'block\.\*'$"):
+        find_units(untraceable, torch.randn(1, 3, 8, 8))
+    assert repeated_blocks(tiny_resnet()) == ["layer*.*"]                # layer1.0, layer1.1, layer2.0, ...
+    assert repeated_blocks(HFStyleEncoder()) == ["layer.*"]
     with pytest.raises(ValueError, match="no residual addition found in Sequential"):
         find_units(nn.Sequential(nn.Conv2d(3, 3, 3), nn.ReLU()), torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="failed on the example input"):

@@ -7,8 +7,10 @@ conv, channels-last LayerNorm, layer scale), a pre-norm transformer (two residua
 take keyword arguments so that the command line can build them (``user_models:tiny_resnet``).
 """
 
+import math
+
 import torch
-import torch.nn.functional as F  # noqa: F401 (`procres inspect user_models:F`: a module, not a factory)
+import torch.nn.functional as F  # also `procres inspect user_models:F`: a module, not a factory
 from torch import nn
 
 
@@ -108,6 +110,15 @@ def tiny_resnet(*, layers=(2, 1, 1, 1), width=4, num_classes=10, in_channels=3):
 
 def tiny_bottleneck_resnet(*, layers=(1, 2, 1, 1), width=4, num_classes=10, dilate_last=False):
     return ResNet(Bottleneck, layers, width=width, num_classes=num_classes, dilate_last=dilate_last)
+
+
+def zero_head_resnet(**kwargs):
+    """tiny_resnet with its classifier at zero, as torchvision initialises a ViT's head: at
+    initialisation no gradient reaches the blocks."""
+    model = tiny_resnet(**kwargs)
+    nn.init.zeros_(model.fc.weight)
+    nn.init.zeros_(model.fc.bias)
+    return model
 
 
 def failing_factory(**kwargs):
@@ -250,3 +261,124 @@ class DataDependent(nn.Module):
         if x.abs().sum() > 0:  # a Python branch on tensor data: torch.fx cannot trace it
             x = self.block(x)
         return x.mean((1, 2, 3))
+
+
+# ---------------------------------------------------------------- in-place adds, optional arguments
+class InPlaceAddBlock(nn.Module):
+    """``out.add_(x)`` as a statement (no assignment), then a ReLU: fx records no data flow through it."""
+
+    def __init__(self, channels=4):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        out = self.bn(self.conv(x))
+        out.add_(x)
+        return torch.relu(out)
+
+
+class MaskedNet(nn.Module):
+    """A forward with an optional argument that a branch tests, as attention models take masks."""
+
+    def __init__(self, channels=4, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.blocks = nn.Sequential(InPlaceAddBlock(channels), InPlaceAddBlock(channels))
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x, mask=None, *, scale=1.0):
+        x = self.stem(x)
+        if mask is not None:
+            x = x * mask
+        return self.head(self.blocks(x).mean((2, 3))) * scale
+
+
+# ---------------------------------------------------------------- Hugging Face style
+class HFStyleLayer(nn.Module):
+    """A transformers-4 style layer: ``forward(hidden_states, attention_mask=None)`` returns a tuple."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.block = PreNormBlock(dim)
+
+    def forward(self, hidden_states, attention_mask=None):
+        return (self.block(hidden_states),)
+
+
+class HFStyleEncoder(nn.Module):
+    """Patches -> ``layer.<i>`` -> a final LayerNorm, returning ``{"last_hidden_state": (B, T, D)}``
+    as a ``ModelOutput`` (a dict) does."""
+
+    def __init__(self, dim=8, depth=2, patch=4):
+        super().__init__()
+        self.embeddings = nn.Conv2d(3, dim, patch, stride=patch)
+        self.layer = nn.ModuleList([HFStyleLayer(dim) for _ in range(depth)])
+        self.layernorm = nn.LayerNorm(dim)
+
+    def forward(self, pixel_values, output_hidden_states=None):
+        hidden_states = self.embeddings(pixel_values).flatten(2).transpose(1, 2)
+        for layer in self.layer:
+            hidden_states = layer(hidden_states)[0]
+        return {"last_hidden_state": self.layernorm(hidden_states)}
+
+
+# ---------------------------------------------------------------- nn.Conv2d subclasses with their own forward
+class StandardisedConv2d(nn.Conv2d):
+    """Weight standardisation in ``forward``, as timm's ``StdConv2d`` (BiT ResNets)."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class SamePadConv2d(nn.Conv2d):
+    """TensorFlow "same" padding computed in ``forward`` (the module's padding stays 0), as timm's
+    ``Conv2dSame`` (tf_efficientnet)."""
+
+    def forward(self, x):
+        pads = []
+        for n, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
+            total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
+            pads.append((total // 2, total - total // 2))
+        x = F.pad(x, (*pads[1], *pads[0]))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class CountedConv2d(nn.Conv2d):
+    """Its own ``forward`` that computes ``nn.Conv2d``'s (it counts calls)."""
+
+    calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+# ---------------------------------------------------------------- a batch norm with its own forward
+class BatchNormAct(nn.BatchNorm2d):
+    """Batch norm and ReLU in one module with its own ``forward``, as timm's ``BatchNormAct2d``."""
+
+    def forward(self, x):
+        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, self.training,
+                         self.momentum, self.eps)
+        return F.relu(x)
+
+
+class PreActPair(nn.Module):
+    """Two pre-activation residual additions in the model's own ``forward``: sub-graph units, so
+    ``find_units`` returns a traced module."""
+
+    def __init__(self, channels=4, num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1)
+        self.f1 = nn.Sequential(BatchNormAct(channels), nn.Conv2d(channels, channels, 3, padding=1))
+        self.f2 = nn.Sequential(BatchNormAct(channels), nn.Conv2d(channels, channels, 3, padding=1))
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.f1(x)
+        x = x + self.f2(x)
+        return self.head(x.mean((2, 3)))
