@@ -41,7 +41,7 @@ import math
 
 import torch
 
-from procres.symbol import _phases, kernel_from_symbol, polyphase_symbol
+from procres.symbol import frequency_independent, kernel_from_symbol, polyphase_symbol, tap_phases
 
 __all__ = ["POLAR_FLOOR", "POLAR_SCHEDULE", "SMALL_SIDE", "device_route", "polar_sync_free",
            "exact_step_on_device"]
@@ -85,9 +85,9 @@ def device_route(weight_shape, stride) -> bool:
     """Whether a kernel of ``weight_shape (C_out, C_in, kh, kw)`` at ``stride (sh, sw)`` is projected
     on the device (the rule in the module docstring); the caller also requires a CUDA weight."""
     c_out, c_in, kh, kw = weight_shape
-    if kh <= stride[0] and kw <= stride[1]:  # one matrix for every frequency
+    if frequency_independent((kh, kw), stride):  # one matrix for every frequency
         return True
-    ph, pw = _phases((kh, kw), stride)
+    ph, pw = tap_phases((kh, kw), stride)
     return min(c_out, c_in * ph * pw) <= SMALL_SIDE
 
 
@@ -97,7 +97,7 @@ def exact_step_on_device(w: torch.Tensor, size, stride, target: float) -> torch.
     ``size`` and ``stride`` are pairs.  A kernel no larger than the stride has the same matrix at
     every frequency, so it is projected on the 1 x 1 grid (``size = stride``): one polar factor."""
     w = w.to(torch.float64)
-    if w.shape[-2] <= stride[0] and w.shape[-1] <= stride[1]:
+    if frequency_independent(w.shape[-2:], stride):
         size = tuple(stride)
     symbol = polyphase_symbol(w, size, stride)
     return kernel_from_symbol(target * polar_sync_free(symbol), w.shape[-2:], size, stride)

@@ -67,6 +67,7 @@ from procres.symbol import (
     batched_svdvals,
     check_divisible,
     frequency_classes,
+    frequency_independent,
     kernel_from_symbol,
     polyphase_symbol,
 )
@@ -278,19 +279,12 @@ def _operator_sv(w, size, stride, groups):
     one copy per conjugate pair and group (enough for min, max and errors)."""
     symbol = polyphase_symbol(w, size, stride)
     symbol = symbol.reshape(*symbol.shape[:2], groups, w.shape[0] // groups, symbol.shape[-1])
-    if _frequency_independent(w, stride):       # every frequency holds the same matrix
+    if frequency_independent(w.shape[-2:], stride):  # every frequency holds the same matrix
         return batched_svdvals(symbol[0, 0])
     flat = symbol.flatten(0, 1)
     real, pair, _, _ = frequency_classes(check_divisible(size, stride), flat.device)
     return torch.cat([batched_svdvals(flat[real].real).flatten(),
                       batched_svdvals(flat[pair]).flatten()])
-
-
-def _frequency_independent(w, stride) -> bool:
-    """True when every polyphase sub-kernel is a single tap (``k <= s`` on both axes: 1x1
-    kernels, and the ``k = s`` non-overlapping patches of ``procresnet...k2``): the symbol is then
-    the same real matrix at every frequency, and one decomposition covers the operator."""
-    return w.shape[-2] <= stride[0] and w.shape[-1] <= stride[1]
 
 
 def _project(weight, size, stride, groups, target, method, faithful, iterations, report):

@@ -74,6 +74,7 @@ from procres.symbol import (
     kernel_from_symbol,
     patch_singular_values,
     polyphase_symbol,
+    tap_phases,
 )
 
 __all__ = [
@@ -101,11 +102,6 @@ DENSE_GRAM_FLOPS = 1e11
 
 
 # ----------------------------------------------------------------------------- the target
-def _tap_phases(kernel_size, stride, dilation=(1, 1)) -> tuple[int, int]:
-    """Polyphase components per axis that hold a tap: ``|{d a mod s}| = min(k, s / gcd(d, s))``."""
-    return tuple(min(k, s // math.gcd(d, s)) for k, s, d in zip(kernel_size, stride, dilation))
-
-
 def norm_preserving_target(weight_or_shape, stride=None, *, dilation=None, groups=None) -> float:
     """The value ``c`` that every non-zero singular value of a conv must take for the operator to
     preserve the gradient norm in expectation (REFERENCE.md section 4).
@@ -133,7 +129,7 @@ def norm_preserving_target(weight_or_shape, stride=None, *, dilation=None, group
     c_out, c_in, kh, kw = shape
     stride = size_pair(1 if stride is None else stride, "stride")
     dilation = size_pair(1 if dilation is None else dilation, "dilation")
-    ph, pw = _tap_phases((kh, kw), stride, dilation)
+    ph, pw = tap_phases((kh, kw), stride, dilation)
     c_out //= groups
     return math.sqrt(c_out / min(c_out, c_in * ph * pw))
 

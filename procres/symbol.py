@@ -22,7 +22,8 @@ from procres.convop import ConvOperator, size_pair
 from procres.errors import UserError
 
 __all__ = ["polyphase_symbol", "frequency_classes", "kernel_from_symbol", "batched_svdvals",
-           "check_divisible", "circular_symbol", "circular_singular_values", "patch_singular_values"]
+           "check_divisible", "tap_phases", "frequency_independent", "circular_symbol",
+           "circular_singular_values", "patch_singular_values"]
 
 
 def check_divisible(size, stride) -> tuple[int, int]:
@@ -46,9 +47,17 @@ def _wrap_kernel(weight, size):
     return weight
 
 
-def _phases(kernel_size, stride) -> tuple[int, int]:
-    """Number of polyphase components per axis that hold at least one kernel tap."""
-    return min(kernel_size[0], stride[0]), min(kernel_size[1], stride[1])
+def tap_phases(kernel_size, stride, dilation=(1, 1)) -> tuple[int, int]:
+    """Polyphase components per axis that hold a kernel tap: ``|{d a mod s}| = min(k, s / gcd(d, s))``
+    (``min(k, s)`` without dilation)."""
+    return tuple(min(k, s // math.gcd(d, s)) for k, s, d in zip(kernel_size, stride, dilation))
+
+
+def frequency_independent(kernel_size, stride) -> bool:
+    """True when every polyphase sub-kernel is a single tap (``k <= s`` on both axes: 1x1 kernels,
+    and the ``k = s`` non-overlapping patches of ``procresnet...k2``): the symbol is then the same
+    real matrix at every frequency, and one decomposition covers the operator."""
+    return kernel_size[0] <= stride[0] and kernel_size[1] <= stride[1]
 
 
 def polyphase_symbol(weight, input_size, stride=1):
@@ -62,7 +71,7 @@ def polyphase_symbol(weight, input_size, stride=1):
     (mh, mw), (sh, sw) = check_divisible(size, stride), stride
     weight = _wrap_kernel(weight, size)
     c_out, c_in, kh, kw = weight.shape
-    ph, pw = _phases((kh, kw), stride)
+    ph, pw = tap_phases((kh, kw), stride)
     qh, qw = -(-kh // sh), -(-kw // sw)
     sub = F.pad(weight, (0, qw * sw - kw, 0, qh * sh - kh)).reshape(c_out, c_in, qh, sh, qw, sw)
     sub = sub[:, :, :, :ph, :, :pw].permute(0, 1, 3, 5, 2, 4).reshape(c_out, c_in * ph * pw, qh, qw)
@@ -104,7 +113,7 @@ def kernel_from_symbol(symbol, kernel_size, input_size, stride=1) -> torch.Tenso
     size, stride = size_pair(input_size, "input_size"), size_pair(stride, "stride")
     (mh, mw), (sh, sw) = check_divisible(size, stride), stride
     kh, kw = kernel_size
-    ph, pw = _phases((kh, kw), stride)
+    ph, pw = tap_phases((kh, kw), stride)
     qh, qw = -(-kh // sh), -(-kw // sw)
     c_out = symbol.shape[-2]
     c_in = symbol.shape[-1] // (ph * pw)
