@@ -67,7 +67,7 @@ def _add_spectrum(sub):
     p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
                    help="zero-padding spectrum: auto (dense when small, Lanczos extremes otherwise), dense only, off")
     p.add_argument("--layers", nargs="+", default=None, metavar="NAME", help="only these module names")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the idle cores)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -123,7 +123,7 @@ def _add_inspect(sub):
                    help="extremes of each layer's own padded operator (zero, reflect or replicate padding): auto "
                         "(exact where affordable, else Lanczos), dense (exact only), off")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the idle cores)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--out", default="runs/inspect", help="folder for inspect.json and figures/ (default runs/inspect)")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
     return p

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from procres.errors import UserError
+from procres.runs import read_json
 
 __all__ = ["build", "load_model"]
 
@@ -110,7 +111,7 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict]:
     if isinstance(config, str):  # checkpoint.pt keeps the config as TrainConfig.to_json() text
         config = json.loads(config)
     if not config and (path.parent / "config.json").is_file():
-        config = json.loads((path.parent / "config.json").read_text())
+        config = read_json(path.parent / "config.json")
     state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
     return state, config
 
@@ -121,7 +122,7 @@ def load_model(name: str | None, *, checkpoint=None, image_size: int | None = No
 
     ``checkpoint``: a run's ``model.pt`` / ``checkpoint.pt`` (a state_dict or ``{"model": sd}``).
     Model name, channels, classes and image size default to the config saved with it (or the run
-    folder's config.json), else to CIFAR-10 (3, 10, 32).  Returns ``(model in eval mode,
+    folder's config.json: its data set, and its ``image_size`` when set), else to CIFAR-10 (3, 10, 32).  Returns ``(model in eval mode,
     image_size, in_channels)``.
     """
     config, state = {}, None
@@ -131,7 +132,8 @@ def load_model(name: str | None, *, checkpoint=None, image_size: int | None = No
     if name is None:
         raise UserError("give --model NAME (the checkpoint carries no config naming it)")
     ch, classes, size = _DATASET_SHAPES.get(config.get("dataset"), (3, 10, 32))
-    ch, classes, size = in_channels or ch, num_classes or classes, image_size or size
+    ch, classes = in_channels or ch, num_classes or classes
+    size = image_size or config.get("image_size") or size  # a run at another size (the demo's 8x8 digits)
     model = build(name, dict(num_classes=classes, in_channels=ch, image_size=size))
     if state is not None:
         try:

@@ -474,7 +474,8 @@ def attach_procrustes(model, optimizer, *, convs=None, example_input=None, p=0.5
         raise UserError("attach_procrustes(convs=...) needs example_input, a batch the model accepts, "
                         "to learn each conv's input size")
     sites = select_convs(find_convs(model, example_input), convs)
-    other = [f"{s.name} ({type(s.module).__name__})" for s in sites if not computes_its_operator(s.module, s.input_size)]
+    other = [f"{s.name} ({type(s.module).__name__})" for s in sites
+             if not computes_its_operator(s.module, s.input_size)]
     if other:
         raise UserError(f"cannot project {', '.join(other)}: its forward computes another operator than F.conv2d "
                         "with its weight (weight standardisation, run-time padding), which a projected weight "

@@ -232,3 +232,17 @@ def test_spectrum_cli_unknown_layer_name_is_an_error(capsys):
     assert main(["spectrum", "--model", "resnet8", "--layers", "stem.0", "no.such.conv", "--zeros", "off"]) == 1
     err = capsys.readouterr().err
     assert "'no.such.conv'" in err and "stem.0" in err and err.count("\n") == 1
+
+
+def test_spectrum_cli_measures_a_run_at_its_own_image_size_and_names_a_bad_config(tmp_path, capsys):
+    from procres.config import TrainConfig
+    from procres.models import create_model
+
+    model = create_model("procresnet13", num_classes=10, in_channels=1, image_size=8)
+    torch.save(model.state_dict(), tmp_path / "model.pt")  # weights only: the folder's config.json says the rest
+    (tmp_path / "config.json").write_text(TrainConfig(model="procresnet13", dataset="digits", image_size=8).to_json())
+    rows = spectrum_json(capsys, "--checkpoint", str(tmp_path / "model.pt"), "--zeros", "off")
+    assert rows[0]["input_size"] == [8, 8]  # the demo's 8x8 digits, not the data set's 16x16
+    (tmp_path / "config.json").write_text("{not json")
+    assert main(["spectrum", "--checkpoint", str(tmp_path / "model.pt")]) == 1
+    assert "config.json: not valid JSON" in capsys.readouterr().err
