@@ -30,8 +30,9 @@ import time
 import torch
 from torch import nn
 
-from procres.diagnostics import NormRecorder, jacobian_singular_values
-from procres.models import resnet
+from procres.diagnostics.jacobian import jacobian_singular_values
+from procres.diagnostics.recorder import NormRecorder
+from procres.models.resnet import resnet
 
 
 def train_step(model, opt, x, y):

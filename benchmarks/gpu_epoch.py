@@ -4,11 +4,11 @@ Self-contained: the data are random CIFAR-shaped uint8 images (50,000 training +
 classes) written as a CIFAR-10 python folder, so ``procres train`` reads them as it reads CIFAR-10;
 no downloads, PIL or torchvision. For preresnet164 and procresnet166 at batch 128:
 
-  ours      ``procres.train.train`` itself, recipe ``paper`` (SGD momentum 0.9, weight decay
+  ours      ``procres.training.loop.train`` itself, recipe ``paper`` (SGD momentum 0.9, weight decay
             1e-4, Procrustes projection p = 0.5 on ProcResNets), 45k/5k split, with the defaults of
             ``procres train`` on the machine, in variants of TrainConfig fields:
               default  nothing changed: on CUDA bf16 autocast, channels_last, the whole step as one
-                       CUDA graph (procres.graphs; checked against an eager step at capture), every
+                       CUDA graph (procres.training.graphs; checked against an eager step at capture), every
                        10th step eager with the NormRecorder, the projection on the device route
               eager    --no-cuda-graphs
               norec    --record-every 0 (every step replayed: the graph path's ceiling)
@@ -40,7 +40,7 @@ No new measurement starts after ``--budget`` seconds (default 290). Results go t
 after every measurement (a timeout keeps what was measured; with OUT unset, to
 ./gpu_latest.json) and the whole JSON is printed at the end, on one line. ``commit`` is $PROCRES_COMMIT, else
 ``git rev-parse HEAD``, else "unknown". ``benchmarks/gpu_report.py`` turns the JSON into the table
-of docs/benchmarks.md and the EPOCH_SECONDS entries of procres/reproduce.py.
+of docs/benchmarks.md and the EPOCH_SECONDS entries of procres/reports/reproduce.py.
 
     python benchmarks/gpu_epoch.py                 # on a GPU: about 3-4 min
     python benchmarks/gpu_epoch.py --smoke         # tiny nets and data, CPU (graph variants run eagerly) or GPU
@@ -65,11 +65,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from procres.config import TrainConfig
-from procres.data import CIFAR10_MEAN, CIFAR10_STD
-from procres.models import create_model
-from procres.procrustes import attach_procrustes
-from procres.train import train
+from procres.training.config import TrainConfig
+from procres.training.data import CIFAR10_MEAN, CIFAR10_STD
+from procres.models.registry import create_model
+from procres.constraints.hooks import attach_procrustes
+from procres.training.loop import train
 
 MEAN, STD = CIFAR10_MEAN, CIFAR10_STD
 EPOCH_STEPS = 50_000 // 128  # the authors' epoch: all 50k training images
@@ -84,7 +84,7 @@ VARIANTS = {
 
 # ---------------------------------------------------------------- data
 def write_fake_cifar10(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
-    """Random uint8 images in the CIFAR-10 python layout (procres.cifar reads them); returns the folder."""
+    """Random uint8 images in the CIFAR-10 python layout (procres.training.cifar reads them); returns the folder."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -134,7 +134,7 @@ def _sync(device):
 
 
 def authors(net: str, folder: Path, args, device) -> dict:
-    from procres.cifar import SPECS, read_cifar
+    from procres.training.cifar import read_cifar, SPECS
 
     x, y = read_cifar(SPECS["cifar10"], folder)[:2]
     torch.manual_seed(0)
@@ -172,7 +172,7 @@ def authors(net: str, folder: Path, args, device) -> dict:
 
 def ours(net: str, variant: str, folder: Path, args, device, *, steps: int, epochs: int = 2,
          val_size: int | None = None) -> dict:
-    """Train ``net`` with ``procres.train.train`` (recipe paper, the variant's fields changed) for
+    """Train ``net`` with ``procres.training.loop.train`` (recipe paper, the variant's fields changed) for
     ``epochs`` epochs of ``steps`` steps (0: full epochs); the last epoch is the measured one."""
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig.from_recipe("paper", model=net, data=str(folder), epochs=epochs,

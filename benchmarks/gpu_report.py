@@ -1,7 +1,7 @@
 """Turn one run of benchmarks/gpu_epoch.py (docs/gpu/latest.json) into what gets committed with it.
 
     python benchmarks/gpu_report.py docs/gpu/latest.json                   # markdown for docs/benchmarks.md
-    python benchmarks/gpu_report.py docs/gpu/latest.json --epoch-seconds   # entries for procres/reproduce.py
+    python benchmarks/gpu_report.py docs/gpu/latest.json --epoch-seconds   # entries for procres/reports/reproduce.py
 
 The markdown is the "Epoch time on a GPU" result block: one table row per net and variant, the
 speed-ups, the numerics check, procresnet1003 and the full-epoch wall times, all from the same

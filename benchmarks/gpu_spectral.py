@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from procres.procrustes import project_conv_
-from procres.spectral import conv_singular_values
+from procres.spectral.projection import project_conv_
+from procres.spectral.spectra import conv_singular_values
 
 SIZES = [(16, 32), (64, 8), (64, 32), (256, 8), (128, 16), (512, 4)]
 

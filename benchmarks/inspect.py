@@ -2,7 +2,7 @@
 against the previous spectrum path, in one run.
 
 1. inspect: a torchvision-layout ResNet-50 (Bottleneck blocks 3-4-6-3, width 64, ``downsample``
-   1x1 convs; tests/user_models.py, torchvision is not needed) on random 3x64x64 inputs, batch 8, two
+   1x1 convs; tests/helpers/user_models.py, torchvision is not needed) on random 3x64x64 inputs, batch 8, two
    SGD steps, as ``procres inspect`` runs it (``inspect_model`` + ``write_inspection``); the
    seconds of tracing, spectra and recording, and the total.
 2. spectrum: ``procres spectrum --model resnet20`` (the CLI, timed from the call), then the
@@ -57,7 +57,9 @@ def bench_inspect(out_dir: str) -> dict:
 
     import torch
 
-    from procres.inspection import inspect_model, make_batches, write_inspection
+    from procres.diagnostics.inspection import inspect_model
+    from procres.reports.inspection import write_inspection
+    from procres.training.data import make_batches
 
     torch.manual_seed(0)
     model = resnet50()
@@ -117,7 +119,7 @@ def _old_zeros(conv, n: int) -> dict:
 
     import torch
 
-    from procres.convop import conv_operator
+    from procres.spectral.operator import conv_operator
 
     w = conv.weight.detach().double()
     op = conv_operator(w, n, stride=conv.stride, padding=conv.padding, padding_mode="zeros")
@@ -144,7 +146,7 @@ def _old_zeros(conv, n: int) -> dict:
 
 
 def old_spectrum(model, rows: list[dict]) -> list[dict]:
-    from procres.spectral import conv_singular_values, spectrum_stats
+    from procres.spectral.spectra import conv_singular_values, spectrum_stats
 
     out = []
     for r in rows:
@@ -169,7 +171,7 @@ def bench_spectrum(skip_old: bool) -> dict:
     import torch
 
     from procres.cli import main
-    from procres.factory import load_model
+    from procres.models.factory import load_model
 
     buf = io.StringIO()
     start, cpu = time.perf_counter(), time.process_time()

@@ -1,14 +1,14 @@
 """Seconds per CIFAR epoch on one GPU, for the GPU-hour estimates of `procres reproduce`.
 
 Not a speed claim (nothing is compared): it times the work of one epoch of the paper recipe for
-each model, on CIFAR-shaped random data already on the device, the way procres.train runs it:
+each model, on CIFAR-shaped random data already on the device, the way procres.training.loop runs it:
 SGD momentum 0.9 + weight decay, batch 128, bf16 autocast, channels_last, the Procrustes hook
 with p = 0.5 on ProcResNets, plus evaluation of 5k validation + 10k test images at batch 1024.
 Norm recording (every 10 steps) and data augmentation are left out (a few % at most).
 
     epoch_seconds = 352 * train_step + 15 * eval_batch      (45k / 128 steps, 15k / 1024 batches)
 
-Prints one line per model and a dict ready for procres/reproduce.py's EPOCH_SECONDS.
+Prints one line per model and a dict ready for procres/reports/reproduce.py's EPOCH_SECONDS.
 Usage: python benchmarks/reproduce_cost.py [--models resnet20 preresnet164 ...] [--steps 20]
 """
 
@@ -19,8 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from procres.models import create_model
-from procres.procrustes import attach_procrustes
+from procres.models.registry import create_model
+from procres.constraints.hooks import attach_procrustes
 
 DEFAULT = ["resnet20", "resnet56", "resnet110", "preresnet164", "procresnet166", "resnet1202",
            "preresnet1001", "procresnet1003"]

@@ -18,7 +18,7 @@ full FFT, real 2C x 2C embedding, 10 coupled Newton-Schulz iterations).  Polar e
 polar factor ``U V^H`` from numpy's complex128 SVD of every frequency matrix: ``worst`` =
 ``max_f ||P_f - P_ref,f||_2`` (the worst frequency, spectral norm) and ``rel.F`` =
 ``||P - P_ref||_F / ||P_ref||_F`` over the whole spectrum.  Theirs is measured without the conj
-slip (the slip is a separate defect; see procres.procrustes).
+slip (the slip is a separate defect; see procres.spectral.projection).
 
 Times are medians of ``--repeats`` interleaved runs after one warm-up (calls slower than 2 s: the
 warm-up run alone).  ``svd only`` is the time of the batched ``torch.linalg.svdvals`` inside ours
@@ -57,8 +57,11 @@ def main(argv=None):
     import numpy as np                         # after the thread settings
     import torch
 
-    from procres.procrustes import faithful_polar, project_kernel, symbol_polar
-    from procres.spectral import conv_singular_values, frequency_classes, polyphase_symbol
+    from procres.spectral.faithful import faithful_polar
+    from procres.spectral.polar import symbol_polar
+    from procres.spectral.projection import project_kernel
+    from procres.spectral.spectra import conv_singular_values
+    from procres.spectral.symbol import frequency_classes, polyphase_symbol
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -28,8 +28,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from procres.models import preresnet, procresnet
-from procres.procrustes import attach_procrustes
+from procres.models.preact import preresnet
+from procres.models.procresnet import procresnet
+from procres.constraints.hooks import attach_procrustes
 
 
 def make(factory, depth, args):

@@ -33,7 +33,7 @@ def _add_models(sub):
 def _run_models(args):
     import torch
 
-    from procres.models import create_model, list_models
+    from procres.models.registry import create_model, list_models
 
     names = list_models(filter=args.filter)
     if not names:
@@ -75,7 +75,7 @@ def _add_spectrum(sub):
 def _set_threads(threads: int) -> None:
     import torch
 
-    from procres.demo import auto_threads
+    from procres.reports.demo import auto_threads
 
     torch.set_num_threads(threads or auto_threads())
 
@@ -83,9 +83,9 @@ def _set_threads(threads: int) -> None:
 def _run_spectrum(args):
     import torch
 
-    from procres.checkpoint import json_text
-    from procres.convs import conv_spectra, spectrum_table
-    from procres.factory import load_model
+    from procres.diagnostics.convs import conv_spectra, spectrum_table
+    from procres.files import json_text
+    from procres.models.factory import load_model
 
     _set_threads(args.threads)
     torch.manual_seed(0)  # the weights of a model built without a checkpoint
@@ -134,10 +134,12 @@ def _run_inspect(args):
 
     import torch
 
-    from procres.checkpoint import json_text
-    from procres.convs import spectrum_table
-    from procres.factory import build
-    from procres.inspection import inspect_model, make_batches, units_table, write_inspection
+    from procres.diagnostics.convs import spectrum_table
+    from procres.diagnostics.inspection import inspect_model, units_table
+    from procres.files import json_text
+    from procres.models.factory import build
+    from procres.reports.inspection import write_inspection
+    from procres.training.data import make_batches
 
     try:
         kwargs = json.loads(args.kwargs)
@@ -172,7 +174,7 @@ def _run_inspect(args):
 
 # ---------------------------------------------------------------- train
 def _add_train(sub):
-    from procres.config import RESUME_MAY_CHANGE, add_config_arguments
+    from procres.training.config import RESUME_MAY_CHANGE, add_config_arguments
 
     may_change = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_CHANGE if k != "resume")
     p = sub.add_parser(
@@ -190,8 +192,8 @@ def _add_train(sub):
 
 
 def _run_train(args):
-    from procres.config import config_from_args, given_fields
-    from procres.train import resume_config, train, train_seeds
+    from procres.training.config import config_from_args, given_fields
+    from procres.training.loop import resume_config, train, train_seeds
 
     config, given = config_from_args(args), given_fields(args)
     try:
@@ -225,7 +227,7 @@ def _add_demo(sub):
 
 
 def _run_demo(args):
-    from procres.demo import run_demo
+    from procres.reports.demo import run_demo
 
     result = run_demo(args.out, quick=args.quick, seed=args.seed, threads=args.threads,
                       progress=not args.no_progress)
@@ -254,7 +256,7 @@ def _add_plot(sub):
 
 
 def _run_plot(args):
-    from procres.plots import plot_runs
+    from procres.reports.plots import plot_runs
 
     for name, path in plot_runs(args.folders, args.out, epochs=args.epochs).items():
         print(f"{name:8s} {path}")
@@ -278,7 +280,7 @@ def _add_reproduce(sub):
 
 
 def _run_reproduce(args):
-    from procres import reproduce
+    from procres.reports import reproduce
 
     if args.list:
         print(reproduce.list_recipes())

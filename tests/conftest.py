@@ -1,5 +1,12 @@
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# tests/helpers: the shared reference code (dense operators, models written as users write them, run
+# files); on the path so that tests import them by name and `procres inspect user_models:...` resolves
+sys.path.insert(0, str(Path(__file__).parent / "helpers"))
 
 
 @pytest.fixture(autouse=True)

@@ -33,12 +33,12 @@ def test_debug_shows_the_traceback_of_a_user_error(argv):
 
 
 def test_diverged_training_is_one_sentence_unless_debug(monkeypatch, capsys):
-    import procres.train
+    import procres.training.loop
 
     def diverge(config, *, quiet=False):
         raise FloatingPointError("non-finite loss in epoch 1, step 3")
 
-    monkeypatch.setattr(procres.train, "train", diverge)
+    monkeypatch.setattr(procres.training.loop, "train", diverge)
     assert cli.main(["train", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err == "procres train: error: non-finite loss in epoch 1, step 3\n"

@@ -1,7 +1,12 @@
-"""Integrations with other training frameworks, one module per framework.
+"""Integrations with other training tools, one module per tool.
 
-Each module imports its framework (an optional extra); ``import procres`` imports none of them.
+Each module imports its tool (an optional extra); ``import procres`` imports none of them.
 
-- :mod:`procres.integrations.lightning`  ``NormRatioCallback`` and ``ProcrustesCallback`` for
-  Lightning (``pip install 'procrustes-resnets[lightning]'``).
+- ``tensorboard``  r_l, losses and transition errors as TensorBoard events (``procres train
+  --tensorboard``, ``procres.log_norms``; ``pip install 'procrustes-resnets[tensorboard]'``)
+- ``lightning``    ``NormRatioCallback`` and ``ProcrustesCallback`` for Lightning
+  (``pip install 'procrustes-resnets[lightning]'``)
+
+Uses spectral, diagnostics and constraints; never imports models, training or reports (the
+training loop uses ``tensorboard``).
 """

@@ -10,7 +10,7 @@ Needs the optional extra ``[lightning]`` (``pip install 'procrustes-resnets[ligh
 :class:`NormRatioCallback` attaches a :class:`procres.NormRecorder` to the LightningModule's units
 when fitting starts, and at the end of every training epoch sends the window's r_l per unit to
 every logger of the trainer (``logger.log_metrics`` at ``trainer.global_step``, the tag layout of
-:mod:`procres.tensorboard`: ``norm_ratio/block_01`` ...), plus one histogram of log10 r_l through
+:mod:`procres.integrations.tensorboard`: ``norm_ratio/block_01`` ...), plus one histogram of log10 r_l through
 each TensorBoard logger's writer. Under DDP every rank records its own batches and the summary
 is all-reduced (``NormRecorder.summary(reduce=True)``, a collective that every rank reaches at the
 epoch end); rank 0's loggers write it. The last summary stays in ``callback.summary``.
@@ -31,10 +31,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from procres.diagnostics import NormRecorder
+from procres.constraints.hooks import ProcrustesHook
+from procres.diagnostics.recorder import NormRecorder
 from procres.errors import UserError
-from procres.procrustes import ProcrustesHook
-from procres.tensorboard import NORM_PREFIX, add_norm_histogram, norm_scalars
+from procres.integrations.tensorboard import NORM_PREFIX, add_norm_histogram, norm_scalars
 
 try:
     from lightning.pytorch import Callback
@@ -59,7 +59,7 @@ def _auto_units(model: nn.Module, example_input=None) -> list[nn.Module]:
             return list(blocks)
     why = "no submodule has a non-empty 'blocks' and there is no example_input_array to trace"
     if example_input is not None:
-        from procres.units import find_units
+        from procres.diagnostics.units import find_units
 
         try:
             found = find_units(model, example_input)

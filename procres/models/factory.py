@@ -1,0 +1,145 @@
+"""MODEL strings of the command line: a registered name or an import path, optionally with weights.
+
+``build(spec, kwargs)`` turns ``spec`` into a model:
+
+- a registered name or ``<family><depth>`` (``procres models``): ``procres.models.registry.create_model``
+  with ``kwargs`` (``num_classes``, ``in_channels``, ``image_size``);
+- ``package.module:factory`` (dots in ``factory`` reach attributes: ``pkg.mod:Class.build``):
+  the module is imported (the current directory first on the path, as ``python -m`` does) and
+  ``factory(**kwargs)`` is called; it must return an ``nn.Module``.
+
+Every way this can fail (malformed string, module not found, missing attribute, a factory that
+raises or returns something else) is one ``UserError`` sentence naming the string.
+
+``load_model`` is ``procres spectrum``'s: a zoo model, optionally with a run's trained weights
+(read with ``weights_only=True``), whose name and input shape default to the checkpoint's config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from procres.errors import UserError
+from procres.files import read_json
+
+__all__ = ["build", "load_model"]
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _import_factory(spec: str):
+    module_name, _, attr = spec.partition(":")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:
+        raise UserError(f"cannot import module {module_name!r} of MODEL {spec!r} ({_first_line(err)})") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UserError(f"module {module_name!r} has no attribute {attr!r} (MODEL {spec!r})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UserError(f"MODEL {spec!r} names a {type(obj).__name__}, not a callable factory")
+    return obj
+
+
+def build(spec: str, kwargs: dict | None = None) -> nn.Module:
+    """The model named by ``spec`` (see the module docstring), built with ``kwargs``."""
+    from procres.models.registry import create_model
+
+    kwargs = dict(kwargs or {})
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"MODEL must be a registered name or package.module:factory, got {spec!r}")
+    if ":" not in spec:
+        if not re.fullmatch(r"[\w.-]+", spec):
+            raise UserError(f"MODEL must be a registered name (procres models) or package.module:factory, "
+                            f"got {spec!r}")
+        try:
+            return create_model(spec, **kwargs)
+        except UserError:
+            raise
+        except TypeError as err:
+            raise UserError(f"model {spec!r} does not take these arguments {kwargs}: {_first_line(err)}") from None
+    if not _IMPORT_PATH.fullmatch(spec):
+        raise UserError(f"MODEL {spec!r} is not an import path of the form package.module:factory")
+    factory = _import_factory(spec)
+    try:
+        model = factory(**kwargs)
+    except Exception as err:
+        raise UserError(f"factory {spec}(**{kwargs}) raised {_first_line(err)}") from err
+    if not isinstance(model, nn.Module):
+        raise UserError(f"factory {spec} returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+# ---------------------------------------------------------------- `procres spectrum`: zoo models + checkpoints
+_DATASET_SHAPES = {"digits": (1, 10, 16), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
+
+
+def _read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """-> (state_dict with DDP/compile prefixes removed, config dict or {})."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle: a bad file, not a crash
+        raise UserError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+    state = blob.get("model", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: expected a state_dict or a dict with key 'model'")
+    config = blob.get("config") or {}
+    if isinstance(config, str):  # checkpoint.pt keeps the config as TrainConfig.to_json() text
+        config = json.loads(config)
+    if not config and (path.parent / "config.json").is_file():
+        config = read_json(path.parent / "config.json")
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    return state, config
+
+
+def load_model(name: str | None, *, checkpoint=None, image_size: int | None = None,
+               in_channels: int | None = None, num_classes: int | None = None):
+    """Build ``name`` (any registered name or ``<family><depth>``), optionally with trained weights.
+
+    ``checkpoint``: a run's ``model.pt`` / ``checkpoint.pt`` (a state_dict or ``{"model": sd}``).
+    Model name, channels, classes and image size default to the config saved with it (or the run
+    folder's config.json: its data set, and its ``image_size`` when set), else to CIFAR-10 (3, 10, 32).  Returns ``(model in eval mode,
+    image_size, in_channels)``.
+    """
+    config, state = {}, None
+    if checkpoint is not None:
+        state, config = _read_checkpoint(Path(checkpoint))
+    name = name or config.get("model")
+    if name is None:
+        raise UserError("give --model NAME (the checkpoint carries no config naming it)")
+    ch, classes, size = _DATASET_SHAPES.get(config.get("dataset"), (3, 10, 32))
+    ch, classes = in_channels or ch, num_classes or classes
+    size = image_size or config.get("image_size") or size  # a run at another size (the demo's 8x8 digits)
+    model = build(name, dict(num_classes=classes, in_channels=ch, image_size=size))
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).split("\n\t")[1:2] or [str(err)]
+            raise UserError(f"{checkpoint}: weights do not fit {name} (in_channels={ch}, num_classes={classes}, "
+                            f"image_size={size}): {first[0].strip()} ...") from None
+    return model.eval(), size, ch
