@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The one prepared GPU call: at most ~7.7 min on an H200 (each part has its own timeout, and
+# The GPU benchmarks and tests in one command: at most ~7.7 min (each part has its own timeout, and
 # gpu_epoch.py saves after every measurement, so a cut-off run keeps what it measured).
 #   1. benchmarks/gpu_epoch.py: the default procres train pipeline vs the authors' -> $OUT/latest.json
 #   2. benchmarks/gpu_report.py: that JSON as the markdown block of docs/benchmarks.md -> $OUT/benchmarks_table.md
 #   3. the GPU-marked tests -> $OUT/gpu_tests.txt;  4. benchmarks/gpu_spectral.py -> $OUT/gpu_spectral.*
-# The device machine gets a copy of the working tree without .git, so the caller passes the commit:
-#   PROCRES_COMMIT=<the hash `git rev-parse HEAD` prints here> bash benchmarks/gpu_all.sh
+# Run from a clone on a CUDA machine; PROCRES_COMMIT names the measured commit (needed without .git):
+#   PROCRES_COMMIT=$(git rev-parse HEAD) bash benchmarks/gpu_all.sh     # results in $OUT (/tmp/procres_gpu)
 # Afterwards copy $OUT/latest.json to docs/gpu/latest.json and the block of benchmarks_table.md into
 # docs/benchmarks.md, and commit both (docs/gpu/README.md). CPU dry run of the same logic, ~1 min:
 #   OUT=/tmp/gpu_dry bash benchmarks/gpu_all.sh --smoke
