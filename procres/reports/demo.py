@@ -271,12 +271,15 @@ def _run(out: Path, budget: Budget, seed: int, threads: int, progress: bool) -> 
 
     from procres.reports import plots, report
     from procres.training.data import load_dataset
+    from procres.training.log import bars_shown
 
     t_start, load = time.perf_counter(), _load()
     seconds = {}
     nets = (budget.residual, budget.procrustes, budget.plain)
     total = len(nets) * (budget.epochs + 1) + len(budget.study_depths) * len(STUDY_MODELS) + 2
-    with tqdm(total=total, desc="demo", unit="stage", disable=not progress, dynamic_ncols=True) as bar:
+    # no bar into a file or pipe: there the stage lines below are the whole log
+    with tqdm(total=total, desc="demo", unit="stage", disable=not (progress and bars_shown()),
+              dynamic_ncols=True) as bar:
         def stage(name: str, t0: float) -> None:
             seconds[name] = time.perf_counter() - t0
             bar.write(f"{name}: {seconds[name]:.1f} s")

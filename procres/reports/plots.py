@@ -23,6 +23,8 @@ Colours are fixed per model family (:data:`FAMILY_COLORS`) across all figures.
 from __future__ import annotations
 
 import math
+import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -83,9 +85,13 @@ def _when(record: dict) -> str:
     return f"step {record['step']}" if record.get("step") is not None else f"epoch {record['epoch']}"
 
 
-def _title(run: Run) -> str:
-    """The run's label; for a run that stopped early, the first clause of why (the full reason is in the report)."""
-    return run.label + (f": training stopped ({run.stopped.split(' (')[0]})" if run.stopped else "")
+def _title(run: Run, width: int = 100) -> str:
+    """The run's label; for a run that stopped early, the first clause of why (the full reason is
+    in the report), wrapped at ``width`` characters so that it stays inside its panel."""
+    if not run.stopped:
+        return run.label
+    why = re.split(r": | \(|; ", run.stopped, maxsplit=1)[0]
+    return textwrap.fill(f"{run.label}: training stopped ({why})", width)
 
 
 def _x_axis(run: Run) -> str:
@@ -177,15 +183,14 @@ def plot_ratio_heatmap(runs: list[Run], path) -> Path:
             if kind in MARKED_KINDS:
                 ax.plot([i], [len(epochs) - 0.5], marker="v", ms=7, color=_KIND_COLORS[kind],
                         clip_on=False, zorder=5)
-        marked = any(k in MARKED_KINDS for k in run.block_kinds())
-        note = "   (triangles: transition / projection units)" if marked else ""
-        ax.set_title(_title(run) + note, color=FAMILY_COLORS[run.family], fontsize=11)
+        ax.set_title(_title(run), color=FAMILY_COLORS[run.family], fontsize=11)
         ax.set_ylabel(f"training {_x_axis(run)}")
     axes[-1].set_xlabel("block index l")
     fig.colorbar(im, ax=list(axes), label=r"$\log_{10} r_l$  (0 = norm preserved)", shrink=0.9,
                  extend="both" if top > vmax else "neither")
-    fig.suptitle("Gradient-norm ratio over training: red = gradient grows backward, blue = shrinks",
-                 fontsize=12)
+    marked = any(k in MARKED_KINDS for run, _, _ in maps for k in run.block_kinds())
+    fig.suptitle("Gradient-norm ratio over training: red = gradient grows backward, blue = shrinks"
+                 + ("\n(triangles: transition / projection units)" if marked else ""), fontsize=12)
     return save_figure(fig, path)
 
 

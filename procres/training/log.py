@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-__all__ = ["logger", "ROW_HEADER", "row", "progress"]
+__all__ = ["logger", "ROW_HEADER", "row", "progress", "bars_shown"]
 
 ROW_HEADER = (f"{'epoch':>5} {'lr':>8} {'train loss':>10} {'train err':>9} {'val loss':>8} {'val err':>7} "
               f"{'test loss':>9} {'test err':>8} {'time s':>7} {'img/s':>7}")
@@ -32,9 +32,15 @@ def row(h: dict) -> str:
             f"{err(h['test_acc'], 8)} {num(h['epoch_time'], 7, '.1f')} {num(h['images_per_sec'], 7, '.0f')}")
 
 
+def bars_shown() -> bool:
+    """Whether progress bars go to standard error: only a terminal redraws a bar; a file or pipe
+    would collect every carriage-return frame, so there the callers print one line per stage."""
+    return sys.stderr.isatty()
+
+
 def progress(iterable, total, desc, disable):
     """``iterable`` wrapped in a tqdm bar on a terminal; unchanged when ``disable`` or stderr is not a tty."""
-    if disable or not sys.stderr.isatty():
+    if disable or not bars_shown():
         return iterable
     from tqdm import tqdm
 
