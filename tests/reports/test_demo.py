@@ -23,8 +23,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(procres.training.loop, "train", train)
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--threads", "1"]) == 0
-    printed = capsys.readouterr().out
+    assert main(["demo", "--quick", "--out", str(out), "--threads", "1"]) == 0  # progress on, into a pipe
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "\r" not in captured.err + printed  # not a terminal: one line per stage, no bar frames
     assert "| model" in printed and "report:" in printed and str(out / "report.md") in printed
     for stage in ("data", "train preresnet20", "train procresnet22", "train plainpre20", "depth study", "figures"):
         assert f"{stage}: " in printed  # each stage's time

@@ -97,3 +97,15 @@ if __name__ == "__main__":  # write the synthetic figures to look at them: PYTHO
     print(plots.plot_runs([out], out / "figs"))
 
 
+
+
+def test_a_stopped_runs_panel_title_is_its_first_clause_and_fits_the_panel(tmp_path):
+    run = write_run(tmp_path / "plainpre164", "plainpre164")
+    reason = ("non-finite weights in epoch 1, step 15: blocks.0.bn2.running_var and 6 more, with a finite loss, "
+              "so a batch-norm running statistic overflowed as the activations grew beyond float range")
+    (run / "stopped.json").write_text(json.dumps({"reason": reason}))
+    title = plots._title(load_run(run))
+    assert title.endswith("training stopped (non-finite weights in epoch 1, step 15)")
+    assert all(len(line) <= 100 for line in title.splitlines())
+    long = plots._title(load_run(run), width=30)
+    assert len(long.splitlines()) > 1 and all(len(line) <= 30 for line in long.splitlines())
