@@ -19,13 +19,27 @@ import sys
 from procres.errors import UserError
 
 
+def _count(minimum: int):
+    """argparse type: a whole number >= ``minimum`` (a bad one is argparse's one-line usage error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 # ---------------------------------------------------------------- models
 def _add_models(sub):
     p = sub.add_parser("models", help="list the registered models")
     p.add_argument("--filter", default="", metavar="PATTERN",
                    help="only names matching this fnmatch pattern (procresnet*, *16?); without wildcards, "
                         "names containing it")
-    p.add_argument("--input-size", "--image-size", dest="input_size", type=int, default=32,
+    p.add_argument("--input-size", "--image-size", dest="input_size", type=_count(1), default=32,
                    help="input side the transition grids are computed for (default 32)")
     return p
 
@@ -60,14 +74,14 @@ def _add_spectrum(sub):
     p.add_argument("--model", help="model name (list: procres models), or <family><depth> e.g. procresnet40; "
                                    "default: the one saved with --checkpoint")
     p.add_argument("--checkpoint", help="a run's model.pt or checkpoint.pt (trained weights; loaded with weights_only=True)")
-    p.add_argument("--input-size", type=int, default=None,
+    p.add_argument("--input-size", type=_count(1), default=None,
                    help="image side the model runs on (default: the checkpoint's data set, else 32)")
-    p.add_argument("--in-channels", type=int, default=None, help="input channels (default: from the checkpoint, else 3)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default: from the checkpoint, else 10)")
+    p.add_argument("--in-channels", type=_count(1), default=None, help="input channels (default: from the checkpoint, else 3)")
+    p.add_argument("--num-classes", type=_count(1), default=None, help="classes (default: from the checkpoint, else 10)")
     p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
                    help="zero-padding spectrum: auto (dense when small, Lanczos extremes otherwise), dense only, off")
     p.add_argument("--layers", nargs="+", default=None, metavar="NAME", help="only these module names")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the cores this process may use)")
+    p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return p
 
@@ -109,10 +123,10 @@ def _add_inspect(sub):
     p.add_argument("model", metavar="MODEL", help="a registered name (procres models) or an import path "
                                                    "package.module:factory, called with --kwargs")
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
-    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
+    p.add_argument("--input-shape", type=_count(1), nargs=3, metavar=("C", "H", "W"), default=None,
                    help="input shape without the batch (default: the data's, else 3 32 32)")
-    p.add_argument("--batch", type=int, default=8, help="examples per batch (default 8)")
-    p.add_argument("--steps", type=int, default=2, help="SGD steps between the two measurements (default 2)")
+    p.add_argument("--batch", type=_count(1), default=8, help="examples per batch (default 8)")
+    p.add_argument("--steps", type=_count(0), default=2, help="SGD steps between the two measurements (default 2)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, momentum 0.9)")
     p.add_argument("--data", default="random",
                    help="random (normal images, default), digits (embedded 1x16x16 set), cifar10:PATH or cifar100:PATH")
@@ -123,7 +137,7 @@ def _add_inspect(sub):
                    help="extremes of each layer's own padded operator (zero, reflect or replicate padding): auto "
                         "(exact where affordable, else Lanczos), dense (exact only), off")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the cores this process may use)")
+    p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--out", default="runs/inspect", help="folder for inspect.json and figures/ (default runs/inspect)")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
     return p
@@ -221,7 +235,7 @@ def _add_demo(sub):
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny budget (seconds): checks the pipeline, numbers mean little")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the cores this process may use)")
+    p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

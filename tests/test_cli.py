@@ -51,3 +51,17 @@ def test_models_and_spectrum_name_the_input_size_alike(capsys):
     assert "16->8" in capsys.readouterr().out  # the first transition's grid at a 16x16 input
     assert cli.main(["models", "--filter", "procresnet166", "--image-size", "16"]) == 0  # the older spelling
     assert "16->8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--threads", "-1"], "argument --threads: must be at least 0, got -1"),
+    (["spectrum", "--model", "resnet20", "--input-size", "0"], "argument --input-size: must be at least 1, got 0"),
+    (["inspect", "resnet20", "--batch", "0"], "argument --batch: must be at least 1, got 0"),
+    (["inspect", "resnet20", "--steps", "-1"], "argument --steps: must be at least 0, got -1"),
+    (["models", "--input-size", "x"], "expected a whole number, got 'x'"),
+])
+def test_counts_out_of_range_are_a_usage_error_not_a_traceback(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "Traceback" not in err
