@@ -20,7 +20,11 @@ SMOKE=0; for arg in "$@"; do [ "$arg" = "--smoke" ] && SMOKE=1; done
   echo "commit ${PROCRES_COMMIT:-not given}"; } 2>&1 | tee "$OUT/gpu.txt"
 timeout 330 $PY benchmarks/gpu_epoch.py --budget 270 "$@" > "$OUT/gpu_epoch.txt" 2>&1
 echo "gpu_epoch.py exit $?:"; grep -v '^latest.json: ' "$OUT/gpu_epoch.txt" | tail -40
-$PY benchmarks/gpu_report.py "$OUT/latest.json" > "$OUT/benchmarks_table.md"
+if [ -s "$OUT/latest.json" ]; then
+  $PY benchmarks/gpu_report.py "$OUT/latest.json" > "$OUT/benchmarks_table.md"
+else  # gpu_epoch.py measured nothing: its log above says why; the other parts still run
+  echo "no latest.json: gpu_epoch.py measured nothing (see $OUT/gpu_epoch.txt)" | tee "$OUT/benchmarks_table.md"
+fi
 if [ "$SMOKE" = 0 ]; then
   timeout 90 $PY -m pytest -q -m gpu -p no:cacheprovider tests > "$OUT/gpu_tests.txt" 2>&1
   echo "GPU tests exit $?:"; tail -8 "$OUT/gpu_tests.txt"
@@ -29,4 +33,4 @@ if [ "$SMOKE" = 0 ]; then
 fi
 echo "---- $OUT/benchmarks_table.md"; cat "$OUT/benchmarks_table.md"
 echo "---- $OUT/latest.json (copy it to docs/gpu/latest.json)"
-$PY -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$OUT/latest.json"
+[ -s "$OUT/latest.json" ] && $PY -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))))" "$OUT/latest.json"
