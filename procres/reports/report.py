@@ -218,7 +218,7 @@ def thresholds_text() -> str:
             f"twin), plain units (skip-less units of the plain twin). A backward pass that overflows float32 "
             f"(inf/NaN gradients) is an unbounded deviation; 'overflow at unit k of L' names the unit at whose input "
             f"the backward pass, coming from the loss, first held inf/NaN (forward numbering, 1 = next to the "
-            f"input): units 1..k have no ratio. The thresholds live in procres.verdicts.")
+            f"input): units 1..k have no ratio. The thresholds live in procres.reports.verdicts.")
 
 
 # ---------------------------------------------------------------- the report
