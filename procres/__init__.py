@@ -34,6 +34,9 @@ _API = {
     "ProcrustesHook": "constraints.hooks",
     "register_procrustes_hook": "constraints.hooks",
     "attach_procrustes": "constraints.hooks",
+    "attach_clipping": "constraints.hooks",
+    "StepHook": "constraints.hooks",
+    "select_layers": "diagnostics.convs",
     # models
     "create_model": "models.registry",
     "list_models": "models.registry",
