@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/spectral.py
 	$(BIN)/python benchmarks/diagnostics.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/regularisers.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

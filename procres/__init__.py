@@ -26,9 +26,17 @@ _API = {
     "project_conv_": "spectral.projection",
     "project_kernel": "spectral.projection",
     "ProjectionReport": "spectral.projection",
+    "OperatorReport": "spectral.projection",
+    # regularisers: singular-value clipping and exact spectral normalisation
+    "clip_singular_values_": "spectral.clipping",
+    "ClippingReport": "spectral.clipping",
+    "spectral_norm": "constraints.spectral_norm",
     "ProcrustesHook": "constraints.hooks",
     "register_procrustes_hook": "constraints.hooks",
     "attach_procrustes": "constraints.hooks",
+    "attach_clipping": "constraints.hooks",
+    "StepHook": "constraints.hooks",
+    "select_layers": "diagnostics.convs",
     # models
     "create_model": "models.registry",
     "list_models": "models.registry",

@@ -136,6 +136,10 @@ def _add_inspect(sub):
     p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
                    help="extremes of each layer's own padded operator (zero, reflect or replicate padding): auto "
                         "(exact where affordable, else Lanczos), dense (exact only), off")
+    p.add_argument("--project", default=None, metavar="exact|downsample|GLOB",
+                   help="also show the spectra of these convs before and after one exact Procrustes projection (of "
+                        "a copy: the other numbers stay the model's): exact (kernel <= stride, no padding), "
+                        "downsample (strided 1x1) or a glob of module names, as attach_procrustes(convs=...) takes")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
     p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--out", default="runs/inspect", help="folder for inspect.json and figures/ (default runs/inspect)")
@@ -149,7 +153,7 @@ def _run_inspect(args):
     import torch
 
     from procres.diagnostics.convs import spectrum_table
-    from procres.diagnostics.inspection import inspect_model, units_table
+    from procres.diagnostics.inspection import inspect_model, projection_table, units_table
     from procres.files import json_text
     from procres.models.factory import build
     from procres.reports.inspection import write_inspection
@@ -171,7 +175,7 @@ def _run_inspect(args):
     torch.manual_seed(args.seed)
     model = build(args.model, kwargs)
     result = inspect_model(model, batches, steps=args.steps, lr=args.lr, pattern=args.units, zeros=args.zeros,
-                           seed=args.seed)
+                           seed=args.seed, project=args.project)
     result["spec"] = {"model": args.model, "kwargs": kwargs, "data": args.data}
     paths = write_inspection(result, args.out)
     if args.json:
@@ -180,6 +184,9 @@ def _run_inspect(args):
     print(units_table(result))
     print()
     print(spectrum_table(result["convs"]) if result["convs"] else "(no nn.Conv2d layers)")
+    if "projection" in result:
+        print(f"\none exact Procrustes projection of --project {args.project} (on a copy of the model), before -> after")
+        print(projection_table(result["projection"]["layers"]))
     s = result["seconds"]
     print(f"\nwritten: {', '.join(str(p) for p in paths.values())}   "
           f"(trace {s['trace']:.1f} s, spectra {s['spectra']:.1f} s, r_l {s['record']:.1f} s)")

@@ -16,6 +16,12 @@ def test_library_snippet_runs(capsys):
     assert len(ratio_line.strip("[]").split(",")) == 5
 
 
+def test_regulariser_snippet_runs_and_prints_what_its_comments_say(capsys):
+    code = re.search(r"## Norm-bounded and norm-preserving layers.*?```python\n(.*?)```", README, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip().splitlines() == ["True", "True", "['0', '3'] ['1']"]
+
+
 def test_quickstart_is_two_make_targets_and_ci_runs_the_test_one():
     quickstart = re.search(r"## Quickstart.*?```bash\n(.*?)```", README, re.S).group(1)
     commands = [line.split("#")[0].strip() for line in quickstart.strip().splitlines()]

@@ -1,10 +1,13 @@
-"""The conv layers of any model: where they are, the input size each one really sees, their spectra.
+"""The conv layers of any model: where they are, the input size each one really sees, their spectra;
+and the layers a regulariser acts on.
 
 ``find_convs(model, example_input)`` runs one forward pass (eval mode, no grad, the model's mode
-restored afterwards) with a pre-hook on every ``nn.Conv2d`` and returns ``ConvSite(name,
+restored afterwards) with a pre-hook on every ``nn.Conv2d`` and returns ``LayerSite(name,
 module, input_size)`` in forward order (first call; convs never called are left out: they have no
-input size).  ``select_convs`` picks some by qualified name, module or ``"downsample"`` (every
-strided 1x1 conv), as ``attach_procrustes(model, opt, convs=...)`` does.
+input size).  ``select_convs`` picks some by qualified name, module or keyword (:data:`KEYWORDS`);
+``select_layers(model, example_input, convs=..., linears=...)`` is the one selection of
+``attach_procrustes``, ``attach_clipping`` and ``procres inspect --project``: convs as
+``select_convs`` picks them, and ``nn.Linear`` layers by the same names, modules and keywords.
 
 ``conv_spectra(model, example_input)`` is one ``layer_spectrum`` per conv: its shape, stride,
 padding, dilation, groups, input size, the norm-preserving target
@@ -36,54 +39,114 @@ from procres.diagnostics.example import first_inputs
 from procres.diagnostics.names import name_pattern
 from procres.errors import UserError
 
-__all__ = ["ConvSite", "find_convs", "select_convs", "computes_its_operator", "layer_spectrum", "conv_spectra",
-           "spectrum_table"]
+__all__ = ["LayerSite", "ConvSite", "KEYWORDS", "find_convs", "find_linears", "select_convs", "select_layers",
+           "exactly_projectable", "computes_its_operator", "layer_spectrum", "conv_spectra", "spectrum_table"]
 
 ZEROS_MODES = ("auto", "dense", "off")
 
 
 @dataclasses.dataclass(frozen=True)
-class ConvSite:
-    """A conv of a model: qualified ``name``, the ``module``, and the ``(h, w)`` of its input."""
+class LayerSite:
+    """A layer of a model: qualified ``name``, the ``module``, and the ``(h, w)`` of its input (a
+    conv's, from a forward pass; None for a Linear layer, whose operator is its matrix)."""
 
     name: str
-    module: nn.Conv2d
-    input_size: tuple
+    module: nn.Module
+    input_size: tuple | None
 
 
-def find_convs(model: nn.Module, example_input) -> list[ConvSite]:
+ConvSite = LayerSite  # the name find_convs' sites had first
+
+
+def find_convs(model: nn.Module, example_input) -> list[LayerSite]:
     """Every ``nn.Conv2d`` of ``model`` called in one forward pass of ``example_input``, in the
     order of first call, with the spatial size of the input it received."""
     names = {m: name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     if not names:
         raise UserError(f"{type(model).__name__} has no nn.Conv2d layers")
     seen = first_inputs(model, names, example_input)
-    return [ConvSite(names[m], m, tuple(int(n) for n in x.shape[-2:])) for m, x in seen.items()
+    return [LayerSite(names[m], m, tuple(int(n) for n in x.shape[-2:])) for m, x in seen.items()
             if isinstance(x, torch.Tensor)]
 
 
-def select_convs(sites: list[ConvSite], which) -> list[ConvSite]:
+def find_linears(model: nn.Module) -> list[LayerSite]:
+    """Every ``nn.Linear`` of ``model``, in registration order (no forward pass: a matrix needs no size)."""
+    return [LayerSite(name, m, None) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def exactly_projectable(conv: nn.Conv2d) -> bool:
+    """Whether one projection (or clipping) of ``conv`` is exact: every output pixel reads its own
+    input pixels, i.e. the kernel is no larger than the stride in each dimension and the conv pads
+    nothing.  Then its operator is one matrix per pixel (1x1 convs, the 2x2 stride-2 downsampling of
+    ConvNeXt/Swin-style nets, 4x4 or 16x16 patch embeddings).  Padding rules a conv out: its border
+    pixels read padded values, so the border rows of its operator are other matrices than the
+    inner ones (zero padding: the patch matrix with columns removed), and a kernel with taps
+    between dilated positions (dilation > 1, kernel > 1x1) is not a kernel the projection makes."""
+    kernel, stride = tuple(conv.kernel_size), tuple(conv.stride)
+    padded = conv.padding == "same" or (not isinstance(conv.padding, str) and any(conv.padding))
+    dilated = tuple(conv.dilation) != (1, 1) and kernel != (1, 1)
+    return all(k <= s for k, s in zip(kernel, stride)) and not padded and not dilated
+
+
+#: Keywords of ``select_convs`` / ``select_layers``: which layers each names.
+KEYWORDS = {
+    "all": lambda m: True,
+    "exact": lambda m: isinstance(m, nn.Linear) or exactly_projectable(m),
+    "downsample": lambda m: isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and max(m.stride) > 1,
+}
+
+
+def select_convs(sites: list[LayerSite], which, *, what: str = "convs") -> list[LayerSite]:
     """The sites named by ``which``: a qualified name (a glob as in
-    :func:`procres.diagnostics.units.units_by_name`: ``*`` within one dotted segment), an
-    ``nn.Conv2d``, ``"downsample"`` (every conv with a 1x1 kernel and a stride above 1), or a list
-    of these; each must match at least one conv seen in the forward pass."""
+    :func:`procres.diagnostics.units.units_by_name`: ``*`` within one dotted segment), a module, a
+    keyword (``"exact"``: every conv of :func:`exactly_projectable` or every Linear; ``"downsample"``:
+    every conv with a 1x1 kernel and a stride above 1; ``"all"``), or a list of these; each must match
+    at least one of ``sites`` (``what`` names them in the message)."""
     items = which if isinstance(which, (list, tuple)) else [which]
-    chosen: list[ConvSite] = []
+    chosen: list[LayerSite] = []
     for item in items:
         if isinstance(item, nn.Module):
             found = [s for s in sites if s.module is item]
-        elif item == "downsample":
-            found = [s for s in sites if tuple(s.module.kernel_size) == (1, 1) and max(s.module.stride) > 1]
+        elif isinstance(item, str) and item in KEYWORDS:
+            found = [s for s in sites if KEYWORDS[item](s.module)]
         elif isinstance(item, str):
             pattern = name_pattern(item)
             found = [s for s in sites if pattern.fullmatch(s.name)]
         else:
-            raise UserError(f"convs must be names, nn.Conv2d modules or 'downsample', got {type(item).__name__}")
+            raise UserError(f"{what} must be names, modules or one of {sorted(KEYWORDS)}, got {type(item).__name__}")
         if not found:
             listed = ", ".join(s.name for s in sites[:6]) + (", ..." if len(sites) > 6 else "")
-            raise UserError(f"no conv of the model matches {item!r} (convs called in the forward pass: {listed})")
+            where = "called in the forward pass" if what == "convs" else "of the model"
+            raise UserError(f"no {what[:-1]} of the model matches {item!r} ({what} {where}: {listed or 'none'})")
         chosen += [s for s in found if s not in chosen]
     return chosen
+
+
+def select_layers(model: nn.Module, example_input=None, *, convs=None, linears=None,
+                  verb: str = "project") -> list[LayerSite]:
+    """The convs (at the input sizes one forward pass of ``example_input`` shows) and the
+    ``nn.Linear`` layers of ``model`` that ``convs`` and ``linears`` name (see :func:`select_convs`;
+    None: none of that kind), convs first.  A named conv whose class computes another operator in its
+    own ``forward`` (:func:`computes_its_operator`) is refused (``verb`` says what would not work):
+    a changed weight would not bound it."""
+    if convs is None and linears is None:
+        raise UserError("name the layers: convs= (names, globs, modules, 'exact', 'downsample' or 'all'), "
+                        "linears= (names, globs, modules or 'all') or both")
+    sites = []
+    if convs is not None:
+        if example_input is None:
+            raise UserError("selecting convs needs example_input, a batch the model accepts, to learn each conv's "
+                            "input size")
+        sites = select_convs(find_convs(model, example_input), convs)
+        other = [f"{s.name} ({type(s.module).__name__})" for s in sites
+                 if not computes_its_operator(s.module, s.input_size)]
+        if other:
+            raise UserError(f"cannot {verb} {', '.join(other)}: its forward computes another operator than "
+                            "F.conv2d with its weight (weight standardisation, run-time padding), which a changed "
+                            "weight would not bound")
+    if linears is not None:
+        sites += select_convs(find_linears(model), linears, what="linears")
+    return sites
 
 
 def _zeros_part(conv: nn.Conv2d, size, target: float, zeros: str, tol: float, max_iter: int) -> dict | None:

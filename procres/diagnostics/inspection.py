@@ -5,7 +5,11 @@
 1. units (:func:`procres.diagnostics.units.find_units`, or ``units_by_name`` for a ``pattern``);
 2. the conv table (:func:`procres.diagnostics.convs.conv_spectra`) of the weights as given, at the input
    size each conv sees for the first batch;
-3. r_l per unit (:class:`procres.diagnostics.recorder.NormRecorder`): mean over ``measure`` forward and
+3. with ``project`` (``"exact"``, ``"downsample"``, a glob or a list, as ``attach_procrustes(convs=...)``
+   selects convs: :func:`procres.diagnostics.convs.select_layers`), the selected convs' spectra before
+   and after one exact Procrustes projection (:func:`procres.spectral.projection.project_conv_`) of a
+   copy of the model, so that the other numbers are the given model's (:func:`projection_preview`);
+4. r_l per unit (:class:`procres.diagnostics.recorder.NormRecorder`): mean over ``measure`` forward and
    backward passes in training mode without an update ("init"), then ``steps`` steps of SGD
    (lr ``lr``, momentum 0.9; the model is changed), then the same passes again ("trained").
 
@@ -23,18 +27,19 @@ writes it as ``inspect.json`` with its figures; the command line's batches come 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
 import torch
 from torch import nn
 
-from procres.diagnostics.convs import conv_spectra
+from procres.diagnostics.convs import conv_spectra, layer_spectrum, select_layers
 from procres.diagnostics.recorder import NormRecorder, first_tensor
 from procres.diagnostics.units import find_units, units_by_name
 from procres.errors import UserError
 
-__all__ = ["inspect_model", "units_table"]
+__all__ = ["inspect_model", "units_table", "projection_preview", "projection_table"]
 
 
 def _loss(out, y, gen):
@@ -60,10 +65,49 @@ def _measure(runner, units, batches, seed):
     return rec.summary()["ratio"]
 
 
+def projection_preview(model: nn.Module, example_input, which, *, zeros: str = "auto") -> list[dict]:
+    """The convs of ``model`` that ``which`` selects, each projected once (exact) on a copy of the
+    model: ``[{"name", "before", "after", "report"}]``, ``before`` and ``after`` the
+    :func:`procres.diagnostics.convs.layer_spectrum` rows of its weights, ``report`` the
+    :class:`procres.spectral.projection.ProjectionReport` as a dict.  ``model`` is left as it is."""
+    from procres.spectral.projection import project_conv_
+
+    twin = copy.deepcopy(model)
+    out = []
+    for site in select_layers(twin, example_input, convs=which):
+        before = layer_spectrum(site.module, site.input_size, zeros=zeros, name=site.name)
+        try:
+            report = project_conv_(site.module, site.input_size)
+        except UserError as err:
+            raise UserError(f"cannot project {site.name}: {err}") from None
+        after = layer_spectrum(site.module, site.input_size, zeros=zeros, name=site.name)
+        out.append({"name": site.name, "before": before, "after": after, "report": report.as_dict()})
+    return out
+
+
+def projection_table(layers: list[dict]) -> str:
+    """Fixed-width table of :func:`projection_preview`: per conv its target, whether one projection
+    is exact, and ``sigma_max`` / ``sigma_min`` of the circular and the padded operator before ->
+    after."""
+    w = max([30] + [len(r["name"]) for r in layers])
+    lines = [f"{'projected layer':{w}s} {'target':>7s} {'exact':>5s}  {'circular max':>19s} {'circular min':>19s}  "
+             f"{'padded max':>19s} {'padded min':>19s}"]
+    for r in layers:
+        cells = []
+        for part in ("circular", "zeros"):
+            for key in ("sigma_max", "sigma_min"):
+                a, b = ((r[when].get(part) or {}).get(key) for when in ("before", "after"))
+                cells.append("-" if a is None or b is None else f"{a:8.4g} -> {b:<8.4g}")
+        lines.append(f"{r['name']:{w}s} {r['report']['target']:7.3f} {'yes' if r['report']['exact'] else 'no':>5s}  "
+                     f"{cells[0]:>19s} {cells[1]:>19s}  {cells[2]:>19s} {cells[3]:>19s}")
+    return "\n".join(lines)
+
+
 def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float = 0.01, measure: int = 2,
-                  pattern: str | None = None, zeros: str = "auto", seed: int = 0) -> dict:
+                  pattern: str | None = None, zeros: str = "auto", seed: int = 0, project=None) -> dict:
     """Units, conv spectra and r_l of ``model`` on ``batches`` (see the module docstring); returns a
-    JSON-ready dict ``{"units": [...], "convs": [...], "seconds": {...}, ...}``."""
+    JSON-ready dict ``{"units": [...], "convs": [...], "seconds": {...}, ...}``, with
+    ``"projection": {"which", "layers"}`` when ``project`` names convs (:func:`projection_preview`)."""
     if not batches or len(batches) < measure:
         raise UserError(f"inspect needs at least {measure} batches, got {len(batches)}")
     x0 = batches[0][0]
@@ -78,6 +122,7 @@ def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float 
     units = find_units(model, x0) if pattern is None else units_by_name(model, pattern, x0)
     start = clock("trace", start)
     convs = conv_spectra(model, x0[:1], zeros=zeros) if any(isinstance(m, nn.Conv2d) for m in model.modules()) else []
+    preview = None if project is None else projection_preview(model, x0[:1], project, zeros=zeros)
     start = clock("spectra", start)
     runner = units.module.train()
     probe = batches[:measure]
@@ -96,9 +141,12 @@ def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float 
     clock("record", start)
     rows = [{"name": u.name, "kind": u.kind, "skip": u.skip, "ratio_init": a, "ratio_trained": b}
             for u, a, b in zip(units, init, trained)]
-    return {"model": type(model).__name__, "input_shape": list(x0.shape[1:]), "batch": int(x0.shape[0]),
-            "steps": steps, "lr": lr, "measure_batches": measure, "losses": losses, "units": rows,
-            "convs": convs, "seconds": seconds, "cpu_seconds": cpu}
+    result = {"model": type(model).__name__, "input_shape": list(x0.shape[1:]), "batch": int(x0.shape[0]),
+              "steps": steps, "lr": lr, "measure_batches": measure, "losses": losses, "units": rows,
+              "convs": convs, "seconds": seconds, "cpu_seconds": cpu}
+    if preview is not None:
+        result["projection"] = {"which": project, "layers": preview}
+    return result
 
 
 def units_table(result: dict) -> str:

@@ -6,6 +6,7 @@
 - ``lanczos``     the one Lanczos iteration (also used for Jacobian spectra)
 - ``polar``       the polar factor (SVD, eigh, converged Newton-Schulz), per frequency too
 - ``projection``  the Procrustes projection of a conv onto norm-preserving kernels
+- ``clipping``    singular-value clipping of a conv or Linear operator (Sedghi et al.)
 - ``faithful``    the authors' released projection, quirks included
 - ``device``      the projection as device-side matmuls with no host syncs (CUDA graphs)
 

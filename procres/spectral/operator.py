@@ -44,7 +44,8 @@ from torch import nn
 
 from procres.errors import UserError
 
-__all__ = ["DENSE_LIMIT", "DENSE_ENTRIES", "ConvOperator", "conv_operator", "size_pair", "check_weight"]
+__all__ = ["DENSE_LIMIT", "DENSE_ENTRIES", "ConvOperator", "conv_operator", "size_pair", "check_weight", "positive_int",
+           "finite_number"]
 
 #: Largest *smaller* side of a dense operator (``conv_matrix``, the exact zero-padding spectrum):
 #: its SVD works on a ``DENSE_LIMIT``-wide matrix (A or A^T).  4096 x 4096 float64 is 128 MiB.
@@ -66,6 +67,19 @@ def _integral(value, name: str, minimum: int) -> int:
     if out < minimum:
         raise UserError(f"{name} must be >= {minimum}, got {value!r}")
     return out
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` as an int >= 1 (numpy and 0-d tensor ints too); a UserError naming it otherwise."""
+    return _integral(value, name, 1)
+
+
+def finite_number(value, name: str, *, positive: bool = False) -> float:
+    """``value`` as a float: a finite real number, >= 0 (``positive``: > 0); a UserError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+            or (positive and value == 0):
+        raise UserError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+    return float(value)
 
 
 def size_pair(value, name: str, minimum: int = 1) -> tuple[int, int]:
@@ -181,6 +195,22 @@ class ConvOperator:
 
     def with_mode(self, padding_mode: str) -> "ConvOperator":
         return dataclasses.replace(self, padding_mode=_check_mode(padding_mode, self))
+
+    def enclosing_circular(self) -> "ConvOperator":
+        """The circular operator of which this zero-padded one is a restriction, so that its norm
+        is an upper bound of this operator's: the same kernel on the torus of the padded input
+        (``h + top + bottom``, rounded up to a multiple of the stride; the same for the width).
+        Embedding the input in that torus with zeros around it is an isometry, no output pixel of
+        the zero-padded conv reads across the seam, so its rows are rows of the circular conv up to
+        a shift of the input (a unitary map).  A circular operator is returned as it is."""
+        if self.padding_mode == "circular":
+            return self
+        if self.padding_mode != "zeros":
+            raise UserError(f"a {self.padding_mode}-padded conv is no restriction of a circular one (its padded "
+                            "pixels copy input pixels): no circular operator bounds its norm")
+        t, b, l, r = self.padding
+        grid = tuple(-(-(n + p) // s) * s for n, p, s in zip(self.input_size, (t + b, l + r), self.stride))
+        return dataclasses.replace(self, input_size=grid, padding_mode="circular")
 
     def to(self, dtype) -> "ConvOperator":
         return dataclasses.replace(self, weight=self.weight.to(dtype))

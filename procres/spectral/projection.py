@@ -69,31 +69,43 @@ from procres.spectral.symbol import (
     polyphase_symbol,
 )
 
-__all__ = ["project_kernel", "project_conv_", "ProjectionReport", "resolve_conv", "check_options", "default_target",
+__all__ = ["project_kernel", "project_conv_", "OperatorReport", "ProjectionReport", "resolve_conv", "check_options", "default_target",
            "stays_on_device", "project_weight_"]
 
 
-# ----------------------------------------------------------------------------- projection
+# ----------------------------------------------------------------------------- reports
 @dataclasses.dataclass
-class ProjectionReport:
-    """How far the circular operator's non-zero singular values are from ``target`` after the
-    projection (computed exactly, polyphase for strided layers).  ``history`` holds
-    ``max_rel_error`` before the first and after each iteration."""
+class OperatorReport:
+    """What an in-place regulariser (projection, clipping) did to a layer's operator: the extreme
+    non-zero singular values it achieved (exact spectrum of the operator it acted on), ``history``
+    of its error measure before the first and after each of its ``iterations``, and whether one
+    step is ``exact`` (the operator is one matrix for every pixel: kernel no larger than the
+    stride, or a Linear layer's matrix).  ``stride`` and ``grid`` (the FFT grid) are None for a
+    matrix."""
 
-    target: float
     sigma_min: float
     sigma_max: float
-    max_rel_error: float
     iterations: int
-    method: str
-    faithful: bool
-    stride: tuple
-    grid: tuple
     history: list
-    groups: int = 1
+    exact: bool
+    stride: tuple | None
+    grid: tuple | None
+    groups: int
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ProjectionReport(OperatorReport):
+    """How far the circular operator's non-zero singular values are from ``target`` after the
+    projection (computed exactly, polyphase for strided layers); ``history`` holds
+    ``max_rel_error``."""
+
+    target: float = math.nan
+    max_rel_error: float = math.nan
+    method: str = "svd"
+    faithful: bool = False
 
 
 def resolve_conv(conv_or_weight, input_size, stride, groups):
@@ -208,11 +220,12 @@ def project_weight_(weight, size, stride, groups, target, method, faithful, iter
         weight.copy_(w)
     if not report:
         return None
+    one_matrix = weight.shape[-2:] == (1, 1) if faithful else frequency_independent(weight.shape[-2:], stride)
     return ProjectionReport(
         target=float(target), sigma_min=float(sv.min()), sigma_max=float(sv.max()),
         max_rel_error=errors[-1], iterations=iterations, method=method, faithful=faithful,
         stride=tuple(stride), grid=(size[0] // stride[0], size[1] // stride[1]), history=errors,
-        groups=groups)
+        groups=groups, exact=bool(one_matrix))
 
 
 def check_options(method, faithful, iterations, target):

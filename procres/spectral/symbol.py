@@ -7,12 +7,20 @@ which half-spectrum entries are real or stand for a conjugate pair; ``kernel_fro
 inverts it and crops to the kernel support (the Procrustes projection); ``batched_svdvals``
 decomposes a batch of them; ``circular_symbol`` / ``circular_singular_values`` do the same for a
 resolved :class:`procres.spectral.operator.ConvOperator` (dilation, groups), and ``patch_singular_values``
-covers patch convs (one matrix for every pixel).  :mod:`procres.spectral` turns them into
-singular values and :mod:`procres.spectral.projection` into norm-preserving kernels.
+covers patch convs (one matrix for every pixel); ``frequency_matrix`` is one frequency's matrix,
+differentiable, and ``circular_norm`` the operator's norm with its gradient.
+:mod:`procres.spectral.spectra` turns them into singular values and :mod:`procres.spectral.projection`
+into norm-preserving kernels.
+
+The symbol is computed as a DFT over the taps, two small matrix products per sub-kernel tap row
+and column (``exp(-2 pi i u q / m)`` with ``u q`` reduced modulo ``m`` in integers): the same values
+as an FFT of the zero-padded kernel, 3-6x faster for kernels much smaller than the grid (measured
+on a CPU for 3x3 kernels with 16-32 channels on 5x5 to 9x9 grids).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -23,7 +31,7 @@ from procres.spectral.operator import ConvOperator, size_pair
 
 __all__ = ["polyphase_symbol", "frequency_classes", "kernel_from_symbol", "batched_svdvals",
            "check_divisible", "tap_phases", "frequency_independent", "circular_symbol",
-           "circular_singular_values", "patch_singular_values"]
+           "circular_singular_values", "patch_singular_values", "frequency_matrix", "circular_norm"]
 
 
 def check_divisible(size, stride) -> tuple[int, int]:
@@ -68,14 +76,30 @@ def polyphase_symbol(weight, input_size, stride=1):
     ordered ``(c_in, r, t)``).  ``frequency_classes`` says which entries to use.
     """
     size, stride = size_pair(input_size, "input_size"), size_pair(stride, "stride")
-    (mh, mw), (sh, sw) = check_divisible(size, stride), stride
-    weight = _wrap_kernel(weight, size)
+    (mh, mw) = check_divisible(size, stride)
+    sub = _subkernels(_wrap_kernel(weight, size), stride)
+    rows, cols = _dft_matrix(mh, mh, sub.shape[-2], sub), _dft_matrix(mw // 2 + 1, mw, sub.shape[-1], sub)
+    return torch.einsum("uq,vp,ocqp->uvoc", rows, cols, sub.to(rows.dtype))
+
+
+def _dft_matrix(frequencies, m: int, taps: int, like: torch.Tensor) -> torch.Tensor:
+    """``exp(-2 pi i u q / m)`` for the first ``frequencies`` ``u`` (an int) or the given ones
+    (a list) and taps ``q < taps``: ``(len(u), taps)``, complex, on ``like``'s device and precision.
+    ``u q`` is reduced modulo ``m`` in integers, so that the angle keeps its digits."""
+    u = torch.arange(frequencies) if isinstance(frequencies, int) else torch.tensor(frequencies)
+    turns = (u[:, None] * torch.arange(taps)) % m
+    angle = (-2 * math.pi / m) * turns.to(like.dtype)
+    return torch.polar(torch.ones_like(angle), angle).to(like.device)
+
+
+def _subkernels(weight, stride) -> torch.Tensor:
+    """``(C_out, C_in * ph * pw, qh, qw)``: the polyphase sub-kernels ``W[:, :, s q + r, s p + t]``
+    of the phases that hold taps, columns ordered ``(c_in, r, t)``."""
     c_out, c_in, kh, kw = weight.shape
-    ph, pw = tap_phases((kh, kw), stride)
+    (sh, sw), (ph, pw) = stride, tap_phases((kh, kw), stride)
     qh, qw = -(-kh // sh), -(-kw // sw)
     sub = F.pad(weight, (0, qw * sw - kw, 0, qh * sh - kh)).reshape(c_out, c_in, qh, sh, qw, sw)
-    sub = sub[:, :, :, :ph, :, :pw].permute(0, 1, 3, 5, 2, 4).reshape(c_out, c_in * ph * pw, qh, qw)
-    return torch.fft.rfft2(sub, s=(mh, mw)).permute(2, 3, 0, 1)
+    return sub[:, :, :, :ph, :, :pw].permute(0, 1, 3, 5, 2, 4).reshape(c_out, c_in * ph * pw, qh, qw)
 
 
 def frequency_classes(grid, device=None):
@@ -157,6 +181,37 @@ def circular_symbol(op: ConvOperator) -> torch.Tensor:
     """``(F, groups, C_out / g, C_in / g * ph * pw)``: the half spectrum's matrices per group."""
     symbol = polyphase_symbol(op.dilated_weight(), op.input_size, op.stride).flatten(0, 1)
     return symbol.reshape(symbol.shape[0], op.groups, op.c_out // op.groups, symbol.shape[-1])
+
+
+def frequency_matrix(op: ConvOperator, index: int, group: int = 0) -> torch.Tensor:
+    """The matrix of one group at one frequency of :func:`circular_symbol` (``index`` into its
+    flattened half spectrum), ``(C_out / g, C_in / g * ph * pw)``: its DFT over the taps alone,
+    differentiable in ``op.weight``."""
+    mh, mw = op.output_size
+    u, v = divmod(index, mw // 2 + 1)
+    co = op.c_out // op.groups
+    sub = _subkernels(_wrap_kernel(op.dilated_weight()[group * co:(group + 1) * co], op.input_size), op.stride)
+    row, col = _dft_matrix([u], mh, sub.shape[-2], sub)[0], _dft_matrix([v], mw, sub.shape[-1], sub)[0]
+    return torch.einsum("q,p,ocqp->oc", row, col, sub.to(row.dtype))
+
+
+def circular_norm(op: ConvOperator) -> torch.Tensor:
+    """The largest singular value of a circular operator as a 0-d tensor, differentiable in
+    ``op.weight`` (a subgradient where it is repeated).  Without grad: the largest eigenvalue of
+    every frequency's smaller Gram matrix (``eigvalsh``, ~3x faster than the SVD of the matrices)
+    says where it is, and that Gram matrix's top eigenvector gives the singular vectors ``u, v``;
+    with grad, ``Re(u^H A(W) v)`` of the one matrix there (:func:`frequency_matrix`), whose
+    gradient is the top singular value's."""
+    with torch.no_grad():
+        symbol = circular_symbol(dataclasses.replace(op, weight=op.weight.detach()))
+        wide = symbol.shape[-2] <= symbol.shape[-1]
+        gram = symbol @ symbol.mH if wide else symbol.mH @ symbol
+        index, group = divmod(int(torch.linalg.eigvalsh(gram)[..., -1].argmax()), op.groups)
+        A = symbol[index, group]
+        x = torch.linalg.eigh(gram[index, group])[1][:, -1]
+        u, v = (x, A.mH @ x) if wide else (A @ x, x)
+        u, v = u / u.norm(), v / v.norm()
+    return torch.real(u.conj() @ frequency_matrix(op, index, group) @ v)
 
 
 def circular_singular_values(op: ConvOperator) -> torch.Tensor:

@@ -1,12 +1,22 @@
-"""procres.constraints.hooks: the Procrustes step hook's seeded decisions, state, removal and errors."""
+"""procres.constraints.hooks: the step hook's seeded decisions, state, removal and errors; the layers
+of any model it projects or clips (convs="exact", linears=), checked on the dense operators."""
+
+import copy
+import math
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from procres.constraints.hooks import ProcrustesHook, attach_procrustes, register_procrustes_hook
+from dense_operators import impulse_operator
+from procres.constraints.hooks import (ProcrustesHook, StepHook, attach_clipping, attach_procrustes,
+                                       register_procrustes_hook)
+from procres.diagnostics.convs import exactly_projectable, select_layers
+from procres.errors import UserError
+from procres.spectral.clipping import clip_singular_values_
 from procres.spectral.spectra import conv_singular_values
+from user_models import TinyConvNeXt
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 
@@ -137,3 +147,161 @@ def test_hook_rejects_bad_layers_and_p():
         register_procrustes_hook(opt, [(net.trans, 7)])
 
 
+
+
+# ----------------------------------------------------------------------------- any model's layers, clipping
+def dense(conv, size):
+    """The conv's own (zero-padded) operator, dense, from its impulse responses."""
+    return impulse_operator(conv, size, conv.padding_mode)
+
+
+def one_step(model, opt, x):
+    model.train()
+    opt.zero_grad()
+    first = model(x)
+    (first[0] if isinstance(first, tuple) else first).square().sum().backward()
+    opt.step()
+
+
+def test_convs_exact_selects_the_kernel_no_larger_than_stride_convs_of_a_convnext():
+    torch.manual_seed(0)
+    model = TinyConvNeXt(dims=(4, 8), depths=(1, 1)).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hook = attach_procrustes(model, opt, convs="exact", example_input=x, p=1.0)
+    # the 4x4 stride-4 patch embedding and the 2x2 stride-2 downsampling; not the 7x7 depthwise convs
+    assert hook.names == ["stem.0", "stages.1.0.1"]
+    assert not any("dwconv" in name for name in hook.names)
+    one_step(model, opt, x)
+    for conv, size, *_ in hook.layers:                       # exact: every non-zero value on target
+        sv = torch.linalg.svdvals(dense(conv, size))
+        target = math.sqrt(conv.out_channels / min(conv.out_channels, conv.in_channels * math.prod(conv.kernel_size)))
+        torch.testing.assert_close(sv[sv > 1e-8 * sv[0]], torch.full_like(sv[sv > 1e-8 * sv[0]], target),
+                                   rtol=1e-10, atol=0)
+
+
+def test_exact_means_no_padding_and_no_dilated_taps():
+    model = nn.Sequential(nn.Conv2d(2, 4, 1), nn.Conv2d(4, 4, 2, stride=2, padding=1), nn.Conv2d(4, 4, 2, stride=2),
+                          nn.Conv2d(4, 8, 3, stride=3), nn.Conv2d(8, 8, 2, stride=4, dilation=2),
+                          nn.Conv2d(8, 8, 3, padding=1))
+    sites = select_layers(model, torch.randn(1, 2, 48, 48), convs="exact")
+    assert [s.name for s in sites] == ["0", "2", "3"]
+    assert [exactly_projectable(m) for m in model] == [True, False, True, True, False, False]
+
+
+def test_linears_projects_the_named_linear_layers_to_the_target():
+    torch.manual_seed(0)
+    model = TinyConvNeXt(dims=(4, 8), depths=(1, 1)).double()
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    hook = attach_procrustes(model, opt, linears="stages.*.*.pwconv1", p=1.0)
+    assert hook.names == ["stages.0.1.pwconv1", "stages.1.1.pwconv1"]
+    before = model.stages[0][1].pwconv2.weight.detach().clone()
+    one_step(model, opt, x)
+    for name in hook.names:
+        W = model.get_submodule(name).weight.detach()
+        out, inp = W.shape
+        torch.testing.assert_close(torch.linalg.svdvals(W), torch.full((min(out, inp),), math.sqrt(out / min(out, inp)),
+                                                                       dtype=torch.float64), rtol=1e-10, atol=0)
+    assert not torch.equal(model.stages[0][1].pwconv2.weight, before)          # plain SGD moved it ...
+    assert not torch.allclose(torch.linalg.svdvals(model.stages[0][1].pwconv2.weight.detach()),
+                              torch.tensor(1.0, dtype=torch.float64))           # ... and did not project it
+    both = attach_procrustes(model, torch.optim.SGD(model.parameters(), lr=0.1), convs="exact", linears=["head"],
+                             example_input=x)
+    assert both.names == ["stem.0", "stages.1.0.1", "head"]
+
+
+def test_attach_clipping_clips_the_selected_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(),
+                          nn.Linear(8 * 4 * 4, 5)).double()
+    with torch.no_grad():
+        for m in (model[0], model[2], model[4]):
+            m.weight.mul_(5)
+    x = torch.randn(4, 3, 8, 8, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    hook = attach_clipping(model, opt, max=0.8, min=0.2, convs="all", linears="all", example_input=x, iterations=30)
+    assert isinstance(hook, StepHook) and not isinstance(hook, ProcrustesHook)
+    assert hook.names == ["0", "2", "4"] and [size for _, size, *_ in hook.layers] == [(8, 8), (4, 4), None]
+    one_step(model, opt, x)
+    patch = torch.linalg.svdvals(dense(model[0], (8, 8)))
+    live = patch[:8 * 16]                                     # 8 values per output pixel; the rest are zeros
+    assert float(live.max()) <= 0.8 + 1e-10 and float(live.min()) >= 0.2 - 1e-10
+    linear = torch.linalg.svdvals(model[4].weight.detach())
+    assert float(linear.max()) <= 0.8 + 1e-10 and float(linear.min()) >= 0.2 - 1e-10
+    padded = float(torch.linalg.svdvals(dense(model[2], (4, 4)))[0])   # 3x3: alternating, toward 0.8
+    assert padded < 0.8 * 1.05 and hook.projections == 3
+
+
+def test_every_applies_the_rule_on_every_nth_step_only():
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    hook = attach_clipping(net, opt, max=0.5, convs="trans", example_input=DATA[0], every=3)
+    applied = []
+    opt.register_step_post_hook(lambda *_: applied.append(hook.projections))
+    for x in DATA[:7]:
+        opt.zero_grad()
+        net(x).pow(2).sum().backward()
+        opt.step()
+    assert applied == [0, 0, 1, 1, 1, 2, 2] and hook.steps == 7
+    assert hook.state_dict()["every"] == 3
+
+
+def test_the_hook_method_the_cuda_graph_step_calls_applies_the_rule():
+    """training/loop.py calls ``_after_step`` itself after a graph replay (the update is in the graph)."""
+    torch.manual_seed(0)
+    net = TinyNet().double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    hook = attach_clipping(net, opt, max=0.5, convs=["trans"], example_input=DATA[0])
+    hook._after_step(opt, (), {})
+    assert float(torch.linalg.svdvals(net.trans.weight.detach()[:, :, 0, 0]).max()) <= 0.5 + 1e-12
+
+
+def bad_attach_calls():
+    x = DATA[0]
+    return [
+        (attach_clipping, dict(max=0.5, min=0.6, convs="all", example_input=x), "larger than max"),
+        (attach_clipping, dict(max=-1.0, convs="all", example_input=x), "max must be"),
+        (attach_clipping, dict(max=1.0), "name the layers"),
+        (attach_clipping, dict(convs="all"), "example_input"),
+        (attach_clipping, dict(linears="head"), "no linear of the model matches 'head'"),
+        (attach_clipping, dict(convs="nope", example_input=x), "no conv of the model matches 'nope'"),
+        (attach_clipping, dict(convs="all", example_input=x, every=0), "every"),
+        (attach_procrustes, dict(convs=[3], example_input=x), "convs must be names"),
+        (attach_procrustes, dict(convs="all", example_input=x, faithful=True, p=1.5), "p must"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(bad_attach_calls())))
+def test_bad_attach_calls_raise_one_sentence_and_change_nothing(index):
+    attach, kwargs, message = bad_attach_calls()[index]
+    net = TinyNet().double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(UserError, match=message):
+        attach(net, opt, **kwargs)
+    assert not opt._optimizer_step_post_hooks
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_linear_has_no_faithful_projection():
+    model = nn.Sequential(nn.Linear(3, 4))
+    with pytest.raises(UserError, match="faithful=True.*no Linear"):
+        attach_procrustes(model, torch.optim.SGD(model.parameters(), lr=0.1), linears="0", faithful=True)
+
+
+def test_clipping_acts_on_the_weight_after_the_step_in_half_precision_too():
+    """A bfloat16 weight is measured in float32 (a copy): the hook must clip today's values."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 2, stride=2, bias=False)).to(torch.bfloat16)
+    twin = copy.deepcopy(model)
+    x = torch.randn(2, 3, 4, 4).to(torch.bfloat16)
+    opt, opt_twin = (torch.optim.SGD(m.parameters(), lr=1.0) for m in (model, twin))
+    attach_clipping(model, opt, max=0.5, convs="all", example_input=x)
+    for m, o in ((model, opt), (twin, opt_twin)):
+        o.zero_grad()
+        m(x).float().square().sum().backward()
+        o.step()
+    clip_singular_values_(twin[0], max=0.5)
+    assert torch.equal(model[0].weight, twin[0].weight)

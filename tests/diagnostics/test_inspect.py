@@ -187,3 +187,47 @@ def test_readme_own_network_snippet_runs_on_a_torchvision_layout(monkeypatch, ca
     assert "'sigma_max'" in extremes and len(scope["rows"]) == 53
     # "downsample": the strided 1x1 convs (layer1.0's projection has stride 1)
     assert scope["hook"].names == ["layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0"]
+
+
+def _inspect_json(capsys, tmp_path, *extra, size="16"):
+    argv = ["inspect", "user_models:TinyConvNeXt", "--kwargs", '{"dims": [4, 8], "depths": [1, 1]}',
+            "--input-shape", "3", size, size, "--batch", "2", "--steps", "1", "--zeros", "dense", "--threads", "1",
+            "--out", str(tmp_path), *extra]
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def test_inspect_project_shows_the_spectra_before_and_after_one_projection(capsys, tmp_path):
+    printed = _inspect_json(capsys, tmp_path / "a", "--project", "exact")
+    assert "one exact Procrustes projection of --project exact" in printed and "projected layer" in printed
+    result = json.loads((tmp_path / "a" / "inspect.json").read_text())
+    layers = result["projection"]["layers"]
+    assert result["projection"]["which"] == "exact" and [r["name"] for r in layers] == ["stem.0", "stages.1.0.1"]
+    convs = {r["name"]: r for r in result["convs"]}
+    for r in layers:
+        assert r["before"] == convs[r["name"]]                # the conv table's row: the model's own weights
+        target = r["report"]["target"]
+        for part in ("circular", "zeros"):                    # patch convs: exactly on target, both paddings
+            assert r["after"][part]["sigma_max"] == pytest.approx(target, rel=1e-6)
+            assert r["after"][part]["sigma_min"] == pytest.approx(target, rel=1e-6)
+        assert r["report"]["exact"] and r["before"]["circular"]["max_rel_error"] > 0.1
+    # on a copy: every other number is what inspect prints without --project
+    _inspect_json(capsys, tmp_path / "b")
+    plain = json.loads((tmp_path / "b" / "inspect.json").read_text())
+    assert "projection" not in plain
+    assert plain["units"] == result["units"] and plain["convs"] == result["convs"]
+
+
+def test_inspect_project_of_a_3x3_conv_and_its_errors(capsys, tmp_path):
+    _inspect_json(capsys, tmp_path, "--project", "stages.0.*.dwconv", size="32")
+    (row,) = json.loads((tmp_path / "inspect.json").read_text())["projection"]["layers"]
+    assert not row["report"]["exact"]                         # a 7x7 kernel is cropped: closer, not on target
+    assert row["after"]["circular"]["max_rel_error"] < row["before"]["circular"]["max_rel_error"]
+    assert main(["inspect", "user_models:TinyConvNeXt", "--project", "stages.1.*.dwconv", "--input-shape", "3", "16",
+                 "16", "--steps", "1", "--zeros", "off", "--out", str(tmp_path), "--threads", "1"]) == 1
+    err = capsys.readouterr().err                             # its 7x7 kernel on a 2x2 input
+    assert "cannot project stages.1.1.dwconv: kernel 7x7 is larger than input_size (2, 2)" in err
+    assert main(["inspect", "resnet8", "--project", "nothing.*", "--steps", "1", "--zeros", "off",
+                 "--out", str(tmp_path), "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "no conv of the model matches 'nothing.*'" in err and err.count("\n") == 1
