@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from procres.diagnostics.convs import conv_spectra
-from procres.diagnostics.recorder import NormRecorder, first_tensor
+from procres.diagnostics.example import first_tensor
+from procres.diagnostics.recorder import NormRecorder
 from procres.diagnostics.units import find_units, units_by_name
 from procres.errors import UserError
 
