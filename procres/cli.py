@@ -99,26 +99,52 @@ def _run_spectrum(args):
 
 
 # ---------------------------------------------------------------- inspect
+def _add_input(p) -> None:
+    """--input-shape | --input-ids, and --vocab: what inspect and study feed the model."""
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
+                       help="input shape without the batch (default: the data's, else 3 32 32)")
+    shape.add_argument("--input-ids", type=int, default=None, metavar="LEN",
+                       help="token input: LEN random token ids in [0, vocab) per example (a language model's "
+                            "logits get the next-token loss)")
+    p.add_argument("--vocab", type=int, default=None, metavar="N",
+                   help="vocabulary of --input-ids (default: the model's config.vocab_size)")
+
+
+def _json_kwargs(text: str) -> dict:
+    import json
+
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--kwargs must be a JSON object, got {text!r} ({err.msg})") from None
+    if not isinstance(kwargs, dict):
+        raise UserError(f"--kwargs must be a JSON object, got {text!r}")
+    return kwargs
+
+
 def _add_inspect(sub):
     p = sub.add_parser(
         "inspect", help="residual units, r_l and conv spectra of any model (a registered name or pkg.mod:factory)",
-        description="Finds the residual units of MODEL by tracing it (torch.fx), measures the gradient-norm ratio "
-                    "r_l of each at initialisation and after a few SGD steps, and the spectrum of every conv at the "
-                    "input size it sees. Example: procres inspect resnet20 --steps 5; procres inspect "
-                    "torchvision.models:resnet18 --input-shape 3 64 64 --kwargs '{\"num_classes\": 10}'")
+        description="Finds the residual units of MODEL by tracing it (torch.fx), else by its structure (the innermost "
+                    "list of same-class modules that add their input to their output: every Hugging Face model), "
+                    "measures the gradient-norm ratio r_l of each at initialisation and after a few SGD steps, and "
+                    "the spectrum of every conv at the input size it sees. Examples: procres inspect resnet20 "
+                    "--steps 5; procres inspect torchvision.models:resnet18 --input-shape 3 64 64 --kwargs "
+                    "'{\"num_classes\": 10}'; procres inspect transformers:GPT2LMHeadModel --kwargs "
+                    "'{\"n_layer\": 4}' --input-ids 32")
     p.add_argument("model", metavar="MODEL", help="a registered name (procres models) or an import path "
                                                    "package.module:factory, called with --kwargs")
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
-    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
-                   help="input shape without the batch (default: the data's, else 3 32 32)")
+    _add_input(p)
     p.add_argument("--batch", type=int, default=8, help="examples per batch (default 8)")
     p.add_argument("--steps", type=int, default=2, help="SGD steps between the two measurements (default 2)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, momentum 0.9)")
     p.add_argument("--data", default="random",
                    help="random (normal images, default), digits (embedded 1x16x16 set), cifar10:PATH or cifar100:PATH")
     p.add_argument("--units", default=None, metavar="PATTERN",
-                   help="name the units instead of tracing: a glob on module names, * within one dotted segment "
-                        "(e.g. 'layer*.*')")
+                   help="name the units instead of finding them: a glob on module names, * within one dotted "
+                        "segment (e.g. 'layer*.*')")
     p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
                    help="extremes of each layer's own padded operator (zero, reflect or replicate padding): auto "
                         "(exact where affordable, else Lanczos), dense (exact only), off")
@@ -130,34 +156,35 @@ def _add_inspect(sub):
 
 
 def _run_inspect(args):
-    import json
-
     import torch
 
     from procres.diagnostics.convs import spectrum_table
-    from procres.diagnostics.inspection import inspect_model, units_table
+    from procres.diagnostics.inspection import inspect_model, units_table, vocab_of
     from procres.files import json_text
-    from procres.models.factory import build
+    from procres.models.factory import build, input_kwargs
     from procres.reports.inspection import write_inspection
     from procres.training.data import make_batches
 
-    try:
-        kwargs = json.loads(args.kwargs)
-    except json.JSONDecodeError as err:
-        raise UserError(f"--kwargs must be a JSON object, got {args.kwargs!r} ({err.msg})") from None
-    if not isinstance(kwargs, dict):
-        raise UserError(f"--kwargs must be a JSON object, got {args.kwargs!r}")
+    kwargs = _json_kwargs(args.kwargs)
     _set_threads(args.threads)
-    if args.data != "random" and args.input_shape is not None:
-        raise UserError("--input-shape comes from --data when data is given; drop one of them")
-    batches, shape = make_batches(args.data, input_shape=args.input_shape or (3, 32, 32), batch=args.batch,
-                                  count=max(args.steps, 2), seed=args.seed)
-    if ":" not in args.model:  # zoo models are built for the input they will see
-        kwargs = {"in_channels": shape[0], "image_size": shape[1], **kwargs}
-    torch.manual_seed(args.seed)
-    model = build(args.model, kwargs)
+    if args.data != "random" and (args.input_shape is not None or args.input_ids is not None):
+        raise UserError("--input-shape and --input-ids come from --data when data is given; drop one of them")
+    if args.vocab is not None and args.input_ids is None:
+        raise UserError(f"--vocab {args.vocab} is the vocabulary of --input-ids LEN; give both or neither")
+    count = max(args.steps, 2)
+    if args.input_ids is not None:  # the vocabulary is the model's: build it first
+        torch.manual_seed(args.seed)
+        model = build(args.model, input_kwargs(args.model, None, kwargs))
+        batches, shape = make_batches("random", input_shape=(args.input_ids,), batch=args.batch, count=count,
+                                      seed=args.seed, vocab=vocab_of(model, args.vocab))
+    else:
+        batches, shape = make_batches(args.data, input_shape=args.input_shape or (3, 32, 32), batch=args.batch,
+                                      count=count, seed=args.seed)
+        kwargs = input_kwargs(args.model, shape, kwargs)  # zoo models are built for the input they will see
+        torch.manual_seed(args.seed)
+        model = build(args.model, kwargs)
     result = inspect_model(model, batches, steps=args.steps, lr=args.lr, pattern=args.units, zeros=args.zeros,
-                           seed=args.seed)
+                           seed=args.seed, vocab=args.vocab)
     result["spec"] = {"model": args.model, "kwargs": kwargs, "data": args.data}
     paths = write_inspection(result, args.out)
     if args.json:
@@ -165,7 +192,7 @@ def _run_inspect(args):
         return 0
     print(units_table(result))
     print()
-    print(spectrum_table(result["convs"]) if result["convs"] else "(no nn.Conv2d layers)")
+    print(spectrum_table(result["convs"]) if result["convs"] else "(no nn.Conv2d layers: the conv table is empty)")
     s = result["seconds"]
     print(f"\nwritten: {', '.join(str(p) for p in paths.values())}   "
           f"(trace {s['trace']:.1f} s, spectra {s['spectra']:.1f} s, r_l {s['record']:.1f} s)")
