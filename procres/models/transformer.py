@@ -4,8 +4,8 @@
     prenorm_transformer    x = x + attn(LN(x));  x_{l+1} = x + mlp(LN(x))     GPT-2, Llama (and a final LN)
     postnorm_transformer   x = LN(x + attn(x));  x_{l+1} = LN(x + mlp(x))     the original Transformer, BERT
 
-Token ids ``(N, T)`` in ``[0, vocab_size)`` -> ``stem`` (token and learned position embeddings)
--> ``blocks`` (one ``nn.Sequential`` entry per layer, so ``NormRecorder(model.blocks)`` records
+Token ids ``(N, T)`` in ``[0, vocab_size)`` -> ``stem`` (token and learned position embeddings;
+post-LN: then a LayerNorm, as BERT, so every layer reads a normalised hidden state) -> ``blocks`` (one ``nn.Sequential`` entry per layer, so ``NormRecorder(model.blocks)`` records
 r_l per layer) -> ``head`` (pre-LN: LayerNorm, then a linear map to the vocabulary) -> logits
 ``(N, T, vocab_size)``.  Attention is causal (position t sees positions <= t): a language model,
 whose probe loss is the next-token cross-entropy.  ``depth`` is the number of layers L >= 1;
@@ -14,10 +14,10 @@ a same-shape tensor twice, so its kind is ``"identity"``; post-LN normalises aft
 pre-LN leaves the residual stream untouched between the layers.
 
 Defaults: vocabulary 64, width 32, 4 heads, MLP 4 x width with GELU, up to 128 positions, no
-dropout.  Initialisation: PyTorch's default for every layer (``nn.Linear`` uniform in
-+-1/sqrt(fan_in), ``nn.Embedding`` standard normal, LayerNorm 1 and 0, as
-``nn.TransformerEncoderLayer``), with no depth-dependent scaling: between the nets of a depth
-study only the depth differs.
+dropout.  Initialisation: that of Hugging Face's BERT and GPT-2 (``initializer_range`` 0.02): every
+linear and embedding weight normal with standard deviation 0.02, biases 0, LayerNorm 1 and 0;
+GPT-2's extra 1/sqrt(2L) on the output projections is left out, because it depends on the depth:
+between the nets of a depth study only the depth differs.
 
 Sources: Vaswani et al. 2017 (post-LN); Radford et al. 2019, GPT-2 (pre-LN); Xiong et al. 2020, "On
 Layer Normalization in the Transformer Architecture" (post-LN's large gradients near the output
@@ -76,12 +76,14 @@ class PostNormLayer(_Layer):
 
 
 class TokenEmbedding(nn.Module):
-    """Token plus learned position embeddings: ids ``(N, T)`` -> ``(N, T, width)``."""
+    """Token plus learned position embeddings, then a LayerNorm when ``norm``: ids ``(N, T)`` ->
+    ``(N, T, width)``."""
 
-    def __init__(self, vocab_size: int, width: int, max_len: int):
+    def __init__(self, vocab_size: int, width: int, max_len: int, norm: bool = False):
         super().__init__()
         self.token = nn.Embedding(vocab_size, width)
         self.position = nn.Embedding(max_len, width)
+        self.norm = nn.LayerNorm(width) if norm else nn.Identity()
 
     def forward(self, ids):
         if ids.is_floating_point() or ids.dim() != 2:
@@ -89,22 +91,27 @@ class TokenEmbedding(nn.Module):
                             f"{tuple(ids.shape)} {ids.dtype}")
         if ids.shape[1] > self.position.num_embeddings:
             raise UserError(f"{ids.shape[1]} tokens are more than max_len={self.position.num_embeddings}")
-        return self.token(ids) + self.position(torch.arange(ids.shape[1], device=ids.device))
+        return self.norm(self.token(ids) + self.position(torch.arange(ids.shape[1], device=ids.device)))
 
 
 class TransformerLM(nn.Module):
     """``stem -> blocks -> head`` language model (see the module docstring)."""
 
     def __init__(self, layer: type, depth: int, *, family: str, vocab_size: int, width: int, heads: int,
-                 mlp: int, max_len: int, final_norm: bool):
+                 mlp: int, max_len: int, prenorm: bool):
         super().__init__()
-        self.stem = TokenEmbedding(vocab_size, width, max_len)
+        self.stem = TokenEmbedding(vocab_size, width, max_len, norm=not prenorm)
         self.blocks = nn.Sequential(*[layer(width, heads, mlp) for _ in range(depth)])
-        head = [nn.LayerNorm(width)] if final_norm else []
+        head = [nn.LayerNorm(width)] if prenorm else []
         self.head = nn.Sequential(*head, nn.Linear(width, vocab_size))
         self.family = family
         self.depth = depth
         self.vocab_size = vocab_size
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
 
     @property
     def block_kinds(self) -> list[str]:
@@ -129,7 +136,7 @@ def prenorm_transformer(depth: int, *, vocab_size: int = 64, width: int = 32, he
     mlp = 4 * width if mlp is None else mlp
     _checked("prenorm_transformer", depth, vocab_size, width, heads, mlp, max_len)
     return TransformerLM(PreNormLayer, depth, family="prenorm_transformer", vocab_size=vocab_size, width=width,
-                         heads=heads, mlp=mlp, max_len=max_len, final_norm=True)
+                         heads=heads, mlp=mlp, max_len=max_len, prenorm=True)
 
 
 def postnorm_transformer(depth: int, *, vocab_size: int = 64, width: int = 32, heads: int = 4,
@@ -138,4 +145,4 @@ def postnorm_transformer(depth: int, *, vocab_size: int = 64, width: int = 32, h
     mlp = 4 * width if mlp is None else mlp
     _checked("postnorm_transformer", depth, vocab_size, width, heads, mlp, max_len)
     return TransformerLM(PostNormLayer, depth, family="postnorm_transformer", vocab_size=vocab_size, width=width,
-                         heads=heads, mlp=mlp, max_len=max_len, final_norm=False)
+                         heads=heads, mlp=mlp, max_len=max_len, prenorm=False)

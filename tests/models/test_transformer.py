@@ -19,25 +19,29 @@ from procres.models.transformer import PostNormLayer, PreNormLayer, SelfAttentio
 F64 = torch.float64
 
 
-def _params(depth, vocab=64, width=32, mlp=128, max_len=128, final_norm=True):
+def _params(depth, vocab=64, width=32, mlp=128, max_len=128, prenorm=True):
     layer = 2 * 2 * width + (3 * width * width + 3 * width) + (width * width + width) + 2 * width * mlp + mlp + width
-    head = (2 * width if final_norm else 0) + width * vocab + vocab
-    return (vocab + max_len) * width + depth * layer + head
+    stem = (vocab + max_len) * width + (0 if prenorm else 2 * width)     # post-LN: a LayerNorm on the embedding
+    head = (2 * width if prenorm else 0) + width * vocab + vocab          # pre-LN: a final LayerNorm
+    return stem + depth * layer + head
 
 
-@pytest.mark.parametrize("family, layer, final_norm", [("prenorm_transformer", PreNormLayer, True),
-                                                       ("postnorm_transformer", PostNormLayer, False)])
-def test_depth_by_name_shapes_and_parameter_count(family, layer, final_norm):
+@pytest.mark.parametrize("family, layer, prenorm", [("prenorm_transformer", PreNormLayer, True),
+                                                    ("postnorm_transformer", PostNormLayer, False)])
+def test_depth_by_name_shapes_and_parameter_count(family, layer, prenorm):
     model = create_model(f"{family}5")
     assert (model.depth, len(model.blocks), model.block_kinds) == (5, 5, ["identity"] * 5)
     assert all(type(b) is layer for b in model.blocks) and model.family == family
-    assert sum(p.numel() for p in model.parameters()) == _params(5, final_norm=final_norm)
+    assert sum(p.numel() for p in model.parameters()) == _params(5, prenorm=prenorm)
     ids = torch.randint(64, (3, 10))
     out = model(ids)
     assert out.shape == (3, 10, 64)
     assert torch.equal(model.head(model.blocks(model.stem(ids))), out)
     assert model_input(f"{family}5") == model_input(family) == "tokens" and family in families()
     assert smallest_variant(f"{family}12") == f"{family}1"
+    weights = [m.weight for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))]
+    std = torch.cat([w.detach().reshape(-1) for w in weights]).std()
+    assert float(std) == pytest.approx(0.02, rel=0.02)                   # BERT's and GPT-2's initializer_range
 
 
 def test_attention_is_causal_multi_head_attention():
