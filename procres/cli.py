@@ -1,6 +1,6 @@
 """The ``procres`` command line: parses arguments and calls the library, nothing more.
 
-Subcommands: models, spectrum, inspect, train, demo, plot, reproduce. Each has one
+Subcommands: models, spectrum, inspect, study, train, demo, plot, reproduce. Each has one
 ``_add_<name>(subparsers)`` that builds its parser and one ``_run_<name>(args)``
 that calls the library. Heavy imports (torch) happen inside the handlers so that
 ``procres --help`` is instant.
@@ -199,6 +199,60 @@ def _run_inspect(args):
     return 0
 
 
+# ---------------------------------------------------------------- study
+def _add_study(sub):
+    p = sub.add_parser(
+        "study", help="the depth study of any model family: r_l vs depth, its figure and verdict",
+        description="Builds each FACTORY at each depth, records r_l per unit at initialisation and after --steps SGD "
+                    "steps, writes depth_study.json and the deviation-vs-depth figure into --out, and says, from "
+                    "the numbers, whether norm preservation improves with depth. FACTORY: a model family "
+                    "(prenorm_transformer, postnorm_transformer, resnet, preresnet, ...: depth by name) or "
+                    "package.module:callable called with --depth-kwarg NAME=depth and --kwargs (a Hugging Face "
+                    "model class is built from its config). Examples: procres study prenorm_transformer "
+                    "postnorm_transformer --depths 2 8 32 --input-ids 32; procres study transformers:GPT2LMHeadModel "
+                    "--depth-kwarg n_layer --depths 2 8 --kwargs '{\"n_embd\": 64, \"n_head\": 4}' --input-ids 32")
+    p.add_argument("factories", nargs="+", metavar="FACTORY", help="model families or package.module:callable, "
+                                                                   "one family each in the study")
+    p.add_argument("--depth-kwarg", default=None, metavar="NAME",
+                   help="the keyword argument that sets an import path's depth (n_layer for GPT-2)")
+    p.add_argument("--depths", type=int, nargs="+", required=True, metavar="D", help="the depths to build")
+    p.add_argument("--kwargs", default="{}", help="JSON object of further keyword arguments for every FACTORY")
+    _add_input(p)
+    p.add_argument("--steps", type=int, default=5, help="SGD steps between the two measurements (default 5)")
+    p.add_argument("--batch", type=int, default=16, help="examples per batch (default 16)")
+    p.add_argument("--measure", type=int, default=2, help="batches each measurement averages over (default 2)")
+    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (default 0.02, momentum 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the cores this process may use)")
+    p.add_argument("--out", default="runs/study", help="folder for depth_study.json and depth_study.png "
+                                                       "(default runs/study)")
+    return p
+
+
+def _run_study(args):
+    import time
+
+    from procres.reports.study import run_study, study_table
+
+    kwargs = _json_kwargs(args.kwargs)
+    if args.vocab is not None and args.input_ids is None:
+        raise UserError(f"--vocab {args.vocab} is the vocabulary of --input-ids LEN; give both or neither")
+    _set_threads(args.threads)
+    start, cpu = time.perf_counter(), time.process_time()
+
+    def progress(family, depth, seconds):
+        print(f"  {family} at depth {depth}: {seconds:.1f} s", flush=True)
+
+    done = run_study(args.factories, args.depths, out=args.out, steps=args.steps, depth_kwarg=args.depth_kwarg,
+                     kwargs=kwargs, input_shape=args.input_shape, input_ids=args.input_ids, vocab=args.vocab,
+                     batch_size=args.batch, measure_batches=args.measure, lr=args.lr, seed=args.seed,
+                     on_model=progress)
+    print(study_table(done["study"], done["findings"]))
+    print(f"\nwritten: {', '.join(str(p) for p in done['paths'].values())}   ({time.perf_counter() - start:.1f} s, "
+          f"{time.process_time() - cpu:.1f} s CPU)")
+    return 0
+
+
 # ---------------------------------------------------------------- train
 def _add_train(sub):
     from procres.training.config import RESUME_MAY_CHANGE, add_config_arguments
@@ -259,10 +313,11 @@ def _run_demo(args):
     result = run_demo(args.out, quick=args.quick, seed=args.seed, threads=args.threads,
                       progress=not args.no_progress)
     print(result["table"])
-    verdict = {True: "holds       ", False: "contradicted", None: "no data     "}
+    from procres.reports.verdicts import VERDICTS
+
     print("\nthe paper's claims, checked on these measurements (numbers in the report):")
     for f in result["findings"]:
-        print(f"  {verdict[f['holds']]}  {f['text']}  [{f['where_text']}]")
+        print(f"  {VERDICTS[f['holds']]:12s}  {f['text']}  [{f['where_text']}]")
     for line in result["by_depth"]:
         print(f"  depends on depth: {line}")
     print(f"\nreport: {result['report']}   figures: {result['report'].parent / 'figures'}   "
@@ -333,7 +388,7 @@ def _run_reproduce(args):
 
 
 # ---------------------------------------------------------------- entry point
-_COMMANDS = ["models", "spectrum", "inspect", "train", "demo", "plot", "reproduce"]
+_COMMANDS = ["models", "spectrum", "inspect", "study", "train", "demo", "plot", "reproduce"]
 _DEBUG_HELP = "show the traceback of every error, including the one-sentence ones (bad values, missing files)"
 
 

@@ -16,7 +16,8 @@ are added (``+``, ``+=``, ``add``, ``add_``, ``torch.add``) and one of them is
   skip, ``shortcut(x) + f(x)`` (the operand with fewer operations since ``x`` is the skip).
 
 A level qualifies when at least two of its children are called, every called child is residual
-and returns a tensor, and at least one maps ``x`` to a tensor of ``x``'s shape.  Of nested
+and returns a tensor, and at least one maps ``x`` to a tensor of ``x``'s shape (so a model of a
+single layer, ``n_layer=1``, has none: name its unit).  Of nested
 qualifying levels the innermost are the layers, in the order of their first call; ``kind`` is
 ``"identity"`` for an identity skip on a same-shape layer, else ``"projection"`` (Hugging Face
 ResNet's first, downsampling layer of a stage: ``x_{l+1} = P x_l + F(x_l)``).
