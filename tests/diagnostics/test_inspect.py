@@ -199,6 +199,7 @@ def _tiny_hf(family, **config):
 
 
 def test_inspect_input_ids_on_a_tiny_gpt2_factory(tmp_path, capsys):
+    pytest.importorskip("transformers")
     argv = ["inspect", "hf_models:tiny_gpt2", "--input-ids", "8", "--steps", "1", "--out", str(tmp_path),
             "--threads", "1"]
     assert main(argv) == 0
