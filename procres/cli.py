@@ -21,7 +21,10 @@ from procres.errors import UserError
 
 # ---------------------------------------------------------------- models
 def _add_models(sub):
-    p = sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser("models", help="list the registered models",
+                       description="The registered names; any other depth is built by name too: resnet<6n+2>, "
+                                   "preresnet<9n+2>, procresnet<9n+4>, their plain twins, and the token-input "
+                                   "language models prenorm_transformer<L> and postnorm_transformer<L>.")
     p.add_argument("--filter", default="", metavar="PATTERN",
                    help="only names matching this fnmatch pattern (procresnet*, *16?); without wildcards, "
                         "names containing it")
