@@ -47,9 +47,11 @@ _API = {
     "plain": "models.resnet",
     "plainpre": "models.preact",
     "plainproc": "models.procresnet",
+    "prenorm_transformer": "models.transformer",
+    "postnorm_transformer": "models.transformer",
     # diagnostics: norm ratios during training; jacobian: Jacobian spectra and the bounds
     "NormRecorder": "diagnostics.recorder",
-    "depth_study": "diagnostics.study",
+    "depth_study": "reports.study",
     "log_norms": "integrations.tensorboard",
     "jacobian_singular_values": "diagnostics.jacobian",
     "check_bounds": "diagnostics.jacobian",

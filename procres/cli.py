@@ -1,6 +1,6 @@
 """The ``procres`` command line: parses arguments and calls the library, nothing more.
 
-Subcommands: models, spectrum, inspect, train, demo, plot, reproduce. Each has one
+Subcommands: models, spectrum, inspect, study, train, demo, plot, reproduce. Each has one
 ``_add_<name>(subparsers)`` that builds its parser and one ``_run_<name>(args)``
 that calls the library. Heavy imports (torch) happen inside the handlers so that
 ``procres --help`` is instant.
@@ -35,7 +35,10 @@ def _count(minimum: int):
 
 # ---------------------------------------------------------------- models
 def _add_models(sub):
-    p = sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser("models", help="list the registered models",
+                       description="The registered names; any other depth is built by name too: resnet<6n+2>, "
+                                   "preresnet<9n+2>, procresnet<9n+4>, their plain twins, and the token-input "
+                                   "language models prenorm_transformer<L> and postnorm_transformer<L>.")
     p.add_argument("--filter", default="", metavar="PATTERN",
                    help="only names matching this fnmatch pattern (procresnet*, *16?); without wildcards, "
                         "names containing it")
@@ -113,26 +116,52 @@ def _run_spectrum(args):
 
 
 # ---------------------------------------------------------------- inspect
+def _add_input(p) -> None:
+    """--input-shape | --input-ids, and --vocab: what inspect and study feed the model."""
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--input-shape", type=_count(1), nargs=3, metavar=("C", "H", "W"), default=None,
+                       help="input shape without the batch (default: the data's, else 3 32 32)")
+    shape.add_argument("--input-ids", type=_count(1), default=None, metavar="LEN",
+                       help="token input: LEN random token ids in [0, vocab) per example (a language model's "
+                            "logits get the next-token loss)")
+    p.add_argument("--vocab", type=_count(1), default=None, metavar="N",
+                   help="vocabulary of --input-ids (default: the model's config.vocab_size)")
+
+
+def _json_kwargs(text: str) -> dict:
+    import json
+
+    try:
+        kwargs = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"--kwargs must be a JSON object, got {text!r} ({err.msg})") from None
+    if not isinstance(kwargs, dict):
+        raise UserError(f"--kwargs must be a JSON object, got {text!r}")
+    return kwargs
+
+
 def _add_inspect(sub):
     p = sub.add_parser(
         "inspect", help="residual units, r_l and conv spectra of any model (a registered name or pkg.mod:factory)",
-        description="Finds the residual units of MODEL by tracing it (torch.fx), measures the gradient-norm ratio "
-                    "r_l of each at initialisation and after a few SGD steps, and the spectrum of every conv at the "
-                    "input size it sees. Example: procres inspect resnet20 --steps 5; procres inspect "
-                    "torchvision.models:resnet18 --input-shape 3 64 64 --kwargs '{\"num_classes\": 10}'")
+        description="Finds the residual units of MODEL by tracing it (torch.fx), else by its structure (the innermost "
+                    "list of same-class modules that add their input to their output: every Hugging Face model), "
+                    "measures the gradient-norm ratio r_l of each at initialisation and after a few SGD steps, and "
+                    "the spectrum of every conv at the input size it sees. Examples: procres inspect resnet20 "
+                    "--steps 5; procres inspect torchvision.models:resnet18 --input-shape 3 64 64 --kwargs "
+                    "'{\"num_classes\": 10}'; procres inspect transformers:GPT2LMHeadModel --kwargs "
+                    "'{\"n_layer\": 4}' --input-ids 32")
     p.add_argument("model", metavar="MODEL", help="a registered name (procres models) or an import path "
                                                    "package.module:factory, called with --kwargs")
     p.add_argument("--kwargs", default="{}", help="JSON object of keyword arguments for the factory")
-    p.add_argument("--input-shape", type=_count(1), nargs=3, metavar=("C", "H", "W"), default=None,
-                   help="input shape without the batch (default: the data's, else 3 32 32)")
+    _add_input(p)
     p.add_argument("--batch", type=_count(1), default=8, help="examples per batch (default 8)")
     p.add_argument("--steps", type=_count(0), default=2, help="SGD steps between the two measurements (default 2)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, momentum 0.9)")
     p.add_argument("--data", default="random",
                    help="random (normal images, default), digits (embedded 1x16x16 set), cifar10:PATH or cifar100:PATH")
     p.add_argument("--units", default=None, metavar="PATTERN",
-                   help="name the units instead of tracing: a glob on module names, * within one dotted segment "
-                        "(e.g. 'layer*.*')")
+                   help="name the units instead of finding them: a glob on module names, * within one dotted "
+                        "segment (e.g. 'layer*.*')")
     p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
                    help="extremes of each layer's own padded operator (zero, reflect or replicate padding): auto "
                         "(exact where affordable, else Lanczos), dense (exact only), off")
@@ -148,34 +177,35 @@ def _add_inspect(sub):
 
 
 def _run_inspect(args):
-    import json
-
     import torch
 
     from procres.diagnostics.convs import spectrum_table
-    from procres.diagnostics.inspection import inspect_model, projection_table, units_table
+    from procres.diagnostics.inspection import inspect_model, projection_table, units_table, vocab_of
     from procres.files import json_text
-    from procres.models.factory import build
+    from procres.models.factory import build, input_kwargs
     from procres.reports.inspection import write_inspection
     from procres.training.data import make_batches
 
-    try:
-        kwargs = json.loads(args.kwargs)
-    except json.JSONDecodeError as err:
-        raise UserError(f"--kwargs must be a JSON object, got {args.kwargs!r} ({err.msg})") from None
-    if not isinstance(kwargs, dict):
-        raise UserError(f"--kwargs must be a JSON object, got {args.kwargs!r}")
+    kwargs = _json_kwargs(args.kwargs)
     _set_threads(args.threads)
-    if args.data != "random" and args.input_shape is not None:
-        raise UserError("--input-shape comes from --data when data is given; drop one of them")
-    batches, shape = make_batches(args.data, input_shape=args.input_shape or (3, 32, 32), batch=args.batch,
-                                  count=max(args.steps, 2), seed=args.seed)
-    if ":" not in args.model:  # zoo models are built for the input they will see
-        kwargs = {"in_channels": shape[0], "image_size": shape[1], **kwargs}
-    torch.manual_seed(args.seed)
-    model = build(args.model, kwargs)
+    if args.data != "random" and (args.input_shape is not None or args.input_ids is not None):
+        raise UserError("--input-shape and --input-ids come from --data when data is given; drop one of them")
+    if args.vocab is not None and args.input_ids is None:
+        raise UserError(f"--vocab {args.vocab} is the vocabulary of --input-ids LEN; give both or neither")
+    count = max(args.steps, 2)
+    if args.input_ids is not None:  # the vocabulary is the model's: build it first
+        torch.manual_seed(args.seed)
+        model = build(args.model, input_kwargs(args.model, None, kwargs))
+        batches, shape = make_batches("random", input_shape=(args.input_ids,), batch=args.batch, count=count,
+                                      seed=args.seed, vocab=vocab_of(model, args.vocab))
+    else:
+        batches, shape = make_batches(args.data, input_shape=args.input_shape or (3, 32, 32), batch=args.batch,
+                                      count=count, seed=args.seed)
+        kwargs = input_kwargs(args.model, shape, kwargs)  # zoo models are built for the input they will see
+        torch.manual_seed(args.seed)
+        model = build(args.model, kwargs)
     result = inspect_model(model, batches, steps=args.steps, lr=args.lr, pattern=args.units, zeros=args.zeros,
-                           seed=args.seed, project=args.project)
+                           seed=args.seed, project=args.project, vocab=args.vocab)
     result["spec"] = {"model": args.model, "kwargs": kwargs, "data": args.data}
     paths = write_inspection(result, args.out)
     if args.json:
@@ -183,13 +213,67 @@ def _run_inspect(args):
         return 0
     print(units_table(result))
     print()
-    print(spectrum_table(result["convs"]) if result["convs"] else "(no nn.Conv2d layers)")
+    print(spectrum_table(result["convs"]) if result["convs"] else "(no nn.Conv2d layers: the conv table is empty)")
     if "projection" in result:
         print(f"\none exact Procrustes projection of --project {args.project} (on a copy of the model), before -> after")
         print(projection_table(result["projection"]["layers"]))
     s = result["seconds"]
     print(f"\nwritten: {', '.join(str(p) for p in paths.values())}   "
           f"(trace {s['trace']:.1f} s, spectra {s['spectra']:.1f} s, r_l {s['record']:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------- study
+def _add_study(sub):
+    p = sub.add_parser(
+        "study", help="the depth study of any model family: r_l vs depth, its figure and verdict",
+        description="Builds each FACTORY at each depth, records r_l per unit at initialisation and after --steps SGD "
+                    "steps, writes depth_study.json and the deviation-vs-depth figure into --out, and says, from "
+                    "the numbers, whether norm preservation improves with depth. FACTORY: a model family "
+                    "(prenorm_transformer, postnorm_transformer, resnet, preresnet, ...: depth by name) or "
+                    "package.module:callable called with --depth-kwarg NAME=depth and --kwargs (a Hugging Face "
+                    "model class is built from its config). Examples: procres study prenorm_transformer "
+                    "postnorm_transformer --depths 2 8 32 --input-ids 32; procres study transformers:GPT2LMHeadModel "
+                    "--depth-kwarg n_layer --depths 2 8 --kwargs '{\"n_embd\": 64, \"n_head\": 4}' --input-ids 32")
+    p.add_argument("factories", nargs="+", metavar="FACTORY", help="model families or package.module:callable, "
+                                                                   "one family each in the study")
+    p.add_argument("--depth-kwarg", default=None, metavar="NAME",
+                   help="the keyword argument that sets an import path's depth (n_layer for GPT-2)")
+    p.add_argument("--depths", type=int, nargs="+", required=True, metavar="D", help="the depths to build")
+    p.add_argument("--kwargs", default="{}", help="JSON object of further keyword arguments for every FACTORY")
+    _add_input(p)
+    p.add_argument("--steps", type=_count(0), default=5, help="SGD steps between the two measurements (default 5)")
+    p.add_argument("--batch", type=_count(1), default=16, help="examples per batch (default 16)")
+    p.add_argument("--measure", type=_count(1), default=2, help="batches each measurement averages over (default 2)")
+    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (default 0.02, momentum 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
+    p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (default: the cores this process may use)")
+    p.add_argument("--out", default="runs/study", help="folder for depth_study.json and depth_study.png "
+                                                       "(default runs/study)")
+    return p
+
+
+def _run_study(args):
+    import time
+
+    from procres.reports.study import run_study, study_table
+
+    kwargs = _json_kwargs(args.kwargs)
+    if args.vocab is not None and args.input_ids is None:
+        raise UserError(f"--vocab {args.vocab} is the vocabulary of --input-ids LEN; give both or neither")
+    _set_threads(args.threads)
+    start, cpu = time.perf_counter(), time.process_time()
+
+    def progress(family, depth, seconds):
+        print(f"  {family} at depth {depth}: {seconds:.1f} s", flush=True)
+
+    done = run_study(args.factories, args.depths, out=args.out, steps=args.steps, depth_kwarg=args.depth_kwarg,
+                     kwargs=kwargs, input_shape=args.input_shape, input_ids=args.input_ids, vocab=args.vocab,
+                     batch_size=args.batch, measure_batches=args.measure, lr=args.lr, seed=args.seed,
+                     on_model=progress)
+    print(study_table(done["study"], done["findings"]))
+    print(f"\nwritten: {', '.join(str(p) for p in done['paths'].values())}   ({time.perf_counter() - start:.1f} s, "
+          f"{time.process_time() - cpu:.1f} s CPU)")
     return 0
 
 
@@ -253,10 +337,11 @@ def _run_demo(args):
     result = run_demo(args.out, quick=args.quick, seed=args.seed, threads=args.threads,
                       progress=not args.no_progress)
     print(result["table"])
-    verdict = {True: "holds       ", False: "contradicted", None: "no data     "}
+    from procres.reports.verdicts import VERDICTS
+
     print("\nthe paper's claims, checked on these measurements (numbers in the report):")
     for f in result["findings"]:
-        print(f"  {verdict[f['holds']]}  {f['text']}  [{f['where_text']}]")
+        print(f"  {VERDICTS[f['holds']]:12s}  {f['text']}  [{f['where_text']}]")
     for line in result["by_depth"]:
         print(f"  depends on depth: {line}")
     print(f"\nreport: {result['report']}   figures: {result['report'].parent / 'figures'}   "
@@ -327,7 +412,7 @@ def _run_reproduce(args):
 
 
 # ---------------------------------------------------------------- entry point
-_COMMANDS = ["models", "spectrum", "inspect", "train", "demo", "plot", "reproduce"]
+_COMMANDS = ["models", "spectrum", "inspect", "study", "train", "demo", "plot", "reproduce"]
 _DEBUG_HELP = "show the traceback of every error, including the one-sentence ones (bad values, missing files)"
 
 

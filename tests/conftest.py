@@ -1,3 +1,4 @@
+import os
 import sys
 from pathlib import Path
 
@@ -7,6 +8,9 @@ import torch
 # tests/helpers: the shared reference code (dense operators, models written as users write them, run
 # files); on the path so that tests import them by name and `procres inspect user_models:...` resolves
 sys.path.insert(0, str(Path(__file__).parent / "helpers"))
+# Hugging Face models are built from tiny configs in the tests: nothing may reach the network
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,9 @@
 
 - ``recorder``    ``NormRecorder``: r_l = ||dE/dx_l|| / ||dE/dx_{l+1}|| per unit during training
 - ``units``       residual units of any model, by ``torch.fx`` (``tracing``) or by name (``names``)
-- ``example``     one example forward pass: a model's failure as a sentence, modules' first inputs
+- ``structure``   the units by structure and one example forward, where tracing fails or finds none
+- ``example``     one example forward pass: a model's failure as a sentence, modules' first inputs,
+                  how a layer's input and output are read
 - ``convs``       every conv at the input size it sees, and its spectra; ``select_layers``: the convs
                   and Linear layers a regulariser acts on
 - ``jacobian``    Jacobian spectra of a unit and the bounds sigma_min(J) <= r_l <= sigma_max(J)

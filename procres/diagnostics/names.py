@@ -1,41 +1,81 @@
-"""Module-name globs: the pattern language of ``units_by_name`` and ``select_convs``, and the
-globs of a model's repeated blocks that messages suggest when its units must be named.
+"""Module-name globs: the pattern language of ``units_by_name`` and ``select_convs``, the levels of
+repeated blocks in a model, and the glob that selects a given set of modules.
+
+A *level* is the children of one class in the ``nn.ModuleList`` / ``nn.Sequential`` containers
+whose names differ only in their numbers: ``encoder.stages.0.layers`` and
+``encoder.stages.1.layers`` make the level ``encoder.stages.*.layers.*``.  A container may hold a
+single child of the level's class (torchvision's ``layer2`` of a (2, 1, 1, 1) ResNet) or other
+classes too (a ConvNeXt stage's downsampling in front of its blocks); a level has at least two
+children in all.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from torch import nn
 
-__all__ = ["name_pattern", "repeated_blocks", "how_to_name_units"]
+__all__ = ["Level", "levels", "name_pattern", "glob_for", "repeated_blocks", "how_to_name_units"]
 
 
-def repeated_blocks(model: nn.Module, most: int = 3) -> list[str]:
-    """Globs of ``model``'s repeated blocks, candidates for :func:`units_by_name`: the children of
-    every ``nn.ModuleList`` / ``nn.Sequential`` of at least two modules of one class defined
-    outside ``torch.nn``, with each number in a name made ``*`` (``layer1.0`` -> ``layer*.*``);
-    the first ``most`` in registration order (outer containers first)."""
-    found = []
-    for name, m in model.named_modules():
-        if not isinstance(m, (nn.ModuleList, nn.Sequential)) or len(m) < 2:
+@dataclasses.dataclass
+class Level:
+    """The children of one class in containers whose names differ only in their numbers."""
+
+    glob: str              # 'encoder.stages.*.layers.*'
+    cls: type
+    children: list         # (qualified name, module), registration order
+    containers: list       # container names
+
+    def holds(self, other: "Level") -> bool:
+        """Whether ``other``'s containers are children of this level or lie inside one."""
+        return any(c == child or c.startswith(child + ".") for c in other.containers for child, _ in self.children)
+
+
+def levels(model: nn.Module) -> list[Level]:
+    """Every level of ``model`` (see the module docstring), in registration order."""
+    found: dict = {}
+    for name, container in model.named_modules():
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
             continue
-        kinds = {type(child) for child in m}
-        if len(kinds) > 1 or kinds.pop().__module__.startswith("torch.nn"):
-            continue
-        glob = re.sub(r"\d+", "*", f"{name}.*" if name else "*")
-        if glob not in found:
-            found.append(glob)
-    return found[:most]
+        glob = re.sub(r"\d+", "*", name) + ".*" if name else "*"
+        for k, child in container.named_children():
+            level = found.setdefault((glob, type(child)), Level(glob, type(child), [], []))
+            level.children.append((f"{name}.{k}" if name else k, child))
+            if name not in level.containers:
+                level.containers.append(name)
+    return [lv for lv in found.values() if len(lv.children) >= 2]
 
 
-def how_to_name_units(model: nn.Module) -> str:
-    """The end of the sentence that says a model's units must be named: the call, and the model's
-    repeated blocks as candidate globs."""
-    globs = repeated_blocks(model)
+def repeated_blocks(model: nn.Module, most: int = 3, *, first=()) -> list[str]:
+    """Globs of ``model``'s repeated blocks, candidates for :func:`units_by_name`: ``first`` (globs
+    known to select residual layers, best first), then the levels of classes defined outside
+    ``torch.nn``, inner levels before the outer ones that hold them; at most ``most``."""
+    found = [lv for lv in levels(model) if not lv.cls.__module__.startswith("torch.nn")]
+    inner_first = sorted(found, key=lambda lv: -sum(1 for other in found if lv is not other and other.holds(lv)))
+    return list(dict.fromkeys([*first, *(lv.glob for lv in inner_first)]))[:most]
+
+
+def how_to_name_units(model: nn.Module, globs=None) -> str:
+    """The end of the sentence that says a model's units must be named: the call, and candidate
+    globs (``globs``, else :func:`repeated_blocks`)."""
+    globs = repeated_blocks(model) if globs is None else list(globs)
     where = (f"; repeated blocks of {type(model).__name__}: {', '.join(map(repr, globs))}" if globs
              else ", e.g. 'layer*.*'")
     return f"procres.units_by_name(model, PATTERN) or procres inspect --units PATTERN, a glob of module names{where}"
+
+
+def glob_for(model: nn.Module, names: list[str]):
+    """A glob that selects exactly the modules ``names`` of ``model`` (each number made ``*``:
+    ``layer1.0``, ``layer2.0`` -> ``'layer*.*'``; several such globs as a list), else ``names``
+    themselves: either way what :func:`units_by_name` takes back."""
+    globs = list(dict.fromkeys(re.sub(r"\d+", "*", n) for n in names))
+    regexes = [name_pattern(g) for g in globs]
+    matched = {n for n, _ in model.named_modules() if n and any(r.fullmatch(n) for r in regexes)}
+    if matched != set(names):
+        return list(names)
+    return globs[0] if len(globs) == 1 else globs
 
 
 def name_pattern(pattern: str) -> re.Pattern:

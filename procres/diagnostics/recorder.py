@@ -30,10 +30,11 @@ import weakref
 import torch
 from torch import Tensor, nn
 
+from procres.diagnostics.example import first_tensor, unit_input
 from procres.diagnostics.units import Unit
 from procres.errors import UserError
 
-__all__ = ["FIELDS", "NormRecorder", "first_tensor"]
+__all__ = ["FIELDS", "NormRecorder"]
 
 FIELDS = ("ratio", "grad_in", "grad_out", "fwd_in", "fwd_out", "ratio_min", "ratio_max", "ratio_mean",
           "grad_nonfinite")
@@ -159,18 +160,6 @@ def _resolve_units(units, model) -> list[tuple[str, nn.Module, tuple | None]]:
     return entries
 
 
-def first_tensor(value):
-    """``value`` itself, or the first entry of a tuple, list or dict (a Hugging Face ``ModelOutput``
-    or a layer's ``(hidden_states, attentions)``) when that is a tensor; else ``value``."""
-    if isinstance(value, (tuple, list)) and value:
-        first = value[0]
-    elif isinstance(value, dict) and value:
-        first = next(iter(value.values()))
-    else:
-        return value
-    return first if isinstance(first, Tensor) else value
-
-
 def _acc_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
@@ -179,9 +168,11 @@ class NormRecorder:
     """Record forward and backward norms at the input and output of every unit during training.
 
     ``units``: an iterable of modules, e.g. ``model.blocks``; unit l maps x_l to x_{l+1}; its
-    first positional input and its output must be tensors with the batch in dimension 0 (an
-    output may be a tuple / dict whose first entry is one: Hugging Face layers return
-    ``(hidden_states, ...)``).  Also
+    input (the first positional argument, or the ``hidden_states`` keyword of a layer called
+    with keywords only: :func:`procres.diagnostics.example.unit_input`) and its output must be
+    float tensors with the batch in dimension 0 (an output may be a tuple / dict whose first entry
+    is one: Hugging Face layers return ``(hidden_states, ...)``).  An integer input (token ids:
+    the embedding was chosen as a unit) has no gradient, and is refused in one sentence.  Also
     accepted: the result of :func:`procres.find_units` or :func:`procres.units_by_name` (or any
     of their :class:`procres.diagnostics.units.Unit` records), and qualified module names with
     ``model=`` to resolve them.  A unit found inside a module's code (a pre-norm transformer's
@@ -244,26 +235,28 @@ class NormRecorder:
         self._eager_post = torch.compiler.disable(self._post_hook)
         self._eager_probe = torch.compiler.disable(self._probe_hook)
         first = entries[0][2][0] if entries[0][2] else entries[0][1]
-        self._handles = [first.register_forward_pre_hook(self._traced_pre)]
+        self._handles = [first.register_forward_pre_hook(self._traced_pre, with_kwargs=True)]
         for i, (_, u, probes) in enumerate(entries):
             if probes is None:
                 self._handles.append(u.register_forward_hook(
-                    lambda m, args, out, i=i: self._traced_post(i, m, args, out)))
+                    lambda m, args, kwargs, out, i=i: self._traced_post(i, m, unit_input(args, kwargs), out),
+                    with_kwargs=True))
                 continue
             for role, probe in zip(("in", "out"), probes):
                 self._handles.append(probe.register_forward_hook(
                     lambda m, args, out, i=i, role=role: self._traced_probe(i, role, m, out)))
 
     # -- hooks: a pre-hook on units[0] opens a step; a forward hook per unit notes its tensors
-    def _traced_pre(self, module: nn.Module, args):
+    def _traced_pre(self, module: nn.Module, args, kwargs):
+        x = unit_input(args, kwargs)
         if torch.compiler.is_compiling():
-            return self._eager_pre(module, args, True)
-        return self._pre_hook(module, args, False)
+            return self._eager_pre(module, x, True)
+        return self._pre_hook(module, x, False)
 
-    def _traced_post(self, i: int, module: nn.Module, args, out):
+    def _traced_post(self, i: int, module: nn.Module, x, out):
         if torch.compiler.is_compiling():
-            return self._eager_post(i, module, args, out, True)
-        return self._post_hook(i, module, args, out, False)
+            return self._eager_post(i, module, x, out, True)
+        return self._post_hook(i, module, x, out, False)
 
     def _traced_probe(self, i: int, role: str, module: nn.Module, out):
         if torch.compiler.is_compiling():
@@ -281,7 +274,7 @@ class NormRecorder:
             step.fwd[role][i] = self._note(i, role, out, module)
         return None
 
-    def _pre_hook(self, module: nn.Module, args, compiling: bool):
+    def _pre_hook(self, module: nn.Module, x, compiling: bool):
         if not (module.training and torch.is_grad_enabled()):
             return None
         if compiling:
@@ -290,25 +283,30 @@ class NormRecorder:
         self._step = _Step(len(self.units)) if self.steps_seen % self.every == 0 else None
         self.steps_seen += 1
         if self._step is not None:  # before the forward: the input as the unit receives it
-            self._step.fwd["in"][0] = self._note(0, "in", args[0] if args else None, module)
+            self._step.fwd["in"][0] = self._note(0, "in", x, module)
         return None
 
-    def _post_hook(self, i: int, module: nn.Module, args, out, compiling: bool):
+    def _post_hook(self, i: int, module: nn.Module, x, out, compiling: bool):
         step = self._step
         if step is None or not (module.training and torch.is_grad_enabled()):
             return None
         if compiling:
             self._warn_compiled()
         if step.fwd["in"][i] is None:  # usually the previous unit's output, already hooked
-            step.fwd["in"][i] = self._note(i, "in", args[0] if args else None, module)
+            step.fwd["in"][i] = self._note(i, "in", x, module)
         step.fwd["out"][i] = self._note(i, "out", out, module)
         return None
 
     def _note(self, i: int, role: str, x, module: nn.Module) -> Tensor:
         x = first_tensor(x) if role == "out" else x  # a list input (DenseNet's layers) has no single x_l
+        what = "first input" if role == "in" else "output"
         if not isinstance(x, Tensor):
-            raise UserError(f"NormRecorder: unit {i} ({type(module).__name__}) has a non-tensor "
-                             f"{'first input' if role == 'in' else 'output'} ({type(x).__name__})")
+            raise UserError(f"NormRecorder: unit {i} ({type(module).__name__}) has a non-tensor {what} "
+                             f"({type(x).__name__})")
+        if not (x.is_floating_point() or x.is_complex()):
+            raise UserError(f"NormRecorder: unit {i} ({type(module).__name__}) has an integer {what} (dtype "
+                            f"{str(x.dtype).removeprefix('torch.')}, token ids?), which no gradient reaches: choose "
+                            f"units whose input is a float hidden state, such as the layers after the embedding")
         entry = self._step.tensor(x)
         entry.roles.append((i, role))
         return entry.fwd

@@ -7,7 +7,9 @@ things make a user's model trace as it runs: ``forward`` arguments the example i
 are fixed at their defaults (``if mask is not None`` takes the example's branch); later uses of a
 tensor changed by an in-place method (``out.add_(x)`` as a statement) read that call; batch norms
 stay whole (traced through, a subclass's ``self.training`` would be fixed at trace time).
-Failures are one sentence.
+Failures are one sentence: :class:`TraceError` where ``torch.fx`` cannot trace the model (the cue
+for :func:`procres.diagnostics.units.find_units` to find the units by structure instead), a
+plain ``UserError`` where the traced graph fails on the example input.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import inspect
 import torch
 from torch import fx, nn
 
-from procres.diagnostics.names import how_to_name_units
 from procres.errors import UserError
 
-__all__ = ["Call", "trace"]
+__all__ = ["Call", "TraceError", "trace"]
+
+
+class TraceError(UserError):
+    """``torch.fx`` cannot trace the model (data-dependent control flow, ``assert`` on shapes, ...)."""
 
 
 @dataclasses.dataclass
@@ -120,8 +125,7 @@ def trace(model: nn.Module, example_input, leaves=()):
         graph = tracer.trace(model, concrete_args=_fixed_arguments(model, example_input) or None)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise UserError(f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {first[:160]}); "
-                        f"name its units instead: {how_to_name_units(model)}") from err
+        raise TraceError(f"torch.fx cannot trace {type(model).__name__} ({type(err).__name__}: {first[:160]})") from err
     _alias_in_place(graph)
     gm = fx.GraphModule(model, graph, class_name=f"Traced{type(model).__name__}")
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]

@@ -29,12 +29,20 @@ fixed as they were for the example input (traced in the model's current mode; ba
 with a ``forward`` of their own included, are kept whole and follow the mode), and ``forward``
 arguments the example input does not give are fixed at their defaults (``mask=None``).
 
-Where tracing fails (data-dependent control flow, ``assert`` on shapes, ...) ``find_units`` says so
-in one sentence; then name the units: ``units_by_name(model, "layer*.*")`` globs qualified module
-names with ``*`` and ``?`` matching within one dotted segment (so ``"layer*.*"`` is ``layer1.0``,
-``layer1.1``, ... and not their children) and returns the matched modules in forward order: the
-order of their first call in one forward pass of ``example_input`` when given, else registration
-order (modules never called come last, in registration order).
+Where tracing fails (data-dependent control flow, ``assert`` on shapes, every Hugging Face model in
+transformers 5) or finds no residual addition, ``find_units`` falls back on the model's repeated
+residual layers by structure (:mod:`procres.diagnostics.structure`: the innermost list of
+same-class modules that each add their input to a same-shape tensor, seen in one example
+forward).  Only where neither finds a unit does it refuse, in one sentence that suggests globs.
+The result says how it was found: ``units.rule`` (``"traced: ..."``, ``"structure: ..."`` or
+``"named: ..."``) and ``units.glob``, a glob (or list of globs or names) that ``units_by_name``
+turns back into the same modules (None for sub-graph units, which have no module to name).
+
+Naming the units: ``units_by_name(model, "layer*.*")`` globs qualified module names with ``*`` and
+``?`` matching within one dotted segment (so ``"layer*.*"`` is ``layer1.0``, ``layer1.1``, ... and
+not their children) and returns the matched modules in forward order: the order of their first
+call in one forward pass of ``example_input`` when given, else registration order (modules never
+called come last, in registration order).
 """
 
 from __future__ import annotations
@@ -46,8 +54,9 @@ import torch
 from torch import fx, nn
 
 from procres.diagnostics.example import first_inputs
-from procres.diagnostics.names import how_to_name_units, name_pattern
-from procres.diagnostics.tracing import Call, trace
+from procres.diagnostics.names import glob_for, how_to_name_units, name_pattern
+from procres.diagnostics.structure import residual_layers
+from procres.diagnostics.tracing import Call, TraceError, trace
 from procres.errors import UserError
 
 __all__ = ["Unit", "Units", "find_units", "units_by_name"]
@@ -74,12 +83,16 @@ class Unit:
 
 class Units(list):
     """The units of one model, in forward order; ``module`` is what to run while recording (see
-    the module docstring), ``model`` the model they belong to."""
+    the module docstring), ``model`` the model they belong to, ``rule`` how they were found and
+    ``glob`` what :func:`units_by_name` takes to select them again (None: sub-graph units)."""
 
-    def __init__(self, units, *, model: nn.Module, module: nn.Module | None = None):
+    def __init__(self, units, *, model: nn.Module, module: nn.Module | None = None, rule: str = "",
+                 glob=None):
         super().__init__(units)
         self.model = model
         self.module = model if module is None else module
+        self.rule = rule
+        self.glob = glob
 
     def names(self) -> list[str]:
         return [u.name for u in self]
@@ -234,15 +247,19 @@ def find_units(model: nn.Module, example_input) -> Units:
     """The residual units of ``model`` in forward order (see the module docstring).
 
     ``example_input``: a batch the model accepts (a tuple is unpacked, a dict passed by name); it
-    runs once through the traced graph in eval mode (twice when a recording module is built).
+    runs once through the traced graph in eval mode (twice when a recording module is built), or
+    once through the model when the units are found by structure.
     """
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be an nn.Module, got {type(model).__name__}")
-    gm, calls = trace(model, example_input)
+    try:
+        gm, calls = trace(model, example_input)
+    except TraceError as err:
+        return _by_structure(model, example_input, str(err))
     found = _discover(gm, calls)
     if not found:
-        raise UserError(f"no residual addition found in {type(model).__name__} (an addition of two same-shape "
-                        f"tensors computed from one input); name its units: {how_to_name_units(model)}")
+        return _by_structure(model, example_input, f"no residual addition found in {type(model).__name__} (an "
+                                                   f"addition of two same-shape tensors computed from one input)")
     names = _subgraph_names(found, model, calls)
     anc, nodes = _ancestry(gm.graph)
     units = []
@@ -253,12 +270,24 @@ def find_units(model: nn.Module, example_input) -> Units:
         else:
             name, scope = names[f.add]
             units.append(Unit(name, f.kind, None, model.get_submodule(scope), None, skip))
+    rule = "traced: the residual additions torch.fx finds in the model's code"
     if all(u.module is not None for u in units):
-        return Units(units, model=model)
-    return _with_probes(model, example_input, units, found)
+        return Units(units, model=model, rule=rule, glob=glob_for(model, [u.name for u in units]))
+    return _with_probes(model, example_input, units, found, rule)
 
 
-def _with_probes(model, example_input, units: list[Unit], found: list[_Found]) -> Units:
+def _by_structure(model: nn.Module, example_input, why: str) -> Units:
+    """The units by structure (:mod:`procres.diagnostics.structure`) where tracing gave none
+    (``why``); the refusal where there are none either."""
+    found = residual_layers(model, example_input)
+    if not found.layers:
+        raise UserError(f"{why}, and no list of same-class modules that add their input to a same-shape tensor; "
+                        f"name its units: {how_to_name_units(model, found.suggestions)}")
+    units = [Unit(name, kind, module, module, None, skip) for name, kind, module, skip in found.layers]
+    return Units(units, model=model, rule=f"structure: {found.rule} ({why})", glob=found.glob)
+
+
+def _with_probes(model, example_input, units: list[Unit], found: list[_Found], rule: str) -> Units:
     """Re-trace with every module unit that holds no sub-graph unit kept whole, and put probes at
     the ``x_l`` and ``x_{l+1}`` of the others (sub-graph units and module units not kept whole)."""
     subgraph_adds = [f for f in found if f.call is None]
@@ -281,7 +310,7 @@ def _with_probes(model, example_input, units: list[Unit], found: list[_Found]) -
         probes[name] = tuple(_probe(gm, node) for node in (x_in, x_out))
     gm.recompile()
     units = [dataclasses.replace(u, probes=probes.get(u.name)) for u in units]
-    return Units(units, model=model, module=gm)
+    return Units(units, model=model, module=gm, rule=rule)
 
 
 def _probe(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
@@ -316,4 +345,5 @@ def units_by_name(model: nn.Module, pattern, example_input=None) -> Units:
         called = list(first_inputs(model, modules, example_input))
         modules = called + [m for m in modules if m not in called]
     name_of = {id(m): n for n, m in named}
-    return Units([Unit(name_of[id(m)], "named", m, m, None, "") for m in modules], model=model)
+    return Units([Unit(name_of[id(m)], "named", m, m, None, "") for m in modules], model=model,
+                 rule=f"named: the modules matching {pattern!r}", glob=pattern)

@@ -6,10 +6,18 @@
   with ``kwargs`` (``num_classes``, ``in_channels``, ``image_size``);
 - ``package.module:factory`` (dots in ``factory`` reach attributes: ``pkg.mod:Class.build``):
   the module is imported (the current directory first on the path, as ``python -m`` does) and
-  ``factory(**kwargs)`` is called; it must return an ``nn.Module``.
+  ``factory(**kwargs)`` is called; it must return an ``nn.Module``.  A Hugging Face model class
+  (an ``nn.Module`` class with a ``config_class``: ``transformers:GPT2LMHeadModel``) is built from
+  its config, ``cls(cls.config_class(**kwargs))``: ``kwargs`` are the config's (``n_layer``, ...).
 
 Every way this can fail (malformed string, module not found, missing attribute, a factory that
 raises or returns something else) is one ``UserError`` sentence naming the string.
+
+``depth_factory(spec, depth_kwarg=, kwargs=)`` is the FACTORY of ``procres study``: a model family
+(``preresnet``, ``prenorm_transformer``: the depth goes into the name, ``preresnet164``) or an
+import path whose depth goes into the keyword argument ``depth_kwarg`` (``n_layer`` for
+``transformers:GPT2LMHeadModel``).  ``input_kwargs`` adds what a zoo image model takes from its
+input shape (``in_channels``, ``image_size``).
 
 ``load_model`` is ``procres spectrum``'s: a zoo model, optionally with a run's trained weights
 (read with ``weights_only=True``), whose name and input shape default to the checkpoint's config.
@@ -30,7 +38,7 @@ from torch import nn
 from procres.errors import UserError
 from procres.files import read_json
 
-__all__ = ["build", "load_model"]
+__all__ = ["build", "load_model", "depth_factory", "input_kwargs"]
 
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
@@ -83,13 +91,54 @@ def build(spec: str, kwargs: dict | None = None) -> nn.Module:
     if not _IMPORT_PATH.fullmatch(spec):
         raise UserError(f"MODEL {spec!r} is not an import path of the form package.module:factory")
     factory = _import_factory(spec)
+    config_class = getattr(factory, "config_class", None)
+    hugging_face = isinstance(factory, type) and issubclass(factory, nn.Module) and isinstance(config_class, type)
     try:
-        model = factory(**kwargs)
+        model = factory(config_class(**kwargs)) if hugging_face else factory(**kwargs)
     except Exception as err:
         raise UserError(f"factory {spec}(**{kwargs}) raised {_first_line(err)}") from err
     if not isinstance(model, nn.Module):
-        raise UserError(f"factory {spec} returned a {type(model).__name__}, not an nn.Module")
+        hint = ("; name a model class instead (e.g. transformers:GPT2LMHeadModel), which is built from its "
+                "config_class" if hasattr(model, "model_type") else "")
+        raise UserError(f"factory {spec} returned a {type(model).__name__}, not an nn.Module{hint}")
     return model
+
+
+def input_kwargs(spec: str, shape, kwargs: dict) -> dict:
+    """``kwargs`` with the ``in_channels`` and ``image_size`` a zoo image model takes from its input
+    ``shape`` ``(C, H, W)`` (``kwargs`` win); unchanged for an import path, a token family or no shape."""
+    from procres.models.registry import model_input
+
+    if shape is None or ":" in spec or model_input(spec) != "images":
+        return dict(kwargs)
+    return {"in_channels": shape[0], "image_size": shape[1], **kwargs}
+
+
+def depth_factory(spec: str, *, depth_kwarg: str | None = None, kwargs: dict | None = None):
+    """``callable(depth) -> model`` for a FACTORY string (see the module docstring)."""
+    from procres.models.registry import families
+
+    kwargs = dict(kwargs or {})
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"FACTORY must be a model family or package.module:callable, got {spec!r}")
+    if spec in families():
+        if depth_kwarg is not None:
+            raise UserError(f"the family {spec!r} takes its depth by name ({spec}<depth>); drop --depth-kwarg "
+                            f"{depth_kwarg}")
+        return lambda depth: build(f"{spec}{depth}", kwargs)
+    if ":" not in spec:
+        raise UserError(f"FACTORY {spec!r} is neither a model family ({', '.join(families())}) nor "
+                        f"package.module:callable")
+    if not isinstance(depth_kwarg, str) or not depth_kwarg.isidentifier():
+        raise UserError(f"FACTORY {spec!r} needs --depth-kwarg NAME, the keyword argument that sets its depth "
+                        f"(n_layer for GPT-2, num_hidden_layers for BERT), got {depth_kwarg!r}")
+    if depth_kwarg in kwargs:
+        raise UserError(f"--kwargs sets {depth_kwarg}={kwargs[depth_kwarg]!r}, the argument the study varies; "
+                        f"drop it")
+    if not _IMPORT_PATH.fullmatch(spec):
+        raise UserError(f"FACTORY {spec!r} is not an import path of the form package.module:callable")
+    _import_factory(spec)  # a bad path fails here, before any model is built
+    return lambda depth: build(spec, {**kwargs, depth_kwarg: depth})
 
 
 # ---------------------------------------------------------------- `procres spectrum`: zoo models + checkpoints

@@ -8,7 +8,12 @@
     procresnet Zaeemzadeh 9n+4  pre-act bottlenecks, all     procresnet166/274/634/1003
                et al. 2020      skips identity, transitions  1.72M/2.83M/6.53M/10.33M
 
-(CIFAR-10 parameter counts, docs/theory.md section 3, measured by ``tests/models/test_models.py``.)
+    prenorm_transformer  L      pre-LN layers, token input   prenorm_transformer<L>, any L >= 1
+    postnorm_transformer L      post-LN layers, token input  postnorm_transformer<L>, any L >= 1
+
+(CIFAR-10 parameter counts, docs/theory.md section 3, measured by ``tests/models/test_models.py``;
+the transformers, :mod:`procres.models.transformer`, are language models on token ids and are
+built by name only: ``create_model("prenorm_transformer8", vocab_size=256)``.)
 Plain twins ``plain20..plain1202``, ``plainpre164..plainpre1001``, ``plainproc166..plainproc1003``
 have exactly the parameter count of their residual net; ``procresnet166k2`` / ``plainproc166k2``
 have 2x2 stride-2 transitions (:mod:`procres.models.procresnet`).
@@ -34,8 +39,11 @@ from procres.models.net import DEPTHS
 from procres.models.preact import plainpre, preresnet
 from procres.models.procresnet import plainproc, procresnet
 from procres.models.resnet import plain, resnet
+from procres.models.transformer import postnorm_transformer, prenorm_transformer
 
-__all__ = ["register_model", "create_model", "list_models", "smallest_variant"]
+__all__ = ["register_model", "create_model", "list_models", "smallest_variant", "families", "model_input"]
+
+IMAGE_DEFAULTS = {"num_classes": 10, "in_channels": 3, "image_size": 32}
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -64,17 +72,22 @@ def create_model(name: str, **kwargs) -> nn.Module:
 
     Any other ``<family><depth>[k2]`` name (``procresnet13``, ``plain8``, ``procresnet22k2``)
     builds that depth with the family's factory, so small CPU nets can be named in configs; a
-    depth the family does not have raises the factory's UserError.
+    depth the family does not have raises the factory's UserError.  The transformer families
+    (``prenorm_transformer8``) take no image arguments and have no image defaults.
     """
-    kwargs = {"num_classes": 10, "in_channels": 3, "image_size": 32, **kwargs}
     if name in _MODELS:
-        return _MODELS[name](**kwargs)
+        return _MODELS[name](**{**IMAGE_DEFAULTS, **kwargs})
     parsed = _parse_name(name)
     if parsed is not None:
         family, depth, kernel = parsed
+        if family in _TOKEN_FAMILIES:
+            images = sorted(set(kwargs) & set(IMAGE_DEFAULTS))
+            if images:
+                raise UserError(f"{name} is a language model on token ids; it takes no {', '.join(images)}")
+            return _FAMILIES[family](depth, **kwargs)
         if kernel != 1:
             kwargs.setdefault("transition_kernel", kernel)
-        return _FAMILIES[family](depth, **kwargs)
+        return _FAMILIES[family](depth, **{**IMAGE_DEFAULTS, **kwargs})
     close = difflib.get_close_matches(str(name), list(_MODELS), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UserError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)} names)")
@@ -97,8 +110,20 @@ def smallest_variant(name: str) -> str:
     if parsed is None:
         raise UserError(f"model {name!r} is not <family><depth> of a family in {', '.join(_FAMILIES)}")
     family, _, kernel = parsed
-    step, offset = DEPTHS[family]
+    step, offset = DEPTHS.get(family, (1, 0))
     return f"{family}{step + offset}" + ("k2" if kernel == 2 else "")
+
+
+def families() -> list[str]:
+    """The families whose ``<family><depth>`` names :func:`create_model` builds at any depth."""
+    return list(_FAMILIES)
+
+
+def model_input(name: str) -> str:
+    """``"tokens"`` for a transformer family's name (``prenorm_transformer8``, or the family itself),
+    else ``"images"``."""
+    parsed = _parse_name(name)
+    return "tokens" if name in _TOKEN_FAMILIES or (parsed and parsed[0] in _TOKEN_FAMILIES) else "images"
 
 
 def _parse_name(name) -> tuple[str, int, int] | None:
@@ -109,7 +134,9 @@ def _parse_name(name) -> tuple[str, int, int] | None:
     return match[1], int(match[2]), 2 if match[3] else 1
 
 
-_FAMILIES = {f.__name__: f for f in (resnet, preresnet, procresnet, plain, plainpre, plainproc)}
+_FAMILIES = {f.__name__: f for f in (resnet, preresnet, procresnet, plain, plainpre, plainproc, prenorm_transformer,
+                                      postnorm_transformer)}
+_TOKEN_FAMILIES = ("prenorm_transformer", "postnorm_transformer")
 _FAMILY_DEPTH = re.compile(rf"({'|'.join(_FAMILIES)})(\d+)(k2)?")
 
 for _factory, _depths in (

@@ -10,14 +10,16 @@ Figures (after the authors' README animation, docs/theory.md section 2):
    net, a line per chosen epoch, transition/projection units shaded.
 2. :func:`plot_ratio_heatmap`    block x training-step map of log10 r_l, diverging colours
    centred at 0 (r_l = 1); one row per history record (the mean over its recorded steps).
-3. :func:`plot_depth_study`      spread of r_l (mean and max of |log10 r_l| over each family's
-   own units) against depth, at initialisation and after the study's steps, overflows marked;
-   below, r_l per unit of the deepest nets at initialisation.
+3. :func:`plot_depth_study`      the paper's "deviation vs depth": spread of r_l (mean and max of
+   |log10 r_l| over each family's own units) against depth, at initialisation and after the
+   study's steps, overflows marked; below, r_l per unit of the deepest nets at initialisation.
+   Any families: the demo's three, or those of ``procres study``.
 4. :func:`plot_spectra`          histograms of the operator singular values of each
    layer before/after projection, and circular vs zero padding for one kernel.
 5. :func:`plot_learning_curves`  train and held-out loss and accuracy per net.
 
-Colours are fixed per model family (:data:`FAMILY_COLORS`) across all figures.
+Colours are fixed per model family (:data:`FAMILY_COLORS`) across all figures; a study's other
+families take the next colours of :data:`OTHER_COLORS` in the study's order.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from procres.reports.runs import FAMILY_LABELS, Run, collect
 
 FAMILY_COLORS = {"residual": "#1f77b4", "procrustes": "#2ca02c", "plain": "#d62728"}
 FAMILY_ORDER = ("residual", "procrustes", "plain")
+OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 MARKED_KINDS = ("transition", "projection")
 _KIND_COLORS = {"transition": "#9467bd", "projection": "#ff7f0e"}
 _DPI = 120
@@ -195,42 +198,54 @@ def plot_ratio_heatmap(runs: list[Run], path) -> Path:
 
 
 # ---------------------------------------------------------------- figure 3
+def _study_families(study: dict) -> dict[str, tuple[str, str]]:
+    """``{family: (colour, label)}`` of a depth study, the demo's families first."""
+    known = [f for f in FAMILY_ORDER if f in study["results"]]
+    others = [f for f in study["results"] if f not in FAMILY_ORDER]
+    styles = {f: (FAMILY_COLORS[f], FAMILY_LABELS[f]) for f in known}
+    styles.update({f: (OTHER_COLORS[i % len(OTHER_COLORS)], f) for i, f in enumerate(others)})
+    return styles
+
+
 def plot_depth_study(study: dict, path) -> Path:
     """Spread of r_l against depth per family and phase (overflows marked at the top), and r_l
     per unit of the deepest nets at initialisation."""
-    from procres.reports.verdicts import STUDY_GROUPS, phase_words, study_cells
+    from procres.reports.verdicts import phase_words, study_cells, study_group
 
     if "depths" not in study or "results" not in study:
         raise UserError("depth study needs keys 'depths' and 'results' (see procres.reports.runs)")
     depths = list(study["depths"])
     cells = study_cells(study)
+    families = _study_families(study)
     fig = Figure(figsize=(11, 8), layout="constrained")
     top_axes, bottom = fig.subfigures(2, 1, height_ratios=[1.1, 1])
     axes = top_axes.subplots(1, 2)
     styles = {"init": dict(ls="--", mfc="white"), "trained": dict(ls="-")}
-    for family in [f for f in FAMILY_ORDER if f in study["results"]]:
-        group = STUDY_GROUPS.get(family, family)
+    for family, (color, label) in families.items():
+        group = study_group(family, study.get("block_kinds", {}).get(family) or [])
         for phase in study["results"][family]:
             row = [c for c in cells if c["family"] == family and c["phase"] == phase]
             for ax, key in zip(axes, ("dev_mean", "dev_max")):
                 values = [c["groups"].get(group, {}).get(key, math.nan) if c["overflow"] is None else math.inf
                           for c in row]
-                _plot_with_overflow(ax, [c["depth"] for c in row], values, row, color=FAMILY_COLORS[family],
-                                    label=f"{FAMILY_LABELS[family]}, {phase_words(phase, study.get('steps'))}",
+                _plot_with_overflow(ax, [c["depth"] for c in row], values, row, color=color,
+                                    label=f"{label}, {phase_words(phase, study.get('steps'))}",
                                     **styles.get(phase, {}))
+    extra = "; Procrustes nets have 2 more" if "procrustes" in families else ""
     for ax, key in zip(axes, ("mean", "largest")):
         ax.set_xscale("log")
         ax.set_xticks(depths, [str(d) for d in depths])
         ax.minorticks_off()
-        ax.set_xlabel("depth (layers; Procrustes nets have 2 more)")
+        ax.set_xlabel(f"depth (layers{extra})")
         ax.set_ylabel(rf"{key} $|\log_{{10}} r_l|$ over the units")
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
     axes[0].set_title("mean deviation (identity units; plain: skip-less units)", fontsize=10)
     axes[1].set_title("largest deviation", fontsize=10)
     axes[0].legend(fontsize=7)
-    _plot_deepest(bottom.subplots(1, 1), study, cells)
-    fig.suptitle(f"Depth study: residual vs Procrustes vs plain, {study.get('steps', 0)} SGD steps", fontsize=12)
+    _plot_deepest(bottom.subplots(1, 1), study, cells, families)
+    names = " vs ".join(label for _, label in families.values())
+    fig.suptitle(f"Depth study: {names}, {study.get('steps', 0)} SGD steps", fontsize=12)
     return save_figure(fig, path)
 
 
@@ -249,20 +264,20 @@ def _plot_with_overflow(ax, depths, values, cells, *, color, label, **style) -> 
                         color=color, ha="right", va="top", xytext=(-6, -4), textcoords="offset points")
 
 
-def _plot_deepest(ax, study: dict, cells: list[dict]) -> None:
+def _plot_deepest(ax, study: dict, cells: list[dict], families: dict) -> None:
     """r_l per unit of every family's deepest net at initialisation; overflowed units shaded."""
     deepest = study["depths"][-1]
     values = []
-    for family in [f for f in FAMILY_ORDER if f in study["results"]]:
+    for family, (color, _) in families.items():
         i = len(study["depths"]) - 1
         ratios = study["results"][family]["init"][i]
         cell = next(c for c in cells if c["family"] == family and c["depth"] == deepest and c["phase"] == "init")
         r = np.asarray([math.nan if x is None else x for x in ratios], dtype=float)
         values += list(r[np.isfinite(r)])
-        ax.plot(np.arange(1, r.size + 1), r, lw=1, color=FAMILY_COLORS[family], label=cell["model"])
+        ax.plot(np.arange(1, r.size + 1), r, lw=1, color=color, label=cell["model"])
         flow = cell["overflow"]
         if flow is not None and flow.get("unit"):
-            ax.axvspan(0.5, flow["unit"] + 0.5, color=FAMILY_COLORS[family], alpha=0.08, lw=0,
+            ax.axvspan(0.5, flow["unit"] + 0.5, color=color, alpha=0.08, lw=0,
                        label=f"{cell['model']}: backward overflow, units 1-{flow['unit']} have no ratio")
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_yscale("log")

@@ -14,8 +14,9 @@ Files read (the run-folder layout of :mod:`procres.training.loop` and the demo's
 - ``depth_study.json`` :func:`procres.diagnostics.study.depth_study`'s dict: ``depths``,
   ``results`` ``{family: {phase: [r_l per unit, or None when not measured] per depth}}``,
   ``block_kinds``, ``model_depths`` and ``overflow`` ``{family: [None or {"unit", "units",
-  "phase", ...} per depth]}``, with family ``residual``/``plain``/``procrustes`` and phase
-  ``init``/``trained``.
+  "phase", ...} per depth]}``, with phase ``init``/``trained`` and family ``residual``/``plain``/
+  ``procrustes`` (the demo's) or any name (``procres study``: its FACTORY families, with
+  ``models`` ``{family: model-name template}``, ``findings`` and ``spec``).
 - ``spectra.json`` ``{"layers": [{"name", "input_size", "stride", "target", "before": {...},
   "after": {...}}]}``, where ``before``/``after`` hold, per padding (``circular``, ``zeros``), the
   non-zero singular values of the layer's operator and, under ``stats``, their

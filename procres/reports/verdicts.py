@@ -11,7 +11,9 @@ Claims (docs/theory.md section 1), by key:
 ``identity``      identity-skip blocks keep r_l near 1;
 ``plain``         the plain twin's units deviate from 1 more than the residual net's identity units;
 ``plain_depth``   plain nets deviate more the deeper they are;
-``residual_depth`` residual nets' identity units deviate less the deeper they are (the theorem);
+``residual_depth`` residual nets' identity units deviate less the deeper they are (the theorem); checked
+                 for the demo's residual family and for every other family of a study (``procres
+                 study``: a transformer family, a Hugging Face config at several layer counts);
 ``transitions``   in a ResNet the deviations sit at the transition (projection-shortcut) units;
 ``procrustes``    Procrustes transitions deviate less than the ResNet's transition units;
 ``accuracy``      the Procrustes ResNet is at least as accurate as the ResNet.
@@ -37,8 +39,10 @@ NEAR = 0.1
 CLEAR = 2.0
 TREND = (0.25, 0.02)  # (relative, absolute) change of the mean deviation between the extreme depths
 # the units a depth study compares per family: the identity-skip units of the residual and Procrustes
-# nets (the theorem's blocks) and the skip-less units of the plain twins; transitions are left out
+# nets (the theorem's blocks) and the skip-less units of the plain twins; transitions are left out.
+# Any other family: its identity units when it has some (study_group)
 STUDY_GROUPS = {"residual": "identity", "procrustes": "identity", "plain": "plain"}
+VERDICTS = {True: "holds", False: "contradicted", None: "no data"}
 
 CLAIMS = {
     "identity": "identity blocks keep r_l near 1",
@@ -190,13 +194,16 @@ def trend(values: list[float]) -> str:
     return "stays roughly flat"
 
 
-def check_depth(claim: str, depths: list[int], values: list[float], models: list[str], where: Where) -> Finding:
-    """``plain_depth`` (deviation grows with depth) or ``residual_depth`` (it shrinks)."""
+def check_depth(claim: str, depths: list[int], values: list[float], models: list[str], where: Where,
+                units: str | None = None) -> Finding:
+    """``plain_depth`` (deviation grows with depth) or ``residual_depth`` (it shrinks); ``units``
+    names the units the values are over (default: the plain nets' or the residual nets')."""
     if len([v for v in values if v is not None and not math.isnan(v)]) < 2:
         return Finding(claim, None, f"Fewer than two depths were measured ({where}).", where)
     got = trend(values)
     chain = " -> ".join(f"{fmt(v)} ({m})" for v, m in zip(values, models))
-    units = "skip-less units of the plain nets" if claim == "plain_depth" else "identity units of the residual nets"
+    units = units or ("skip-less units of the plain nets" if claim == "plain_depth"
+                      else "identity units of the residual nets")
     nums = f"mean |log10 r_l| over the {units}: {chain}"
     want = "increases" if claim == "plain_depth" else "decreases"
     if got == want:
@@ -205,6 +212,24 @@ def check_depth(claim: str, depths: list[int], values: list[float], models: list
 
 
 # ---------------------------------------------------------------- where the numbers come from
+def study_group(family: str, kinds) -> str:
+    """The unit group a depth study compares for ``family`` (:data:`STUDY_GROUPS`; another family:
+    its identity units when it has some, else the group of its first unit's kind)."""
+    from procres.diagnostics.ratios import kind_group
+
+    if family in STUDY_GROUPS:
+        return STUDY_GROUPS[family]
+    kinds = [k for per_depth in kinds for k in per_depth]
+    return "identity" if "identity" in kinds or not kinds else kind_group(kinds[0])
+
+
+def model_label(study: dict, family: str, depth: int) -> str:
+    """A model of the study by name: ``models[family]`` (default: the family) with its depth, either
+    in the template's ``{depth}`` (``tiny_gpt2[n_layer={depth}]``) or appended (``preresnet164``)."""
+    name = (study.get("models") or {}).get(family, family)
+    return name.format(depth=depth) if "{depth}" in name else f"{name}{depth}"
+
+
 def study_cells(study: dict) -> list[dict]:
     """One cell per family, depth and phase of a depth study (``depth_study.json``).
 
@@ -217,7 +242,6 @@ def study_cells(study: dict) -> list[dict]:
     from procres.diagnostics.ratios import group_spreads
 
     cells = []
-    names = study.get("models") or {}
     for family, phases in study["results"].items():
         kinds = study.get("block_kinds", {}).get(family) or []
         own = study.get("model_depths", {}).get(family) or study["depths"]
@@ -232,7 +256,7 @@ def study_cells(study: dict) -> list[dict]:
                 if flow is not None:
                     for g in groups.values():
                         g["overflow"] = overflow_text(flow)
-                cells.append({"family": family, "model": f"{names.get(family, family)}{own[i]}",
+                cells.append({"family": family, "model": model_label(study, family, own[i]),
                               "depth": study["depths"][i], "phase": phase, "groups": groups, "overflow": flow})
     return cells
 
@@ -267,13 +291,23 @@ def study_findings(study: dict) -> list[Finding]:
                 out.append(check_procrustes(proc["groups"].get("transition", {}), res["groups"].get("transition", {}),
                                             Where(str(depth), words, [proc["model"], res["model"]])))
         for claim, family, group in (("plain_depth", "plain", "plain"), ("residual_depth", "residual", "identity")):
-            row = [_cell(cells, family, d, phase) for d in study["depths"]]
-            row = [c for c in row if c is not None]
-            values = [_dev(c["groups"][group]) if _has(c["groups"].get(group)) else math.nan for c in row]
-            depths = "-".join(str(c["depth"]) for c in row[:1] + row[-1:])
-            out.append(check_depth(claim, [c["depth"] for c in row], values, [c["model"] for c in row],
-                                   Where(depths, words, [c["model"] for c in row])))
+            if family in study["results"]:
+                out.append(depth_trend(study, cells, claim, family, group, phase))
+        for family in [f for f in study["results"] if f not in STUDY_GROUPS]:
+            group = study_group(family, study.get("block_kinds", {}).get(family) or [])
+            out.append(depth_trend(study, cells, "residual_depth", family, group, phase,
+                                   units=f"{group} units of {family}"))
     return out
+
+
+def depth_trend(study: dict, cells: list[dict], claim: str, family: str, group: str, phase: str,
+                units: str | None = None) -> Finding:
+    """:func:`check_depth` of ``family``'s ``group`` units over the study's depths in ``phase``."""
+    row = [c for c in (_cell(cells, family, d, phase) for d in study["depths"]) if c is not None]
+    values = [_dev(c["groups"][group]) if _has(c["groups"].get(group)) else math.nan for c in row]
+    depths = "-".join(str(c["depth"]) for c in row[:1] + row[-1:])
+    return check_depth(claim, [c["depth"] for c in row], values, [c["model"] for c in row],
+                       Where(depths, phase_words(phase, study.get("steps")), [c["model"] for c in row]), units)
 
 
 def run_findings(summaries: list[dict]) -> list[Finding]:

@@ -369,15 +369,24 @@ class DeviceLoader:
         self.epoch, self.position = int(state["epoch"]), position
 
 
-def make_batches(data: str, *, input_shape, batch: int, count: int, seed: int = 0) -> tuple[list, tuple]:
-    """``count`` batches of ``batch`` examples from ``data`` -> (list of (x, y or None), input shape
-    (C, H, W)), for ``procres inspect --data``: ``random`` (standard normal images of
-    ``input_shape``, no labels), ``digits`` (the embedded 1x16x16 set) or ``cifar10:PATH`` /
+def make_batches(data: str, *, input_shape, batch: int, count: int, seed: int = 0,
+                 vocab: int | None = None) -> tuple[list, tuple]:
+    """``count`` batches of ``batch`` examples from ``data`` -> (list of (x, y or None), input shape),
+    for ``procres inspect --data`` and ``procres study``: ``random`` (standard normal inputs of
+    ``input_shape``, no labels; with ``vocab``, token ids uniform in ``[0, vocab)`` of
+    ``input_shape = (LEN,)``), ``digits`` (the embedded 1x16x16 set) or ``cifar10:PATH`` /
     ``cifar100:PATH`` (the local archive), normalised with the data set's mean and std."""
     gen = torch.Generator().manual_seed(seed)
     if data == "random":
         shape = tuple(input_shape)
+        if vocab is not None:
+            if len(shape) != 1 or shape[0] < 2:
+                raise UserError(f"token batches need a length of at least 2 (one next token to predict), "
+                                f"got shape {shape}")
+            return [(torch.randint(vocab, (batch, *shape), generator=gen), None) for _ in range(count)], shape
         return [(torch.randn(batch, *shape, generator=gen), None) for _ in range(count)], shape
+    if vocab is not None:
+        raise UserError(f"token ids are random: --data {data!r} holds images; drop one of them")
     name, _, path = data.partition(":")
     if name not in ("digits", "cifar10", "cifar100"):
         raise UserError(f"--data must be 'random', 'digits', 'cifar10:PATH' or 'cifar100:PATH', got {data!r}")

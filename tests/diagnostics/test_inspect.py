@@ -231,3 +231,107 @@ def test_inspect_project_of_a_3x3_conv_and_its_errors(capsys, tmp_path):
                  "--out", str(tmp_path), "--threads", "1"]) == 1
     err = capsys.readouterr().err
     assert "no conv of the model matches 'nothing.*'" in err and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- token models (--input-ids)
+def _tiny_hf(family, **config):
+    pytest.importorskip("transformers")
+    import hf_models
+
+    torch.manual_seed(0)
+    return hf_models.FAMILIES[family](**config)
+
+
+def test_inspect_input_ids_on_a_tiny_gpt2_factory(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    argv = ["inspect", "hf_models:tiny_gpt2", "--input-ids", "8", "--steps", "1", "--out", str(tmp_path),
+            "--threads", "1"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "units: structure: 3 GPT2Block in 'transformer.h.*'" in printed and "glob 'transformer.h.*'" in printed
+    assert "the conv table is empty" in printed
+    result = json.loads((tmp_path / "inspect.json").read_text())
+    assert (result["input"], result["vocab"], result["input_shape"]) == ("input_ids", 64, [8])
+    assert [u["name"] for u in result["units"]] == ["transformer.h.0", "transformer.h.1", "transformer.h.2"]
+    assert result["units_glob"] == "transformer.h.*" and result["convs"] == []   # GPT-2's Conv1D is a linear map
+    assert all(u["ratio_init"] > 0 and u["ratio_trained"] > 0 for u in result["units"])
+
+
+def test_token_ratios_equal_retain_grad_under_hugging_faces_own_causal_lm_loss():
+    model = _tiny_hf("gpt2", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0).double()
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.randint(64, (3, 8), generator=gen), None) for _ in range(2)]
+    reference = []
+    for ids, _ in batches:
+        pairs = []
+        hooks = [block.register_forward_hook(lambda m, args, out: pairs.append((args[0], out)))
+                 for block in model.transformer.h]
+        model.train()
+        out = model(ids, labels=ids)                       # the next-token loss, as Hugging Face computes it
+        for t in (t for pair in pairs for t in pair):
+            t.retain_grad()
+        out.loss.backward()
+        for h in hooks:
+            h.remove()
+        reference.append([float(a.grad.norm() / b.grad.norm()) for a, b in pairs])
+        model.zero_grad()
+    result = inspect_model(model, batches, steps=0)
+    assert model.config.use_cache is False                 # no key/value cache built in every forward
+    expected = [(a + b) / 2 for a, b in zip(*reference)]
+    assert [u["ratio_init"] for u in result["units"]] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_next_token_loss_is_hugging_faces_causal_lm_loss(family):
+    from procres.diagnostics.inspection import probe_loss
+
+    model = _tiny_hf(family).eval()                        # no dropout: two forwards, one function
+    ids = torch.randint(64, (4, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = model(ids, labels=ids).loss               # Hugging Face shifts the labels itself
+        ours = probe_loss(model(ids), None, torch.Generator(), ids, 64)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+
+
+def test_probe_loss_of_logits_and_of_hidden_states():
+    from procres.diagnostics.inspection import probe_loss
+
+    bert = _tiny_hf("bert").eval()                         # a classifier's (N, K) logits: the usual cross-entropy
+    ids, y = torch.randint(64, (4, 8)), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        logits = bert(ids).logits
+        assert float(probe_loss(bert(ids), y, None, ids, 64)) == pytest.approx(float(F.cross_entropy(logits, y)))
+    base = _tiny_hf("gpt2", head=False).eval()            # (N, T, hidden) states, hidden != vocab: not logits
+    with torch.no_grad():
+        h = base(ids).last_hidden_state
+        ours = probe_loss(base(ids), None, torch.Generator().manual_seed(3), ids, 64)
+    g = torch.randn(h.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).float()
+    assert float(ours) == pytest.approx(float((h * g).sum() / h.shape[0]), rel=1e-6)
+
+
+def test_token_arguments_are_checked_in_one_sentence(tmp_path, capsys):
+    from procres.diagnostics.inspection import vocab_of
+    from procres.training.data import make_batches
+
+    assert main(["inspect", "user_models:tiny_resnet", "--input-ids", "8", "--out", str(tmp_path)]) == 1
+    assert "ResNet has no config.vocab_size and no vocabulary was given: give it with --vocab N" in capsys.readouterr().err
+    assert main(["inspect", "resnet8", "--vocab", "50", "--out", str(tmp_path)]) == 1
+    assert "--vocab 50 is the vocabulary of --input-ids LEN" in capsys.readouterr().err
+    assert main(["inspect", "resnet8", "--data", "digits", "--input-ids", "8", "--out", str(tmp_path)]) == 1
+    assert "drop one of them" in capsys.readouterr().err
+    assert vocab_of(torch.nn.Linear(2, 2), 50) == 50
+    (ids, y), = make_batches("random", input_shape=(6,), batch=5, count=1, vocab=7)[0]
+    assert ids.shape == (5, 6) and ids.dtype == torch.int64 and 0 <= int(ids.min()) and int(ids.max()) < 7 and y is None
+    with pytest.raises(ValueError, match="at least 2"):
+        make_batches("random", input_shape=(1,), batch=2, count=1, vocab=7)
+
+
+def test_a_hugging_face_model_class_is_built_from_its_config_class(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    config = '{"n_layer": 2, "n_embd": 16, "n_head": 2, "vocab_size": 64, "n_positions": 16}'
+    assert main(["inspect", "transformers:GPT2LMHeadModel", "--kwargs", config, "--input-ids", "8", "--steps", "1",
+                 "--json", "--out", str(tmp_path), "--threads", "1"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [u["name"] for u in result["units"]] == ["transformer.h.0", "transformer.h.1"] and result["vocab"] == 64
+    assert main(["inspect", "transformers:GPT2Config", "--input-ids", "8", "--out", str(tmp_path)]) == 1
+    assert "returned a GPT2Config, not an nn.Module; name a model class instead" in capsys.readouterr().err

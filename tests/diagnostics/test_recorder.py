@@ -351,3 +351,25 @@ def test_recorder_counts_non_finite_input_gradients():
     s = rec.summary()
     assert s["grad_nonfinite"] == [1.0] * 4 + [0.0] * 4 and s["steps_recorded"] == 2
     assert all(math.isnan(r) for r in s["ratio"][:4]) and all(r == pytest.approx(1e8, rel=1e-4) for r in s["ratio"][4:])
+
+
+def test_depth_study_of_a_token_model_equals_retain_grad_under_the_next_token_loss():
+    # every row one sequence: whichever rows the study draws, its batches are this batch
+    from procres.models.transformer import prenorm_transformer
+
+    ids = torch.randint(64, (1, 6)).repeat(16, 1)
+    factory = lambda d: prenorm_transformer(d, width=8, heads=2).double()  # noqa: E731
+    out = depth_study({"pre": factory}, [3], (ids, None), steps=0, batch_size=4, measure_batches=2)
+    torch.manual_seed(0)                                   # the study builds each model under its seed
+    model = factory(3).train()
+    xs = []
+    hooks = [b.register_forward_hook(lambda m, args, o: xs.extend([args[0], o])) for b in model.blocks]
+    logits = model(ids[:4])
+    for t in xs:
+        t.retain_grad()
+    nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64), ids[:4, 1:].reshape(-1)).backward()
+    for h in hooks:
+        h.remove()
+    ref = [float(xs[2 * i].grad.norm() / xs[2 * i + 1].grad.norm()) for i in range(3)]
+    assert out["results"]["pre"]["init"][0] == pytest.approx(ref, rel=1e-9)
+    assert out["block_kinds"]["pre"] == [["identity"] * 3] and out["units"]["pre"] == ["blocks: the model's own units"]

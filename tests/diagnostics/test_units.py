@@ -190,14 +190,60 @@ def test_norm_recorder_refuses_a_list_input():
             unit([x, x]).sum().backward()
 
 
-def test_untraceable_and_unit_free_models_say_so_in_one_sentence():
-    with pytest.raises(ValueError, match=r"torch.fx cannot trace DataDependent \(TraceError.*units_by_name") as err:
-        find_units(DataDependent(), torch.randn(1, 3, 8, 8))
-    assert "\n" not in str(err.value)
-    untraceable = DataDependent()
+def test_untraceable_models_fall_back_on_structure_and_say_which_rule():
+    untraceable = DataDependent()                              # a Python branch on tensor data
     untraceable.block = nn.Sequential(BasicBlock(3, 3), BasicBlock(3, 3))
-    with pytest.raises(ValueError, match=r"--units PATTERN.*repeated blocks of DataDependent: 'block\.\*'$"):
-        find_units(untraceable, torch.randn(1, 3, 8, 8))
+    units = find_units(untraceable, torch.randn(1, 3, 8, 8))
+    assert units.names() == ["block.0", "block.1"] and [u.kind for u in units] == ["identity", "identity"]
+    assert units.rule.startswith("structure: 2 BasicBlock in 'block.*'") and "torch.fx cannot trace" in units.rule
+    assert units.glob == "block.*" and units_by_name(untraceable, units.glob).names() == units.names()
+    traced = find_units(tiny_resnet(), torch.randn(1, 3, 32, 32))
+    assert traced.rule.startswith("traced: ") and traced.glob == "layer*.*"
+    assert find_units(tiny_vit(), torch.randn(1, 3, 16, 16)).glob is None      # sub-graph units have no name
+
+
+class _Affine(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return x * self.w
+
+
+class _Maybe(nn.Module):
+    """A residual layer or not, by construction: a level of both qualifies for nothing."""
+
+    def __init__(self, skip: bool):
+        super().__init__()
+        self.skip = skip
+        self.f = nn.Sequential(_Affine(), _Affine())
+
+    def forward(self, x):
+        return x + self.f(x) if self.skip else self.f(x)
+
+
+class _HalfResidual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([_Maybe(True), _Maybe(False)])
+
+    def forward(self, x):
+        if x.sum() > 0:                                        # torch.fx cannot trace it
+            for layer in self.layers:
+                x = layer(x)
+        return x
+
+
+def test_unit_free_models_are_refused_in_one_sentence_with_residual_globs_first():
+    with pytest.raises(ValueError, match=r"torch.fx cannot trace DataDependent \(TraceError.*units_by_name") as err:
+        find_units(DataDependent(), torch.randn(1, 3, 8, 8))   # one block, no list of them
+    assert "\n" not in str(err.value)
+    # the residual level first although the level inside it is the inner one
+    with pytest.raises(ValueError, match=r"--units PATTERN.*repeated blocks of _HalfResidual: 'layers\.\*', "
+                                         r"'layers\.\*\.f\.\*'$"):
+        find_units(_HalfResidual(), torch.ones(2, 3))
+    assert repeated_blocks(_HalfResidual()) == ["layers.*.f.*", "layers.*"]   # without an example: inner first
     assert repeated_blocks(tiny_resnet()) == ["layer*.*"]                # layer1.0, layer1.1, layer2.0, ...
     assert repeated_blocks(HFStyleEncoder()) == ["layer.*"]
     with pytest.raises(ValueError, match="no residual addition found in Sequential"):

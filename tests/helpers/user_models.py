@@ -3,7 +3,8 @@
 Each is a shrunk copy of a well-known layout: torchvision's ResNet (``BasicBlock``, ``Bottleneck``
 with ``downsample``, ``out += identity`` and an in-place ReLU), a ConvNeXt block (depthwise 7x7
 conv, channels-last LayerNorm, layer scale), a pre-norm transformer (two residual additions in one
-``forward``), a residual block of dilated convs, and one that torch.fx cannot trace.  Factories
+``forward``), a residual block of dilated convs, one that torch.fx cannot trace, and a chain of
+units whose r_l is known exactly (a depth-study family built to hold or to fail the claim).  Factories
 take keyword arguments so that the command line can build them (``user_models:tiny_resnet``).
 """
 
@@ -396,3 +397,39 @@ class Residual(nn.Module):
 
     def forward(self, x):
         return x + self.eps * self.conv2(torch.tanh(self.conv1(x)))
+
+
+# ---------------------------------------------------------------- a depth-study family with known r_l
+class ScaledUnit(nn.Module):
+    """x + a * W x with W = I at initialisation: the Jacobian is (1 + a) I, so r_l = 1 + a exactly."""
+
+    def __init__(self, width: int, a: float):
+        super().__init__()
+        self.a = a
+        self.w = nn.Linear(width, width, bias=False)
+        with torch.no_grad():
+            self.w.weight.copy_(torch.eye(width))
+
+    def forward(self, x):
+        return x + self.a * self.w(x)
+
+
+class ScaledChain(nn.Module):
+    def __init__(self, layers: int, a: float, features: int, width: int, num_classes: int):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(features, width))
+        self.layers = nn.ModuleList([ScaledUnit(width, a) for _ in range(layers)])
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.head(x)
+
+
+def scaled_chain(*, layers: int, shrink: bool = False, features: int = 4, width: int = 4, num_classes: int = 3):
+    """``layers`` units of r_l = 1 + a on inputs of ``features`` values (e.g. 1x2x2): a = 0.5 at
+    every depth (the deviation stays flat: the depth claim fails), or a = 0.5 / layers with
+    ``shrink`` (it falls with depth: the claim holds)."""
+    return ScaledChain(layers, 0.5 / layers if shrink else 0.5, features, width, num_classes)
