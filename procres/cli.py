@@ -119,9 +119,10 @@ def _add_inspect(sub):
     p.add_argument("--units", default=None, metavar="PATTERN",
                    help="name the units instead of tracing: a glob on module names, * within one dotted segment "
                         "(e.g. 'layer*.*')")
-    p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
-                   help="extremes of each layer's own padded operator (zero, reflect or replicate padding): auto "
-                        "(exact where affordable, else Lanczos), dense (exact only), off")
+    p.add_argument("--zeros", choices=["max", "auto", "dense", "off"], default="max",
+                   help="extremes of each layer's own padded operator (zero, reflect or replicate padding): max "
+                        "(default: sigma_max, and sigma_min where it comes free), auto (both: exact where "
+                        "affordable, else Lanczos), dense (exact only), off")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--out", default="runs/inspect", help="folder for inspect.json and figures/ (default runs/inspect)")

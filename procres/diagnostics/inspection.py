@@ -61,7 +61,7 @@ def _measure(runner, units, batches, seed):
 
 
 def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float = 0.01, measure: int = 2,
-                  pattern: str | None = None, zeros: str = "auto", seed: int = 0) -> dict:
+                  pattern: str | None = None, zeros: str = "max", seed: int = 0) -> dict:
     """Units, conv spectra and r_l of ``model`` on ``batches`` (see the module docstring); returns a
     JSON-ready dict ``{"units": [...], "convs": [...], "seconds": {...}, ...}``."""
     if not batches or len(batches) < measure:
