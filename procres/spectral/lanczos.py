@@ -39,6 +39,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from procres.spectral.threads import one_thread
+
 __all__ = ["LanczosResult", "lanczos"]
 
 _BLOCK = 64
@@ -158,7 +160,8 @@ def lanczos(op: Callable[[Tensor], Tensor], dim: int, *, k: int = 1, which: str 
         must_restart = invariant and blocks_done < k and not full
         if j + 1 >= k and not must_restart and (j < 32 or (j + 1) % 4 == 0 or last or invariant):
             t = _tridiagonal(alphas, betas)
-            theta, vecs = torch.linalg.eigh(t)
+            with one_thread():                                  # see procres.spectral.threads
+                theta, vecs = torch.linalg.eigh(t)
             resid = (beta * vecs[-1]).abs()
             wanted = _wanted(theta, k, which, zero_tol)
             top = theta[-1].clamp_min(1e-300)

@@ -89,6 +89,7 @@ from procres.spectral.symbol import (
     symbol_at,
     tap_phases,
 )
+from procres.spectral.threads import one_thread
 
 __all__ = [
     "DENSE_LIMIT",
@@ -435,7 +436,8 @@ def _circular_starts(op: ConvOperator, per_frequency: torch.Tensor | None = None
         f, rest = divmod(index, op.groups * sv.shape[-1])
         g, k = divmod(rest, sv.shape[-1])
         matrix = symbol_at(circular, f)[g]                    # a self-conjugate frequency's is real
-        u = torch.linalg.svd(matrix.real if f in real else matrix, full_matrices=False)[0][:, k]
+        with one_thread():
+            u = torch.linalg.svd(matrix.real if f in real else matrix, full_matrices=False)[0][:, k]
         starts.append(_plane_wave(op, u, f, g, kind))
     return tuple(starts) if len(starts) == 2 else (starts[0], None)
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from procres.errors import UserError
 from procres.spectral.operator import ConvOperator, size_pair
+from procres.spectral.threads import one_thread
 
 __all__ = ["polyphase_symbol", "frequency_classes", "kernel_from_symbol", "batched_svdvals",
            "check_divisible", "tap_phases", "frequency_independent", "circular_symbol", "symbol_at",
@@ -166,7 +167,8 @@ def batched_svdvals(A: torch.Tensor) -> torch.Tensor:
         m, n = A.shape[-2:]
         if A.dtype in (torch.float64, torch.complex128) and max(m, n) >= GRAM_ASPECT * min(m, n) and A.numel():
             return _gram_svdvals(A)
-        return torch.linalg.svdvals(A)
+        with one_thread():
+            return torch.linalg.svdvals(A)
     if max(A.shape[-2:]) > CUDA_BATCHED_SVD_MAX:
         return torch.linalg.svdvals(A.cpu()).to(A.device)
     if A.dtype == torch.complex64:
@@ -175,11 +177,12 @@ def batched_svdvals(A: torch.Tensor) -> torch.Tensor:
 
 
 def _gram_svdvals(A: torch.Tensor) -> torch.Tensor:
-    gram = A @ A.mH if A.shape[-2] <= A.shape[-1] else A.mH @ A
-    sv = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(-1)
-    redo = sv[..., -1] < GRAM_RTOL * sv[..., 0]
-    if bool(redo.any()):
-        sv[redo] = torch.linalg.svdvals(A[redo])
+    gram = A @ A.mH if A.shape[-2] <= A.shape[-1] else A.mH @ A   # a matmul: threads help here
+    with one_thread():
+        sv = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(-1)
+        redo = sv[..., -1] < GRAM_RTOL * sv[..., 0]
+        if bool(redo.any()):
+            sv[redo] = torch.linalg.svdvals(A[redo])
     return sv
 
 
