@@ -440,3 +440,19 @@ def test_a_circular_spectrum_of_another_operator_is_refused():
         conv_extremes(nn.Conv2d(3, 3, 3, padding=1), 8, which="max", circular=other)
     with pytest.raises(ValueError, match="which must be 'both' or 'max'"):
         conv_extremes(nn.Conv2d(3, 3, 3, padding=1), 8, which="min")
+
+
+def test_spectral_factorisations_run_on_one_thread_and_restore_the_count(monkeypatch):
+    from procres.spectral.symbol import batched_svdvals
+
+    seen, svdvals = [], torch.linalg.svdvals
+    monkeypatch.setattr(torch.linalg, "svdvals", lambda A: seen.append(torch.get_num_threads()) or svdvals(A))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        A = torch.randn(3, 4, 4, dtype=torch.float64)
+        sv = batched_svdvals(A)
+        assert seen == [1] and torch.get_num_threads() == 2
+        np.testing.assert_allclose(sv.numpy(), np.linalg.svd(A.numpy(), compute_uv=False), rtol=1e-12)
+    finally:
+        torch.set_num_threads(before)
