@@ -1,10 +1,16 @@
-"""Benchmark: `procres inspect` on a ResNet-50-shaped model, and `procres spectrum --model resnet20`
-against the previous spectrum path, in one run.
+"""Benchmark: `procres inspect` on a ResNet-50-shaped model with its conv table against the previous
+path, and `procres spectrum --model resnet20` against the previous spectrum path, in one run.
 
 1. inspect: a torchvision-layout ResNet-50 (Bottleneck blocks 3-4-6-3, width 64, ``downsample``
-   1x1 convs; tests/helpers/user_models.py, torchvision is not needed) on random 3x64x64 inputs, batch 8, two
-   SGD steps, as ``procres inspect`` runs it (``inspect_model`` + ``write_inspection``); the
-   seconds of tracing, spectra and recording, and the total.
+   1x1 convs; tests/helpers/user_models.py, torchvision is not needed) on random inputs of
+   ``--input-shape`` (default 3x64x64), batch 8, two SGD steps, as ``procres inspect`` runs it
+   (``inspect_model`` + ``write_inspection``, default ``zeros="max"``); the seconds of tracing,
+   spectra and recording, and the total.  Then the previous conv table on the same weights
+   (reference): today's code with the new routes switched off (``FLOAT32_MIN_DIM`` and
+   ``GRAM_ASPECT`` set to infinity: float64 Lanczos with full re-orthogonalisation, the SVD for
+   every circular block), both zero-padding extremes (``zeros="auto"``), the circular symbol
+   decomposed a second time for the Lanczos start, as before; the time ratio of the spectra
+   phases and the largest differences of sigma_max (circular and zero padding).
 2. spectrum: ``procres spectrum --model resnet20`` (the CLI, timed from the call), then the
    previous path on the same weights (reference): circular spectra by the same FFT code; zero
    padding by the dense impulse response and a full SVD when the *input* side was at most 4096,
@@ -13,12 +19,13 @@ against the previous spectrum path, in one run.
    of sigma_max (circular and zero padding) and of the zero-padding sigma_min where both are
    exact or converged, and the layers where either is only an upper bound.
 
-    python benchmarks/inspect.py                 # ~3 min on 2 shared cores, most of it the old path
+    python benchmarks/inspect.py                 # ~4 min on 2 shared cores, most of it the old paths
+    python benchmarks/inspect.py --input-shape 3 224 224 --skip-spectrum   # ~6 min, 4 of them the old path
+    python benchmarks/inspect.py --skip-old      # new paths only
+    python benchmarks/inspect.py --threads 2
 
 The file shares its name with the standard library's `inspect`, which every script in this folder
 would import instead of it: imported (not run), it hands over to the standard library's module.
-    python benchmarks/inspect.py --skip-old      # new paths only
-    python benchmarks/inspect.py --threads 2
 
 Times are single runs (each of these takes seconds to minutes), wall and CPU seconds of this
 process: with one thread (the default) the CPU seconds are what the wall time would be on an idle
@@ -46,13 +53,13 @@ if __name__ != "__main__":
 def resnet50():
     """ResNet-50 as torchvision lays it out (Bottleneck 3-4-6-3, width 64, ``downsample``), from the
     tests' user-style models (torchvision is not needed)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "tests"))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "tests", "helpers"))
     from user_models import tiny_bottleneck_resnet
 
     return tiny_bottleneck_resnet(layers=(3, 4, 6, 3), width=64, num_classes=1000)
 
 
-def bench_inspect(out_dir: str) -> dict:
+def bench_inspect(out_dir: str, shape, skip_old: bool) -> dict:
     import time
 
     import torch
@@ -63,7 +70,7 @@ def bench_inspect(out_dir: str) -> dict:
 
     torch.manual_seed(0)
     model = resnet50()
-    batches, _ = make_batches("random", input_shape=(3, 64, 64), batch=8, count=2)
+    batches, _ = make_batches("random", input_shape=tuple(shape), batch=8, count=2)
     start, cpu = time.perf_counter(), time.process_time()
     result = inspect_model(model, batches, steps=2)
     write_inspection(result, out_dir)
@@ -73,10 +80,53 @@ def bench_inspect(out_dir: str) -> dict:
     for r in convs:
         key = (r["zeros"] or {}).get("method", "-")
         methods[key] = methods.get(key, 0) + 1
-    bounds = sum(1 for r in convs if (r["zeros"] or {}).get("sigma_min_is") == "upper bound")
-    return {"total": total, "total_cpu": total_cpu, **result["seconds"],
-            **{f"{k}_cpu": v for k, v in result["cpu_seconds"].items()}, "units": len(result["units"]), "convs": len(convs),
-            "methods": methods, "upper_bounds": bounds}
+    out = {"total": total, "total_cpu": total_cpu, **result["seconds"],
+           **{f"{k}_cpu": v for k, v in result["cpu_seconds"].items()}, "units": len(result["units"]),
+           "convs": convs, "methods": methods, "worst_error": max((r["zeros"] or {}).get("sigma_max_error", 0) or 0
+                                                                  for r in convs)}
+    if not skip_old:                                   # the weights the table measured, before the SGD steps
+        torch.manual_seed(0)
+        start, cpu = time.perf_counter(), time.process_time()
+        out["previous"] = previous_conv_table(resnet50(), batches[0][0][:1])
+        out.update(previous_s=time.perf_counter() - start, previous_cpu=time.process_time() - cpu)
+    return out
+
+
+def previous_conv_table(model, x) -> list[dict]:
+    """The conv table as procres computed it before the sigma_max-only default (see the module
+    docstring): every conv's circular spectrum and both zero-padding extremes."""
+    import math
+
+    from procres.diagnostics.convs import find_convs
+    from procres.spectral import spectra, symbol
+
+    saved = spectra.FLOAT32_MIN_DIM, symbol.GRAM_ASPECT
+    spectra.FLOAT32_MIN_DIM = symbol.GRAM_ASPECT = math.inf
+    try:
+        rows = []
+        for site in find_convs(model, x):
+            conv, size = site.module, site.input_size
+            w = conv.weight.detach().double()
+            sv = spectra.conv_singular_values(w, size, stride=conv.stride, dilation=conv.dilation, groups=conv.groups,
+                                              padding_mode="circular")
+            rows.append({"name": site.name, "circular": spectra.spectrum_stats(sv),
+                         "zeros": spectra.conv_extremes(conv, size)})
+        return rows
+    finally:
+        spectra.FLOAT32_MIN_DIM, symbol.GRAM_ASPECT = saved
+
+
+def compare_tables(new: list[dict], old: list[dict]) -> None:
+    circ = max(abs(r["circular"]["sigma_max"] / o["circular"]["sigma_max"] - 1) for r, o in zip(new, old))
+    circ_min = max(abs(r["circular"]["sigma_min"] / o["circular"]["sigma_min"] - 1) for r, o in zip(new, old))
+    pairs = [(r["zeros"], o["zeros"]) for r, o in zip(new, old)]
+    zeros = max(abs(z["sigma_max"] / oz["sigma_max"] - 1) for z, oz in pairs)
+    bound = max(max(z["sigma_max_error"], oz["sigma_max_error"]) for z, oz in pairs)
+    print(f"circular spectrum vs previous, {len(new)} convs: largest relative difference of sigma_max {circ:.1e}, "
+          f"of sigma_min {circ_min:.1e}")
+    print(f"zero-padding sigma_max vs previous: largest relative difference {zeros:.1e} (stated errors up to "
+          f"{bound:.1e}); sigma_min: {sum(z['sigma_min'] is None for z, _ in pairs)} not measured now, previously "
+          f"{sum(oz['sigma_min_is'] == 'upper bound' for _, oz in pairs)} of {len(pairs)} only upper bounds")
 
 
 # ---------------------------------------------------------------- the previous spectrum path (reference)
@@ -218,31 +268,48 @@ def compare(rows: list[dict], old: list[dict]) -> None:
 
 def main(argv=None):
     import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--input-shape", type=int, nargs=3, metavar=("C", "H", "W"), default=(3, 64, 64),
+                   help="inspect's input shape without the batch (default 3 64 64)")
+    p.add_argument("--skip-old", action="store_true", help="do not run the previous paths")
+    p.add_argument("--skip-spectrum", action="store_true", help="do not run part 2 (procres spectrum --model resnet20)")
+    args = p.parse_args(argv)                       # before torch: --help and bad flags answer at once
+    run(args)
+
+
+def run(args) -> None:
     import tempfile
 
     import torch
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--skip-old", action="store_true", help="do not run the previous spectrum path")
-    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, load average {load:.1f}")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} cores, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    shape = "x".join(map(str, args.input_shape))
     with tempfile.TemporaryDirectory() as tmp:
-        ins = bench_inspect(tmp)
-    print(f"\ninspect ResNet-50 (torchvision layout) 3x64x64, batch 8, 2 SGD steps: {ins['total']:.1f} s wall, "
+        ins = bench_inspect(tmp, args.input_shape, args.skip_old)
+    print(f"\ninspect ResNet-50 (torchvision layout) {shape}, batch 8, 2 SGD steps: {ins['total']:.1f} s wall, "
           f"{ins['total_cpu']:.1f} s CPU (trace {ins['trace']:.1f} / {ins['trace_cpu']:.1f} s, spectra "
-          f"{ins['spectra']:.1f} / {ins['spectra_cpu']:.1f} s, recording {ins['record']:.1f} / {ins['record_cpu']:.1f} s); "
-          f"{ins['units']} units, {ins['convs']} convs, zero-padding routes {ins['methods']}, "
-          f"{ins['upper_bounds']} sigma_min upper bounds")
-    spec = bench_spectrum(args.skip_old)
-    print(f"\nprocres spectrum --model resnet20: {spec['new_s']:.1f} s wall, {spec['new_cpu']:.1f} s CPU")
+          f"{ins['spectra']:.1f} / {ins['spectra_cpu']:.1f} s, recording {ins['record']:.1f} / {ins['record_cpu']:.1f} s, "
+          f"figures and json {ins['total'] - ins['trace'] - ins['spectra'] - ins['record']:.1f} s wall); "
+          f"{ins['units']} units, {len(ins['convs'])} convs, zero-padding routes {ins['methods']}, "
+          f"largest stated sigma_max error {ins['worst_error']:.1e}; load average {os.getloadavg()[0]:.1f}")
     if not args.skip_old:
-        print(f"previous path on the same weights: {spec['old_s']:.1f} s wall, {spec['old_cpu']:.1f} s CPU; "
-              f"ratio old/new {spec['old_s'] / spec['new_s']:.1f}x wall, {spec['old_cpu'] / spec['new_cpu']:.1f}x CPU\n")
-        compare(spec["rows"], spec["old"])
-    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+        print(f"previous conv table on the same weights: {ins['previous_s']:.1f} s wall, {ins['previous_cpu']:.1f} s "
+              f"CPU; ratio previous/new spectra phase {ins['previous_s'] / ins['spectra']:.1f}x wall, "
+              f"{ins['previous_cpu'] / ins['spectra_cpu']:.1f}x CPU")
+        compare_tables(ins["convs"], ins["previous"])
+    if not args.skip_spectrum:
+        spec = bench_spectrum(args.skip_old)
+        print(f"\nprocres spectrum --model resnet20: {spec['new_s']:.1f} s wall, {spec['new_cpu']:.1f} s CPU")
+        if not args.skip_old:
+            print(f"previous path on the same weights: {spec['old_s']:.1f} s wall, {spec['old_cpu']:.1f} s CPU; "
+                  f"ratio old/new {spec['old_s'] / spec['new_s']:.1f}x wall, "
+                  f"{spec['old_cpu'] / spec['new_cpu']:.1f}x CPU\n")
+            compare(spec["rows"], spec["old"])
+    print(f"\nload average at the end {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -162,9 +162,10 @@ def _add_inspect(sub):
     p.add_argument("--units", default=None, metavar="PATTERN",
                    help="name the units instead of finding them: a glob on module names, * within one dotted "
                         "segment (e.g. 'layer*.*')")
-    p.add_argument("--zeros", choices=["auto", "dense", "off"], default="auto",
-                   help="extremes of each layer's own padded operator (zero, reflect or replicate padding): auto "
-                        "(exact where affordable, else Lanczos), dense (exact only), off")
+    p.add_argument("--zeros", choices=["max", "auto", "dense", "off"], default="max",
+                   help="extremes of each layer's own padded operator (zero, reflect or replicate padding): max "
+                        "(default: sigma_max, and sigma_min where it comes free), auto (both: exact where "
+                        "affordable, else Lanczos), dense (exact only), off")
     p.add_argument("--project", default=None, metavar="exact|downsample|GLOB",
                    help="also show the spectra of these convs before and after one exact Procrustes projection (of "
                         "a copy: the other numbers stay the model's): exact (kernel <= stride, no padding), "

@@ -22,7 +22,10 @@ padding, dilation, groups, input size, the norm-preserving target
   (None for a circular layer: the first part is its operator): exact for patch convs and where
   the dense route is affordable, else Lanczos, with the achieved error; a Lanczos ``sigma_min``
   that has not converged is an upper bound (then ``max_rel_error`` is a lower bound).
-  ``zeros="dense"`` keeps only exact values, ``"off"`` skips it.
+  ``zeros="max"`` measures ``sigma_max`` alone where ``sigma_min`` would cost more (Lanczos; it is
+  then None, as ``cond``, and ``max_rel_error`` is ``sigma_max``'s, a lower bound): what
+  ``procres inspect`` asks for by default; ``"dense"`` keeps only exact values, ``"off"`` skips it.
+  Its Lanczos starts from the circular part's spectrum, computed once for both parts.
 
 A conv whose class computes something else in its own ``forward`` (weight standardisation,
 padding computed at run time: :func:`computes_its_operator`) gets neither part, and a ``note``.
@@ -42,7 +45,7 @@ from procres.errors import UserError
 __all__ = ["LayerSite", "ConvSite", "KEYWORDS", "find_convs", "find_linears", "select_convs", "select_layers",
            "exactly_projectable", "computes_its_operator", "layer_spectrum", "conv_spectra", "spectrum_table"]
 
-ZEROS_MODES = ("auto", "dense", "off")
+ZEROS_MODES = ("auto", "max", "dense", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +152,8 @@ def select_layers(model: nn.Module, example_input=None, *, convs=None, linears=N
     return sites
 
 
-def _zeros_part(conv: nn.Conv2d, size, target: float, zeros: str, tol: float, max_iter: int) -> dict | None:
+def _zeros_part(conv: nn.Conv2d, size, target: float, zeros: str, tol: float, max_iter: int,
+                circular=None) -> dict | None:
     from procres.spectral.spectra import conv_extremes, exact_extremes
 
     if zeros == "off" or conv.padding_mode == "circular":
@@ -157,12 +161,15 @@ def _zeros_part(conv: nn.Conv2d, size, target: float, zeros: str, tol: float, ma
     if zeros == "dense":
         out = exact_extremes(conv, size)
     else:
-        out = conv_extremes(conv, size, tol=tol, max_iter=max_iter)
+        out = conv_extremes(conv, size, which="both" if zeros == "auto" else "max", tol=tol, max_iter=max_iter,
+                            circular=circular)
     if out is None:
         return None
     smax, smin = out["sigma_max"], out["sigma_min"]
-    return {**out, "padding_mode": conv.padding_mode, "cond": smax / smin if smin > 0 else float("inf"),
-            "max_rel_error": max(abs(smax / target - 1), abs(smin / target - 1))}
+    extremes = [smax] if smin is None else [smax, smin]
+    return {**out, "padding_mode": conv.padding_mode,
+            "cond": None if smin is None else smax / smin if smin > 0 else float("inf"),
+            "max_rel_error": max(abs(v / target - 1) for v in extremes)}
 
 
 def computes_its_operator(conv: nn.Conv2d, input_size) -> bool:
@@ -198,7 +205,7 @@ def layer_spectrum(conv: nn.Conv2d, input_size, *, zeros: str = "auto", name: st
                    max_iter: int = 300) -> dict:
     """One conv's row (see the module docstring); ``input_size`` is ``n`` or ``(h, w)``."""
     from procres.spectral.operator import size_pair
-    from procres.spectral.spectra import conv_singular_values, norm_preserving_target, spectrum_stats
+    from procres.spectral.spectra import circular_spectrum, norm_preserving_target, spectrum_stats
 
     if zeros not in ZEROS_MODES:
         raise UserError(f"zeros must be one of {ZEROS_MODES}, got {zeros!r}")
@@ -212,11 +219,12 @@ def layer_spectrum(conv: nn.Conv2d, input_size, *, zeros: str = "auto", name: st
         row["note"] = (f"not measured: {type(conv).__name__}.forward computes another operator than F.conv2d "
                        "with its weight and settings")
         return row
+    circular = None
     if size[0] % conv.stride[0] == 0 and size[1] % conv.stride[1] == 0:
-        sv = conv_singular_values(conv.weight.detach().double(), size, stride=conv.stride, dilation=conv.dilation,
-                                  groups=conv.groups, padding_mode="circular")  # float64: small values keep digits
-        row["circular"] = spectrum_stats(sv, target)
-    row["zeros"] = _zeros_part(conv, size, target, zeros, tol, max_iter)
+        circular = circular_spectrum(conv.weight.detach().double(), size, stride=conv.stride,  # float64: small
+                                     dilation=conv.dilation, groups=conv.groups)          # values keep digits
+        row["circular"] = spectrum_stats(circular.values, target)
+    row["zeros"] = _zeros_part(conv, size, target, zeros, tol, max_iter, circular)
     return row
 
 
@@ -249,7 +257,7 @@ def spectrum_table(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         c, z = r.get("circular") or {}, r.get("zeros") or {}
-        f = lambda d, k, spec: "-" if k not in d else format(d[k], spec)  # noqa: E731
+        f = lambda d, k, spec: "-" if d.get(k) is None else format(d[k], spec)  # noqa: E731
         zmin = f(z, "sigma_min", "9.4g")
         if z.get("sigma_min_is") == "upper bound":
             zmin = "<" + format(z["sigma_min"], ".3g")

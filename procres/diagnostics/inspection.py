@@ -150,7 +150,7 @@ def projection_table(layers: list[dict]) -> str:
 
 
 def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float = 0.01, measure: int = 2,
-                  pattern: str | None = None, zeros: str = "auto", seed: int = 0, project=None,
+                  pattern: str | None = None, zeros: str = "max", seed: int = 0, project=None,
                   vocab: int | None = None) -> dict:
     """Units, conv spectra and r_l of ``model`` on ``batches`` (see the module docstring); returns a
     JSON-ready dict ``{"units": [...], "convs": [...], "seconds": {...}, ...}``, with

@@ -36,10 +36,16 @@ Extremes (``conv_operator_norm``, ``conv_min_singular_value``, ``conv_extremes``
 ``conv_transpose2d``, for any padding and size.  ``conv_extremes`` is what the spectrum tables
 use: exact where it is cheap (FFT, patch, or, for the other paddings, a dense LU of a square
 operator with at most ``DENSE_LIMIT`` rows, or a Cholesky factor of a small enough smaller Gram, followed
-by inverse iteration for the smallest value), else Lanczos with the achieved error reported.
+by inverse iteration for the smallest value), else Lanczos with the achieved error reported;
+``which="max"`` skips the smallest value where it would cost more than the largest.
 Its Lanczos starts from the circular operator's top (or smallest) singular vector, a plane wave
 under a half-sine envelope, plus ``START_MIX`` of a random vector so that no group or frequency
-is left out: fewer iterations, and in clustered spectra a better top value.  The smallest value
+is left out: fewer iterations (a quarter fewer than from a random start on the ResNet-50 layout
+at 224), and in clustered spectra a better top value.  Finding that vector costs one
+decomposition of the circular symbol, as much as the circular spectrum itself, so a table that
+computes both (:func:`circular_spectrum`) passes it on.  The largest value's Lanczos applies the
+conv in float32 without re-orthogonalisation first and certifies the result in float64
+(``FLOAT32_TOL``): the value and its error bound are float64's.  The smallest value
 of a large near-singular zero-padding operator (a stride-1 conv whose circular symbol is close to
 singular somewhere) needs about ``dim`` iterations; Lanczos gives up after ``GIVE_UP_AFTER``
 when no digit is right yet, and reports its Ritz value, an upper bound (Ritz values never
@@ -50,8 +56,14 @@ complex128 for float64) with batched ``torch.linalg.svdvals`` on ``h w / 2 + 2``
 of ``h w``.  The float32 error is below 1e-6 relative to ``sigma_max`` (max over all values of
 ``|s - s_ref| / s_ref_max``; benchmarks/spectral.py).  Eigenvalues of the Gram matrix
 ``A A^H`` would be ~1.6x faster in float32 but lose small singular values (error
-``~ eps sigma_max^2 / sigma``, 1e-4 relative for the condition numbers of random 3x3 kernels), and
-in float64 they are no faster than the complex64 SVD, so the SVD is used.
+``~ eps sigma_max^2 / sigma``, 1e-4 relative for the condition numbers of random 3x3 kernels), so
+the SVD is used there; in float64 the blocks of a stride-2 conv, 4x wider than tall, go through
+their Gram where that keeps every value's digits (:func:`procres.spectral.symbol.batched_svdvals`).
+
+The circular spectrum on a larger grid would bound the zero-padding ``sigma_max`` from above (a
+zero-padded conv is a restriction of the circular one on any grid ``m >= n + 2p``), but on the
+ResNet-50 layout at 224 that bracket is 2e-4 to 3e-2 wide and costs another decomposition of the
+symbol, while the Lanczos residual reaches 1e-6 for less: it is not used.
 """
 
 from __future__ import annotations
@@ -68,18 +80,22 @@ from procres.spectral.lanczos import lanczos
 from procres.spectral.operator import DENSE_LIMIT, ConvOperator, conv_operator, size_pair
 from procres.spectral.symbol import (
     batched_svdvals,
+    circular_frequency_values,
     circular_singular_values,
-    circular_symbol,
     frequency_classes,
     kernel_from_symbol,
     patch_singular_values,
     polyphase_symbol,
+    symbol_at,
     tap_phases,
 )
+from procres.spectral.threads import one_thread
 
 __all__ = [
     "DENSE_LIMIT",
     "conv_singular_values",
+    "CircularSpectrum",
+    "circular_spectrum",
     "conv_operator_norm",
     "conv_min_singular_value",
     "conv_extremes",
@@ -182,6 +198,26 @@ def conv_singular_values(conv_or_weight, input_size, *, stride=None, padding=Non
     return _fill_zeros(sv, min(op.shape))
 
 
+class CircularSpectrum(NamedTuple):
+    """The circular operator's singular values: ``values``, all of them descending (as
+    :func:`conv_singular_values`), and ``per_frequency``, ``(F, groups, r)`` those of each matrix of
+    the half spectrum (None for a patch conv), which :func:`conv_extremes` can reuse to start Lanczos
+    on the same weight's padded operator without decomposing the symbol again."""
+
+    values: torch.Tensor
+    per_frequency: torch.Tensor | None
+
+
+def circular_spectrum(conv_or_weight, input_size, *, stride=None, dilation=None, groups=None) -> CircularSpectrum:
+    """Exact singular values of the conv with circular padding, at any size (see the module docstring)."""
+    op = conv_operator(conv_or_weight, input_size, stride=stride, dilation=dilation, groups=groups,
+                       padding_mode="circular")
+    if op.patchwise:
+        return CircularSpectrum(_fill_zeros(patch_singular_values(op), min(op.shape)), None)
+    per_frequency = circular_frequency_values(op)
+    return CircularSpectrum(_fill_zeros(circular_singular_values(op, per_frequency), min(op.shape)), per_frequency)
+
+
 def conv_matrix(conv_or_weight, input_size, *, stride=None, padding=None, dilation=None, groups=None,
                 padding_mode=None) -> torch.Tensor:
     """Dense matrix ``(C_out oh ow, C_in h w)`` of the conv operator in the weight's dtype and
@@ -205,6 +241,17 @@ GIVE_UP_AFTER = 64
 
 #: Weight of the random part of a guided Lanczos start (relative to the guided part).
 START_MIX = 0.3
+
+
+#: The largest value's Lanczos runs first with the conv in float32 and without re-orthogonalisation
+#: (on the ResNet-50 layout at 224: matvecs 2-4x and iterations 5-10x cheaper), down to this
+#: relative residual (``max(tol / 4, FLOAT32_TOL)``; float32's own floor is near 1e-7); a float64
+#: pass from its Ritz vector then certifies ``tol`` in its first iteration or goes on, so the value
+#: and its error are float64's.  The first pass takes at most half of ``max_iter``, and it is
+#: skipped for a Gram of at most ``FLOAT32_MIN_DIM`` unknowns (there a float64 iteration costs
+#: little, and ``dim`` of them give the exact value).
+FLOAT32_TOL = 2.5e-7
+FLOAT32_MIN_DIM = 4096
 
 
 class Extreme(NamedTuple):
@@ -235,7 +282,8 @@ def _gram_operator(op: ConvOperator):
 
 def _lanczos_extreme(op: ConvOperator, which: str, tol: float, max_iter: int, start=None,
                      give_up_after: int | None = None) -> Extreme:
-    """Largest or smallest non-zero singular value by Lanczos on the smaller Gram (float64)."""
+    """Largest or smallest non-zero singular value by Lanczos on the smaller Gram; value and error
+    are float64's (the largest is found in float32 first, see ``FLOAT32_TOL``)."""
     op = op.to(torch.float64)
     matvec, dim, into, side = _gram_operator(op)
     other = op.shape[1] if side == "out" else op.shape[0]
@@ -246,16 +294,29 @@ def _lanczos_extreme(op: ConvOperator, which: str, tol: float, max_iter: int, st
     # a guided start keeps a random part in the range: a block-diagonal (grouped) operator would
     # otherwise confine the Krylov space to the start's group
     start = rand if start is None else start / start.norm() + START_MIX * rand / rand.norm()
+    max_iter, first = min(max_iter, dim), 0
+    if which == "max" and dim > FLOAT32_MIN_DIM and max_iter > 1:
+        start, first = _float32_top(op, dim, start, tol, max_iter // 2)
     res = lanczos(matvec, dim, which="largest" if which == "max" else "smallest", tol=tol,
-                  max_iter=min(max_iter, dim), start=start, zero_tol=NONZERO_RTOL**2, relative="value",
+                  max_iter=max_iter - first, start=start, zero_tol=NONZERO_RTOL**2, relative="value",
                   give_up_after=give_up_after, device=op.weight.device)
     index = res.wanted.nonzero().flatten()
     if index.numel() == 0:                                    # every Ritz value is (numerically) 0
-        return Extreme(0.0, 0.0, res.converged, res.iterations)
+        return Extreme(0.0, 0.0, res.converged, first + res.iterations)
     i = int(index[-1] if which == "max" else index[0])
     theta = max(float(res.values[i]), 0.0)
     error = float(res.residuals[i]) / (2 * theta) if theta > 0 else math.inf
-    return Extreme(math.sqrt(theta), error, res.converged, res.iterations)
+    return Extreme(math.sqrt(theta), error, res.converged, first + res.iterations)
+
+
+def _float32_top(op: ConvOperator, dim: int, start: torch.Tensor, tol: float, max_iter: int) -> tuple:
+    """The cheap first pass for the largest value: (its Ritz vector, its iterations); the start
+    instead when float32 over- or underflowed."""
+    fast = _gram_operator(op.to(torch.float32))[0]
+    res = lanczos(lambda v: fast(v.float()).double(), dim, tol=max(tol / 4, FLOAT32_TOL), max_iter=max_iter,
+                  start=start, relative="value", reorthogonalise=False, top_vector=True, device=op.weight.device)
+    usable = res.vector is not None and bool(torch.isfinite(res.vector).all()) and float(res.vector.norm()) > 0
+    return (res.vector if usable else start), res.iterations
 
 
 def _iterative(conv_or_weight, input_size, which, tol, max_iter, **kwargs) -> float:
@@ -350,24 +411,35 @@ def _dense_smallest(op: ConvOperator) -> float:
     return 1 / math.sqrt(float(inverse.values[-1]))
 
 
-def _circular_starts(op: ConvOperator) -> tuple:
+def _circular_starts(op: ConvOperator, per_frequency: torch.Tensor | None = None, which: str = "both") -> tuple:
     """Start vectors for Lanczos on the smaller Gram, for the largest and for the smallest value:
     on the output grid, the circular operator's top (smallest non-zero) left singular vector as a
     plane wave under a half-sine envelope (the conjugate the operator amplifies more, resp.
     less), mapped to the input side when that is the smaller Gram's; ``(None, None)`` when the
-    circular operator is undefined (input not divisible by the stride)."""
+    circular operator is undefined (input not divisible by the stride), and None for the smallest
+    when ``which="max"``.  ``per_frequency``: the circular spectrum's values of the same weight
+    (:class:`CircularSpectrum`), else they are computed here."""
     if any(n % s for n, s in zip(op.input_size, op.stride)):
         return None, None
-    symbol = circular_symbol(op.with_mode("circular"))
-    sv = batched_svdvals(symbol)                              # (F, groups, r), descending
+    circular = op.with_mode("circular")
+    real = frequency_classes(op.output_size)[0].tolist()
+    sv = circular_frequency_values(circular) if per_frequency is None else per_frequency
+    (mh, mw), r = circular.output_size, min(op.c_out // op.groups, op.c_in // op.groups * math.prod(
+        tap_phases(op.kernel_size, op.stride, op.dilation)))
+    if tuple(sv.shape) != (mh * (mw // 2 + 1), op.groups, r):
+        raise UserError(f"the circular spectrum given ({tuple(sv.shape)} values per frequency) is not this "
+                        f"{op.c_out} x {op.c_in} conv's on a {op.input_size} input")
     masked = torch.where(sv > NONZERO_RTOL * sv.max(), sv, torch.full_like(sv, math.inf))
+    wanted = [("max", int(sv[..., 0].argmax()) * sv.shape[-1])] + [("min", int(masked.argmin()))] * (which != "max")
     starts = []
-    for which, index in (("max", int(sv[..., 0].argmax()) * sv.shape[-1]), ("min", int(masked.argmin()))):
+    for kind, index in wanted:
         f, rest = divmod(index, op.groups * sv.shape[-1])
         g, k = divmod(rest, sv.shape[-1])
-        u = torch.linalg.svd(symbol[f, g], full_matrices=False)[0][:, k]
-        starts.append(_plane_wave(op, u, f, g, which))
-    return tuple(starts)
+        matrix = symbol_at(circular, f)[g]                    # a self-conjugate frequency's is real
+        with one_thread():
+            u = torch.linalg.svd(matrix.real if f in real else matrix, full_matrices=False)[0][:, k]
+        starts.append(_plane_wave(op, u, f, g, kind))
+    return tuple(starts) if len(starts) == 2 else (starts[0], None)
 
 
 def _plane_wave(op: ConvOperator, u: torch.Tensor, f: int, g: int, which: str) -> torch.Tensor:
@@ -395,15 +467,15 @@ def _extremes_of(sv: torch.Tensor, method: str) -> dict:
             "sigma_max_error": 0.0, "sigma_min_error": 0.0, "sigma_min_is": "value", "iterations": 0}
 
 
-def _exact_extremes(op: ConvOperator) -> dict | None:
+def _exact_extremes(op: ConvOperator, dense: bool = True) -> dict | None:
     op64 = op.to(torch.float64)                               # float32 would leave a small sigma_min few digits
     if op.patchwise:
         return _extremes_of(patch_singular_values(op64), "patch")
     if op.padding_mode == "circular":
         return _extremes_of(circular_singular_values(op64), "fft")
-    if not _dense_affordable(op):
+    if not (dense and _dense_affordable(op)):
         return None
-    top = _lanczos_extreme(op64, "max", 1e-10, min(op.shape), start=_circular_starts(op64)[0])
+    top = _lanczos_extreme(op64, "max", 1e-10, min(op.shape), start=_circular_starts(op64, which="max")[0])
     return {**_extremes_of(torch.tensor([top.value, _dense_smallest(op64)], dtype=torch.float64), "dense"),
             "sigma_max_error": top.error, "iterations": top.iterations}
 
@@ -414,12 +486,16 @@ def exact_extremes(conv_or_weight, input_size, **operator) -> dict | None:
 
 
 def conv_extremes(conv_or_weight, input_size, *, stride=None, padding=None, dilation=None, groups=None,
-                  padding_mode=None, method="auto", tol=1e-6, max_iter=300) -> dict:
+                  padding_mode=None, method="auto", which="both", tol=1e-6, max_iter=300, circular=None) -> dict:
     """``sigma_max`` and smallest non-zero ``sigma_min`` of the conv operator, and how they were
     obtained (see the module docstring).
 
     ``method``: ``"exact"`` (FFT, patch, or dense factorisation for other paddings; ValueError when
     the dense route is not affordable), ``"lanczos"``, or ``"auto"`` (exact where affordable).
+    ``which="max"``: ``sigma_min`` only where it comes with ``sigma_max`` (FFT, patch); elsewhere
+    ``"auto"`` then runs Lanczos for ``sigma_max`` alone and ``sigma_min`` is None ("not measured").
+    ``circular``: the :func:`circular_spectrum` of the same weight, if already computed; its values
+    choose the Lanczos start instead of a second decomposition.
     Returns floats ``sigma_max``, ``sigma_min``, ``sigma_max_error``, ``sigma_min_error``
     (residual bounds on the relative error; 0 when exact), ``method``, ``exact``,
     ``sigma_min_is`` (``"value"``, or ``"upper bound"`` when Lanczos did not converge: Ritz values
@@ -428,20 +504,25 @@ def conv_extremes(conv_or_weight, input_size, *, stride=None, padding=None, dila
     """
     if method not in ("auto", "exact", "lanczos"):
         raise UserError(f"method must be 'auto', 'exact' or 'lanczos', got {method!r}")
+    if which not in ("both", "max"):
+        raise UserError(f"which must be 'both' or 'max', got {which!r}")
     op = conv_operator(conv_or_weight, input_size, stride=stride, padding=padding, dilation=dilation,
                        groups=groups, padding_mode=padding_mode)
     if method != "lanczos":
-        exact = _exact_extremes(op)
+        exact = _exact_extremes(op, dense=method == "exact" or which == "both")
         if exact is not None:
             return exact
         if method == "exact":
             raise UserError(f"the {op.shape[0]} x {op.shape[1]} zero-padding operator is too large for the "
                             f"dense route (DENSE_LIMIT={DENSE_LIMIT}); use method='lanczos'")
     op64 = op.to(torch.float64)
-    high_start, low_start = _circular_starts(op64)
+    high_start, low_start = _circular_starts(op64, None if circular is None else circular.per_frequency, which)
     top = _lanczos_extreme(op64, "max", tol, max_iter, start=high_start)
+    out = {"sigma_max": top.value, "method": "lanczos", "exact": False, "sigma_max_error": top.error,
+           "iterations": top.iterations}
+    if which == "max":
+        return {**out, "sigma_min": None, "sigma_min_error": None, "sigma_min_is": "not measured"}
     low = _lanczos_extreme(op64, "min", tol, max_iter, start=low_start, give_up_after=GIVE_UP_AFTER)
-    return {"sigma_max": top.value, "sigma_min": low.value, "method": "lanczos", "exact": False,
-            "sigma_max_error": top.error, "sigma_min_error": low.error if low.converged else math.inf,
+    return {**out, "sigma_min": low.value, "sigma_min_error": low.error if low.converged else math.inf,
             "sigma_min_is": "value" if low.converged else "upper bound",
             "iterations": top.iterations + low.iterations}

@@ -68,6 +68,25 @@ def test_conv_spectra_rows_equal_the_dense_operator():
         assert r["zeros"]["exact"] and r["zeros"]["method"] in ("dense", "patch")
 
 
+def test_sigma_max_only_rows_equal_the_dense_operator_and_print_no_sigma_min():
+    torch.manual_seed(0)
+    model = DilatedNet(channels=3).double()
+    rows = conv_spectra(model, torch.randn(1, 3, 6, 6, dtype=torch.float64), zeros="max")
+    for r in rows:
+        conv = model.get_submodule(r["name"])
+        sv = np.linalg.svd(impulse_operator(conv, r["input_size"], "zeros").numpy(), compute_uv=False)
+        z = r["zeros"]
+        assert z["sigma_max"] == pytest.approx(sv[0], rel=max(2 * z["sigma_max_error"], 1e-12))
+        if z["method"] == "patch":                            # free with sigma_max
+            assert z["sigma_min"] == pytest.approx(sv[sv > 1e-6 * sv[0]][-1], rel=1e-7)
+        else:
+            assert z["method"] == "lanczos" and z["sigma_min"] is None and z["cond"] is None
+            assert z["max_rel_error"] == pytest.approx(abs(sv[0] / r["target"] - 1), abs=1e-6)
+    assert any(r["zeros"]["sigma_min"] is None for r in rows)
+    line = spectrum_table(rows).splitlines()[2]               # block.conv1: padded max printed, min "-"
+    assert line.split()[-2] == f"{rows[1]['zeros']['sigma_max']:.4g}" and line.split()[-1] == "-"
+
+
 def test_reflect_and_replicate_layers_are_measured_with_their_own_padding():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect"),

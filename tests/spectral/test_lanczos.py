@@ -42,3 +42,15 @@ def test_ritz_values_bound_the_extremes_before_convergence_and_give_up_stops():
     assert not res.converged and res.iterations < 200
     assert float(res.values[0]) >= ev.min() and float(res.values[-1]) <= ev.max()
     assert res.residuals[0] > res.values[0]                     # why it gave up: no right digit yet
+
+
+def test_without_reorthogonalisation_the_top_value_and_its_vector_are_right():
+    ev = np.concatenate([np.linspace(0.0, 1.0, 380), [1.002, 1.004, 1.01]])   # a clustered top
+    A = psd(ev, seed=3)
+    plain = lanczos(lambda v: A @ v, 383, tol=1e-9, relative="value", reorthogonalise=False, top_vector=True)
+    assert plain.converged and float(plain.values[-1]) == pytest.approx(1.01, rel=1e-12)
+    y = plain.vector
+    assert float(y.norm()) == pytest.approx(1.0, rel=1e-12)
+    assert float((A @ y - 1.01 * y).norm()) <= 1e-8                           # the top eigenvector
+    full = lanczos(lambda v: A @ v, 383, tol=1e-9, relative="value")
+    assert full.vector is None and float(full.values[-1]) == pytest.approx(1.01, rel=1e-12)

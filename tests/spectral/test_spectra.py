@@ -371,3 +371,88 @@ def test_norm_preserving_target_with_groups_and_dilation(conv, expected):
     assert norm_preserving_target(conv) == pytest.approx(expected)
     assert norm_preserving_target(tuple(conv.weight.shape), conv.stride, dilation=conv.dilation,
                                   groups=conv.groups) == pytest.approx(expected)
+
+
+def test_gram_route_of_wide_float64_blocks_equals_the_svd_and_redoes_ill_conditioned_ones():
+    from procres.spectral.symbol import batched_svdvals
+
+    gen = np.random.default_rng(0)
+    A = gen.standard_normal((5, 6, 14)) + 1j * gen.standard_normal((5, 6, 14))
+    u, _, vh = np.linalg.svd(A[0], full_matrices=False)
+    A[0] = u @ np.diag([1.0, 0.5, 0.1, 1e-3, 1e-5, 1e-7]) @ vh       # cond 1e7: the Gram alone loses it
+    for batch in (A, A.transpose(0, 2, 1), A.real.copy()):             # wide, tall, real
+        ref = np.linalg.svd(batch, compute_uv=False)
+        sv = batched_svdvals(torch.from_numpy(batch)).numpy()
+        np.testing.assert_allclose(sv[1:], ref[1:], rtol=1e-12)
+        # an SVD keeps 1e-7 to ~eps / 1e-7; the Gram's eigenvalues alone would be off by ~1e-16 / 1e-14
+        np.testing.assert_allclose(sv[0], ref[0], rtol=1e-7)
+
+
+@pytest.mark.parametrize("shape, n, stride, dilation, groups", [((4, 3, 3, 3), (6, 8), 2, 1, 1),
+                                                                 ((6, 2, 3, 3), 6, 1, 2, 3),
+                                                                 ((3, 3, 5, 5), 4, 1, 1, 1)])
+def test_circular_spectrum_and_one_frequency_symbol_equal_the_dense_operator(shape, n, stride, dilation, groups):
+    from procres.spectral.operator import conv_operator
+    from procres.spectral.spectra import circular_spectrum
+    from procres.spectral.symbol import circular_symbol, symbol_at
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(shape[1] * groups, shape[0], shape[2:], stride=stride, dilation=dilation, groups=groups,
+                     bias=False).double()
+    size = (n, n) if isinstance(n, int) else n
+    spec = circular_spectrum(conv.weight.detach(), size, stride=stride, dilation=dilation, groups=groups)
+    ref = np.linalg.svd(impulse_operator(conv, size, "circular").numpy(), compute_uv=False)
+    np.testing.assert_allclose(spec.values.numpy(), ref, atol=1e-10 * ref[0])
+    op = conv_operator(conv, size, padding_mode="circular")
+    symbol = circular_symbol(op)
+    assert spec.per_frequency.shape == (symbol.shape[0], groups, min(symbol.shape[-2:]))
+    for f in range(symbol.shape[0]):
+        np.testing.assert_allclose(symbol_at(op, f).numpy(), symbol[f].numpy(), atol=1e-12)
+        np.testing.assert_allclose(spec.per_frequency[f].numpy(), torch.linalg.svdvals(symbol[f]).numpy(), atol=1e-12)
+
+
+@pytest.mark.parametrize("conv, n", [(nn.Conv2d(3, 5, 3, padding=1), 9), (nn.Conv2d(4, 6, 3, stride=2, padding=1), 10),
+                                     (nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2), 8),
+                                     (nn.Conv2d(2, 3, 5, padding=1, padding_mode="reflect"), 7)])
+def test_sigma_max_alone_through_float32_matches_the_dense_operator(monkeypatch, conv, n):
+    from procres.spectral import spectra
+
+    monkeypatch.setattr(spectra, "FLOAT32_MIN_DIM", 0)                 # the float32 first pass on a tiny operator
+    torch.manual_seed(1)
+    conv = conv.double()
+    sv = np.linalg.svd(impulse_operator(conv, (n, n), conv.padding_mode).numpy(), compute_uv=False)
+    circular = spectra.circular_spectrum(conv.weight.detach(), n, stride=conv.stride, dilation=conv.dilation,
+                                         groups=conv.groups) if n % conv.stride[0] == 0 else None
+    for given in (None, circular):
+        out = spectra.conv_extremes(conv, n, which="max", circular=given)
+        assert out["method"] == "lanczos" and out["sigma_min"] is None and out["sigma_min_is"] == "not measured"
+        assert 0 < out["sigma_max_error"] <= 1e-6 and out["sigma_max"] <= sv[0] * (1 + 1e-12)
+        assert out["sigma_max"] == pytest.approx(sv[0], rel=2 * out["sigma_max_error"])
+    both = spectra.conv_extremes(conv, n, which="max", method="exact")  # exact asked for: both, dense
+    assert both["method"] == "dense" and both["sigma_max"] == pytest.approx(sv[0], rel=1e-9)
+
+
+def test_a_circular_spectrum_of_another_operator_is_refused():
+    from procres.spectral.spectra import circular_spectrum
+
+    other = circular_spectrum(torch.randn(3, 3, 3, 3, dtype=torch.float64), 6)
+    with pytest.raises(ValueError, match="not this 3 x 3 conv's"):
+        conv_extremes(nn.Conv2d(3, 3, 3, padding=1), 8, which="max", circular=other)
+    with pytest.raises(ValueError, match="which must be 'both' or 'max'"):
+        conv_extremes(nn.Conv2d(3, 3, 3, padding=1), 8, which="min")
+
+
+def test_spectral_factorisations_run_on_one_thread_and_restore_the_count(monkeypatch):
+    from procres.spectral.symbol import batched_svdvals
+
+    seen, svdvals = [], torch.linalg.svdvals
+    monkeypatch.setattr(torch.linalg, "svdvals", lambda A: seen.append(torch.get_num_threads()) or svdvals(A))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        A = torch.randn(3, 4, 4, dtype=torch.float64)
+        sv = batched_svdvals(A)
+        assert seen == [1] and torch.get_num_threads() == 2
+        np.testing.assert_allclose(sv.numpy(), np.linalg.svd(A.numpy(), compute_uv=False), rtol=1e-12)
+    finally:
+        torch.set_num_threads(before)
