@@ -80,7 +80,7 @@ class Clipping:
     action = "singular-value clipping"
 
     def __init__(self, *, max=1.0, min=None, iterations=1):
-        self.max, self.min = clipping.check_bounds(max, min)
+        self.max, self.min = clipping.check_clip_bounds(max, min)
         self.iterations = positive_int(iterations, "iterations")
 
     def prepare(self, module, size):

@@ -50,7 +50,7 @@ from procres.spectral.projection import OperatorReport
 from procres.spectral.spectra import exact_extremes
 from procres.spectral.symbol import batched_svdvals, circular_singular_values, circular_symbol, kernel_from_symbol
 
-__all__ = ["clip_singular_values_", "clip_matrix", "clip_kernel", "ClippingReport", "check_bounds"]
+__all__ = ["clip_singular_values_", "clip_matrix", "clip_kernel", "ClippingReport", "check_clip_bounds"]
 
 
 # ----------------------------------------------------------------------------- the math
@@ -115,7 +115,7 @@ class ClippingReport(OperatorReport):
 
 
 # ----------------------------------------------------------------------------- the door
-def check_bounds(upper, lower) -> tuple[float | None, float | None]:
+def check_clip_bounds(upper, lower) -> tuple[float | None, float | None]:
     """``max`` and ``min`` of a clipping, validated: at least one, finite, >= 0, ``max > 0``,
     ``min <= max``; returned as floats (None stays None)."""
     if upper is None and lower is None:
@@ -213,7 +213,7 @@ def clip_singular_values_(layer, input_size=None, *, max=None, min=None, iterati
     otherwise.  ``iterations``: alternating clip-and-crop steps (one suffices when exact).
     Bad arguments raise a UserError and leave the layer unchanged.
     """
-    upper, lower = check_bounds(max, min)
+    upper, lower = check_clip_bounds(max, min)
     iterations = positive_int(iterations, "iterations")
     op = check_layer(layer, input_size)
     return clip_weight_(layer, op, upper, lower, iterations, input_size=input_size)
