@@ -208,7 +208,18 @@ def check_depth(claim: str, depths: list[int], values: list[float], models: list
     want = "increases" if claim == "plain_depth" else "decreases"
     if got == want:
         return Finding(claim, True, f"The deviation {got} with depth, as the paper says ({nums}).", where)
-    return Finding(claim, False, f"The deviation {got} with depth; the paper says it {want} ({nums}).", where)
+    said = f"{got} with depth"
+    if got == "stays roughly flat" and _below_resolution(values):
+        said = (f"changes with depth by more than {TREND[0]:.0%} but by less than the trend rule's {TREND[1]}, "
+                "so it counts as roughly flat")
+    return Finding(claim, False, f"The deviation {said}; the paper says it {want} ({nums}).", where)
+
+
+def _below_resolution(values: list[float]) -> bool:
+    """Whether a flat trend is one whose relative change passes TREND but its absolute one does not
+    (deviations too small for the rule to call a change)."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return len(v) >= 2 and abs(v[-1] - v[0]) > TREND[0] * abs(v[0])
 
 
 # ---------------------------------------------------------------- where the numbers come from

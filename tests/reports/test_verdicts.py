@@ -110,3 +110,12 @@ def test_run_findings_name_the_nets_and_count_a_stopped_plain_twin():
     p = found[("plain", ("plainpre164", "preresnet164"))]
     assert "training stopped" in p.sentence and p.where.phase == "during training (steps 1-120)"
     assert found[("accuracy", ("procresnet166", "preresnet164"))].where.depth == "164"
+
+
+def test_a_change_too_small_for_the_rule_is_called_so_not_flat():
+    where = verdicts.Where("2-64", "at initialisation", ["a2", "a64"])
+    small = verdicts.check_depth("residual_depth", [2, 64], [0.0197, 0.0019], ["a2", "a64"], where, units="layers")
+    assert small.holds is False  # TREND's absolute 0.02 is not reached: the rule is unchanged
+    assert "changes with depth by more than 25% but by less than the trend rule's 0.02" in small.sentence
+    level = verdicts.check_depth("residual_depth", [2, 64], [0.5, 0.51], ["a2", "a64"], where, units="layers")
+    assert "The deviation stays roughly flat with depth;" in level.sentence
