@@ -9,7 +9,7 @@ padding mode on ``C_in x h x w`` inputs).  What it returns: ``mode="normalize"``
 (Miyato et al. 2018); ``mode="clamp"``: ``W / max(1, sigma / bound)`` (Gouk et al. 2021: only layers
 above the bound are scaled).
 
-How sigma is obtained (``exact``; docs/regularisers.md has the measurements behind the default):
+How sigma is obtained (``exact``; docs/benchmarks.md has the measurements behind the default):
 
 * ``exact=True``, the default for convs with zero or circular padding (or none): an exact norm,
   recomputed at every forward, no vectors kept.  A patch conv (kernel <= stride, no padding):
@@ -28,8 +28,8 @@ How sigma is obtained (``exact``; docs/regularisers.md has the measurements behi
   Rayleigh-Ritz value of the block).  ``sigma`` is then a lower bound that lags while training
   moves the weight (the optimiser grows directions the vectors do not see): the trained layers
   measured 0.4-8 % above ``bound`` with one iteration per step, with 1 or 4 vectors.  The exact
-  route costs more per step (measured 1.95-2.24x the step time of a small conv net on a CPU,
-  against 1.10-1.22x for one vector and 1.32-1.44x for four): choose ``exact=False`` where speed
+  route costs more per step (measured 2.00-2.24x the step time of a small conv net on a CPU,
+  against 1.10-1.24x for one vector and 1.32-1.49x for four): choose ``exact=False`` where speed
   matters more than the bound.  ``nn.Linear`` gets torch's algorithm unchanged (bit for bit with
   ``bound=1``, ``mode="normalize"``: the same random draws, the same operations), so that swapping
   torch's for ours changes nothing there; ``exact=True`` gives its exact norm.

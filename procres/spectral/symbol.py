@@ -216,14 +216,28 @@ def circular_symbol(op: ConvOperator) -> torch.Tensor:
     return symbol.reshape(symbol.shape[0], op.groups, op.c_out // op.groups, symbol.shape[-1])
 
 
+def _operator_subkernels(op: ConvOperator) -> torch.Tensor:
+    """``op``'s polyphase sub-kernels on its grid (:func:`_subkernels` of the dilated, wrapped
+    weight), differentiable in ``op.weight``."""
+    return _subkernels(_wrap_kernel(op.dilated_weight(), op.input_size), op.stride)
+
+
+def _frequency_taps(op: ConvOperator, index: int, sub: torch.Tensor) -> torch.Tensor:
+    """``(qh, qw)`` complex: ``exp(-2 pi i (u q / mh + v p / mw))`` for the sub-kernel taps ``(q, p)`` at
+    frequency ``(u, v)``, entry ``index`` of the flattened half spectrum; ``symbol_at(op, index)``
+    is these weights' sum over the taps of :func:`_operator_subkernels`."""
+    mh, mw = op.output_size
+    u, v = divmod(index, mw // 2 + 1)
+    row, col = _dft_matrix([u], mh, sub.shape[-2], sub)[0], _dft_matrix([v], mw, sub.shape[-1], sub)[0]
+    return row[:, None] * col[None, :]
+
+
 def symbol_at(op: ConvOperator, index: int) -> torch.Tensor:
     """``circular_symbol(op)[index]`` alone, ``(groups, C_out / g, C_in / g * ph * pw)``: the DFT over
     the taps at that one frequency of the flattened half spectrum, differentiable in ``op.weight``."""
-    mh, mw = op.output_size
-    u, v = divmod(index, mw // 2 + 1)
-    sub = _subkernels(_wrap_kernel(op.dilated_weight(), op.input_size), op.stride)
-    row, col = _dft_matrix([u], mh, sub.shape[-2], sub)[0], _dft_matrix([v], mw, sub.shape[-1], sub)[0]
-    matrix = torch.einsum("q,p,ocqp->oc", row, col, sub.to(row.dtype))
+    sub = _operator_subkernels(op)
+    taps = _frequency_taps(op, index, sub)
+    matrix = torch.einsum("qp,ocqp->oc", taps, sub.to(taps.dtype))
     return matrix.reshape(op.groups, op.c_out // op.groups, matrix.shape[-1])
 
 
@@ -231,9 +245,12 @@ def circular_norm(op: ConvOperator) -> torch.Tensor:
     """The largest singular value of a circular operator as a 0-d tensor, differentiable in
     ``op.weight`` (a subgradient where it is repeated).  Without grad: the largest eigenvalue of
     every frequency's smaller Gram matrix (``eigvalsh``, ~3x faster than the SVD of the matrices)
-    says where it is, and that Gram matrix's top eigenvector gives the singular vectors ``u, v``;
-    with grad, ``Re(u^H A(W) v)`` of the one matrix there (:func:`symbol_at`), whose
-    gradient is the top singular value's."""
+    says where it is, and that Gram matrix's top eigenvector gives the singular vectors ``u, v``.
+    ``sigma = Re(u^H A(W) v)`` is linear in the sub-kernels, ``sum(sub(W) * G)`` with
+    ``G = Re(conj(u_o) v_c e_f(q, p))`` (:func:`_frequency_taps`): computed so, the value is the top
+    singular value and autograd sees only a product and the sub-kernels' reshapes (no complex
+    DFT in the backward pass), the gradient being the top singular value's."""
+    sub = _operator_subkernels(op)
     with torch.no_grad():
         symbol = circular_symbol(dataclasses.replace(op, weight=op.weight.detach()))
         wide = symbol.shape[-2] <= symbol.shape[-1]
@@ -242,8 +259,12 @@ def circular_norm(op: ConvOperator) -> torch.Tensor:
         A = symbol[index, group]
         x = torch.linalg.eigh(gram[index, group])[1][:, -1]
         u, v = (x, A.mH @ x) if wide else (A @ x, x)
-        u, v = u / u.norm(), v / v.norm()
-    return torch.real(u.conj() @ symbol_at(op, index)[group] @ v)
+        rows = op.c_out // op.groups
+        u_all = u.new_zeros(op.c_out)
+        u_all[group * rows:(group + 1) * rows] = u / u.norm()
+        taps = _frequency_taps(op, index, sub)
+        grad = torch.real(u_all.conj()[:, None, None, None] * (v / v.norm())[None, :, None, None] * taps)
+    return (sub * grad.to(sub.dtype)).sum()
 
 
 def circular_frequency_values(op: ConvOperator) -> torch.Tensor:

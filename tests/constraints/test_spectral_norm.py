@@ -345,6 +345,8 @@ def test_a_zero_padded_conv_is_a_restriction_of_the_circular_conv_on_the_padded_
     assert norm_of(conv).exact
     assert float(norm_of(conv).sigma(raw)) == pytest.approx(circular, rel=1e-12)
     assert top_singular_value(dense(conv, n)) == pytest.approx(zero / circular, rel=1e-10)   # <= 1
+    # the gradient of sigma (through the top frequency's singular pair) is the finite differences'
+    assert torch.autograd.gradcheck(lambda w: norm_of(conv).sigma(w), (raw.requires_grad_(True),))
 
 
 def test_a_patch_convs_exact_norm_is_its_patch_matrix():
