@@ -116,13 +116,15 @@ class StepHook:
         self.every = positive_int(every, "every")
         self.rule = rule
         self.layers = []
-        for item in layers:
+        layers = list(layers)
+        self.names = [f"layer {i}" for i in range(len(layers))] if names is None else list(names)
+        if len(self.names) != len(layers):
+            raise UserError(f"names must label each of the {len(layers)} layers, got {len(self.names)}")
+        for item, name in zip(layers, self.names):
             if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], (nn.Conv2d, nn.Linear))):
                 raise UserError(f"layers must be (nn.Conv2d, input_size) or (nn.Linear, None) pairs, got {item!r}")
+            clipping.check_unparametrized(item[0], rule.action, name)
             self.layers.append(rule.prepare(*item))
-        self.names = [f"layer {i}" for i in range(len(self.layers))] if names is None else list(names)
-        if len(self.names) != len(self.layers):
-            raise UserError(f"names must label each of the {len(self.layers)} layers, got {len(self.names)}")
         self.p, self.seed = float(p), seed
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0

@@ -18,8 +18,14 @@ How sigma is obtained (``exact``; docs/benchmarks.md has the measurements behind
   the circular operator on the padded grid
   (:meth:`~procres.spectral.operator.ConvOperator.enclosing_circular`), of which the layer's
   operator is a restriction, so ``sigma`` is a rigorous *upper* bound and the normalised layer's
-  norm is at most ``bound`` at every step (measured 0.1-0.7 % below it at 16x16 and 32x32 inputs,
-  2.6 % at 8x8: the border matters more on small grids).
+  norm is at most ``bound`` at every step (measured 0.1-0.7 % below it for 3x3 convs with 16-64
+  channels at 16x16 and 32x32 inputs, 2.6 % at 8x8; further below for few channels, dilated or
+  large kernels on small grids, e.g. 5-14 % for 2-4 channels at 6x6-8x8: the border matters more
+  where the kernel is large against the grid).  A circular conv whose padding is not the torus's
+  (:func:`procres.spectral.operator.as_layer`: ``padding=2`` with a 3x3 kernel repeats torus rows)
+  has no exact route: its default is the power iteration on the layer, and ``exact=True`` is
+  refused; at an input size its stride does not divide, the default switches to the power
+  iteration at the first forward (``exact=True`` is refused there).
   The gradient flows through the top frequency's singular pair (a subgradient where the top value
   is repeated).  Cost: one small Hermitian eigenproblem per frequency and step.
 * ``exact=False`` (the default for reflect / replicate padding and for ``nn.Linear``): torch's
@@ -59,8 +65,9 @@ draws and warms up the vectors); on every later forward it checks the size and r
 :class:`UserError` naming both sizes when it differs (the norm is the norm at one size; a net run
 at several sizes needs the size it must be bounded at, or its own parametrization per size).
 Until then ``module.weight`` raises a UserError saying so, and the vectors are empty buffers that
-``load_state_dict`` resizes: a state_dict saved after training loads into a freshly parametrised
-module without a forward (the input size is read off ``v``'s shape).  The registration uses
+``load_state_dict`` resizes: with the power iteration, a state_dict saved after training loads into
+a freshly parametrised module without a forward (the input size is read off ``v``'s shape); the
+exact route keeps no vectors, so there the size comes from the first forward (or ``input_size``).  The registration uses
 ``unsafe=True`` in this one case (torch's consistency check would evaluate the weight before the
 size is known), so it skips torch's extra power iteration at registration; with ``input_size``
 given, the registration is torch's (its check runs the forward once, advancing the vectors once
@@ -78,7 +85,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm as _TorchSpectralNorm
 
 from procres.errors import UserError
-from procres.spectral.operator import PADDING_MODES, ConvOperator, conv_operator, finite_number, positive_int, size_pair
+from procres.spectral.operator import (PADDING_MODES, ConvOperator, as_layer, conv_operator, finite_number, positive_int,
+                                      size_pair)
 from procres.spectral.symbol import circular_norm
 
 __all__ = ["spectral_norm", "OperatorSpectralNorm", "MODES", "INIT_ITERATIONS", "default_exact"]
@@ -94,9 +102,39 @@ _FIELDS = ("input_size", "stride", "dilation", "groups", "padding", "padding_mod
 def conv_fields(weight_shape, settings: dict, input_size) -> dict:
     """The resolved, validated :class:`ConvOperator` fields (all but the weight) of a conv with a
     weight of ``weight_shape (C_out, C_in / g, kh, kw)`` and ``settings`` (stride, padding,
-    dilation, groups, padding_mode) on inputs of ``input_size``; UserError when they do not fit."""
+    dilation, groups, padding_mode; ``own_padding``: the mode is the layer's own, so that its
+    circular padding is read as the layer's, :func:`procres.spectral.operator.as_layer`) on inputs of
+    ``input_size``; UserError when they do not fit."""
+    settings = dict(settings)
+    own_circular = settings.pop("own_padding", False) and settings["padding_mode"] == "circular"
+    if own_circular:
+        settings["padding_mode"] = "zeros"
     op = conv_operator(torch.ones(weight_shape, dtype=torch.float64), input_size, **settings)
+    op = as_layer(op) if own_circular else op
     return {name: getattr(op, name) for name in _FIELDS}
+
+
+def torus_padding(module: nn.Conv2d) -> bool:
+    """Whether ``module``'s own circular padding makes it the torus conv (at every input size the
+    stride divides): ``k_eff - s <= top + bottom < k_eff`` rows, the same for the columns, i.e. an
+    output of ``(h / s) x (w / s)``; or it pads nothing (a valid conv)."""
+    fields = conv_fields(module.weight.shape, _settings(module, None), _nominal(module))
+    return fields["padding_mode"] != "wrap"
+
+
+def _nominal(module: nn.Conv2d) -> tuple[int, int]:
+    """An input size the stride divides and larger than the padded kernel (where :func:`torus_padding`
+    decides, the condition on the padding not depending on the size)."""
+    k_eff = [d * (k - 1) + 1 for k, d in zip(module.kernel_size, module.dilation)]
+    pads = (0, 0) if isinstance(module.padding, str) else module.padding
+    return tuple(s * (k + 2 * p + 1) for s, k, p in zip(module.stride, k_eff, pads))
+
+
+def _settings(module: nn.Conv2d, padding_mode: str | None) -> dict:
+    """The ConvOperator settings of ``module`` (``padding_mode``: None for its own)."""
+    return dict(stride=tuple(module.stride), dilation=tuple(module.dilation), groups=module.groups,
+                padding=module.padding if isinstance(module.padding, str) else tuple(module.padding),
+                padding_mode=padding_mode or module.padding_mode, own_padding=padding_mode is None)
 
 
 def _orthonormalize_(x: torch.Tensor, out: torch.Tensor, eps: float) -> None:
@@ -132,15 +170,17 @@ class OperatorSpectralNorm(nn.Module):
     """
 
     def __init__(self, weight: torch.Tensor, conv: dict | None, input_size=None, *, n_power_iterations=1,
-                 eps=1e-12, bound=1.0, mode="normalize", exact=False, vectors=1):
+                 eps=1e-12, bound=1.0, mode="normalize", exact=False, vectors=1, exact_chosen=True):
         super().__init__()
         self.conv, self.exact, self.vectors = conv, bool(exact), vectors
+        #: False when ``exact`` is :func:`default_exact`'s: a size the exact route cannot take (a
+        #: circular conv whose stride does not divide it) then switches to the power iteration.
+        self.exact_chosen = exact_chosen
         self.n_power_iterations, self.eps, self.bound, self.mode = n_power_iterations, eps, float(bound), mode
         self.weight_shape = tuple(weight.shape)
         self.input_size, self._fields = None, None
-        if not self.exact:                        # empty until the size is known (load_state_dict resizes)
-            self.register_buffer("_u", weight.new_empty(0))
-            self.register_buffer("_v", weight.new_empty(0))
+        if not self.exact:
+            self._add_vectors(weight)
         if conv is None:
             self._start(weight.detach())
         elif input_size is not None:
@@ -183,10 +223,24 @@ class OperatorSpectralNorm(nn.Module):
     # -- set-up
     def set_input_size(self, input_size, weight: torch.Tensor | None = None) -> None:
         """Resolve the conv operator at ``input_size``; with ``weight``, draw and warm up the vectors."""
-        self._fields = conv_fields(self.weight_shape, self.conv, input_size)
+        fields = conv_fields(self.weight_shape, self.conv, input_size)
+        if self.exact and fields["padding_mode"] == "wrap" and not self.exact_chosen:
+            self.exact = False
+            self._add_vectors(weight if weight is not None else torch.empty(0))
+        if self.exact and fields["padding_mode"] == "wrap":
+            raise UserError(f"the exact spectral norm needs the torus conv, but this circular conv on input_size "
+                            f"{fields['input_size']} with stride {fields['stride']} is not one (the stride does not "
+                            "divide the size): pass exact=False for the power iteration on the layer's operator")
+        self._fields = fields
         self.input_size = self._fields["input_size"]
         if weight is not None:
             self._start(weight.detach())
+
+    def _add_vectors(self, like: torch.Tensor) -> None:
+        """The power iteration's buffers ``_u``, ``_v``: empty until the size is known
+        (``load_state_dict`` resizes them)."""
+        self.register_buffer("_u", like.new_empty(0))
+        self.register_buffer("_v", like.new_empty(0))
 
     def _buffer_shapes(self) -> tuple[tuple, tuple]:
         v_shape, u_shape = self.vector_shapes()
@@ -215,6 +269,9 @@ class OperatorSpectralNorm(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         v = state_dict.get(prefix + "_v")
+        if self.exact and not self.exact_chosen and isinstance(v, torch.Tensor):
+            self.exact = False                                 # saved after the switch of set_input_size
+            self._add_vectors(v)
         if not self.exact and isinstance(v, torch.Tensor) and v.shape != self._v.shape:
             if self.conv is None or self.input_size is not None or v.dim() != 3 + (self.vectors > 1):
                 raise UserError(f"the state_dict's spectral-norm vector v has shape {tuple(v.shape)}, this "
@@ -245,13 +302,24 @@ class OperatorSpectralNorm(nn.Module):
 
     def _exact_sigma(self, weight: torch.Tensor) -> torch.Tensor:
         """The matrix's norm; a patch conv's patch matrices'; otherwise the norm of the circular
-        operator (for zero padding on the padded grid: an upper bound of the layer's)."""
-        if self.conv is None:
-            return torch.linalg.svdvals(weight)[0]
-        op = self.operator(weight)
-        if op.patchwise:
-            return torch.linalg.svdvals(op.patch_matrix()).max()
-        return circular_norm(op.enclosing_circular())
+        operator (for zero padding on the padded grid: an upper bound of the layer's).  Half
+        precisions are decomposed in float32 (LAPACK and the FFT need it); a weight holding NaN or
+        inf raises FloatingPointError (a diverged training), not LAPACK's error."""
+        low = weight.dtype in (torch.float16, torch.bfloat16)
+        w = weight.float() if low else weight
+        try:
+            if self.conv is None:
+                sigma = torch.linalg.svdvals(w)[0]
+            else:
+                op = self.operator(w)
+                sigma = torch.linalg.svdvals(op.patch_matrix()).max() if op.patchwise else \
+                    circular_norm(op.enclosing_circular())
+        except torch.linalg.LinAlgError:
+            if bool(torch.isfinite(weight).all()):
+                raise
+            raise FloatingPointError(f"the {tuple(weight.shape)} weight under spectral_norm holds NaN or inf values "
+                                     "(the training diverged?): its norm is undefined") from None
+        return sigma.to(weight.dtype) if low else sigma
 
     def _advance_and_sigma(self, weight: torch.Tensor) -> torch.Tensor:
         """Training mode for a conv: torch's power steps and ``<u, A v>``, with the last step's
@@ -332,7 +400,10 @@ def default_exact(module: nn.Module, padding_mode: str | None = None) -> bool:
     conv whose norm it bounds (zero or circular padding, or none), the power iteration otherwise."""
     if not isinstance(module, nn.Conv2d):
         return False
-    return (padding_mode or module.padding_mode) in ("zeros", "circular") or not _padded(module)
+    used = padding_mode or module.padding_mode
+    if used == "circular" and padding_mode is None:           # the layer's own: the torus, or not
+        return torus_padding(module)
+    return used in ("zeros", "circular") or not _padded(module)
 
 
 def _check(module, name, n_power_iterations, eps, bound, mode, padding_mode, exact, vectors):
@@ -349,6 +420,8 @@ def _check(module, name, n_power_iterations, eps, bound, mode, padding_mode, exa
     ndim = 4 if isinstance(module, nn.Conv2d) else 2
     if not isinstance(weight, torch.Tensor) or weight.dim() != ndim:
         raise UserError(f"{type(module).__name__} has no {ndim}-D parameter or buffer named {name!r}")
+    if not weight.is_meta and not bool(torch.isfinite(weight).all()):
+        raise UserError(f"{type(module).__name__}.{name} holds NaN or inf values: no norm to normalise by")
     if mode not in MODES:
         raise UserError(f"mode must be one of {MODES}, got {mode!r}")
     finite_number(bound, "bound", positive=True)
@@ -366,6 +439,12 @@ def _check(module, name, n_power_iterations, eps, bound, mode, padding_mode, exa
         raise UserError(f"exact=True needs zero or circular padding (a circular operator's exact norm bounds "
                         f"those), the conv has padding_mode={mode_used!r}: pass padding_mode='zeros' or "
                         "'circular' to bound that operator, or exact=False for the power iteration")
+    if exact and isinstance(module, nn.Conv2d) and mode_used == "circular" and padding_mode is None \
+            and not torus_padding(module):
+        raise UserError(f"exact=True needs a circular conv whose output is the torus's, but padding={module.padding!r} "
+                        f"with kernel {tuple(module.kernel_size)}, dilation {tuple(module.dilation)} and stride "
+                        f"{tuple(module.stride)} repeats or skips rows of it: pass exact=False for the power "
+                        "iteration on the layer's own operator")
     return weight
 
 
@@ -383,12 +462,11 @@ def spectral_norm(module, input_size=None, *, name="weight", n_power_iterations=
     :func:`default_exact`.  Bad arguments raise a UserError and leave the module unchanged.
     """
     weight = _check(module, name, n_power_iterations, eps, bound, mode, padding_mode, exact, vectors)
+    exact_chosen = exact is not None
     exact = default_exact(module, padding_mode) if exact is None else exact
     conv, size = None, None
     if isinstance(module, nn.Conv2d):
-        conv = dict(stride=tuple(module.stride), dilation=tuple(module.dilation), groups=module.groups,
-                    padding=module.padding if isinstance(module.padding, str) else tuple(module.padding),
-                    padding_mode=padding_mode or module.padding_mode)
+        conv = _settings(module, padding_mode)
         if input_size is not None:
             size = size_pair(input_size, "input_size")
             conv_fields(weight.shape, conv, size)            # validate before anything is drawn
@@ -396,7 +474,8 @@ def spectral_norm(module, input_size=None, *, name="weight", n_power_iterations=
         raise UserError(f"input_size is for convs; nn.Linear's operator is its matrix, got {input_size!r}")
     with torch.no_grad():
         norm = OperatorSpectralNorm(weight, conv, size, n_power_iterations=n_power_iterations, eps=eps,
-                                    bound=bound, mode=mode, exact=exact, vectors=vectors)
+                                    bound=bound, mode=mode, exact=exact, vectors=vectors,
+                                    exact_chosen=exact_chosen)
     parametrize.register_parametrization(module, name, norm, unsafe=conv is not None and size is None)
     if conv is not None:
         module.register_forward_pre_hook(_InputSizeHook(name), with_kwargs=True)

@@ -153,15 +153,22 @@ def clipped_operator(conv: nn.Conv2d, input_size) -> ConvOperator:
     return op
 
 
+def check_unparametrized(layer: nn.Module, action: str, name: str = "") -> None:
+    """A UserError when ``layer.weight`` is computed by a parametrization (torch's or procres'
+    ``spectral_norm``, ``weight_norm``, ...): changing it in place would not change the layer."""
+    if parametrize.is_parametrized(layer, "weight"):
+        label = name or type(layer).__bases__[0].__name__        # the class torch's parametrize derived from
+        raise UserError(f"{label}.weight is parametrised (computed from parametrizations.weight.original): "
+                        f"{action} in place would not change the layer; remove the parametrization first, or "
+                        "leave this layer out")
+
+
 def check_layer(layer, input_size) -> ConvOperator | None:
     """Everything :func:`clip_singular_values_` refuses about ``layer``; -> the operator to clip
     (None for a Linear layer's matrix)."""
     if not isinstance(layer, (nn.Conv2d, nn.Linear)):
         raise UserError(f"clipping takes an nn.Conv2d or an nn.Linear, got {type(layer).__name__}")
-    if parametrize.is_parametrized(layer, "weight"):
-        raise UserError(f"{type(layer).__name__}.weight is parametrised (computed from "
-                        "parametrizations.weight.original): clipping it in place would not change the layer; "
-                        "remove the parametrization first")
+    check_unparametrized(layer, "clipping")
     if isinstance(layer, nn.Conv2d):
         return clipped_operator(layer, input_size)
     if input_size is not None:
@@ -169,6 +176,15 @@ def check_layer(layer, input_size) -> ConvOperator | None:
     if not torch.isfinite(layer.weight).all():
         raise UserError("weight contains NaN or inf values")
     return None
+
+
+def _is_layers_own(layer: nn.Conv2d, op: ConvOperator, input_size) -> bool:
+    """Whether the clipped operator ``op`` is ``layer``'s own (a patch conv, or circular padding that
+    is the torus), rather than the circular operator on the padded grid that bounds it."""
+    if input_size is None:                                     # only patch convs are clipped without a size
+        return True
+    own = conv_operator(layer, input_size)
+    return own.patchwise or own.padding_mode == "circular"
 
 
 def clip_weight_(layer, op: ConvOperator | None, upper, lower, iterations: int, *, input_size=None,
@@ -179,8 +195,9 @@ def clip_weight_(layer, op: ConvOperator | None, upper, lower, iterations: int, 
     if op is not None:
         op = op.to(torch.float64)
         op = dataclasses.replace(op, weight=op.weight.cpu())
-    exact = op is None or op.patchwise
-    steps = 1 if exact else iterations
+    own_operator = op is None or _is_layers_own(layer, op, input_size)
+    exact = op is None or (op.patchwise and own_operator)
+    steps = 1 if op is None or op.patchwise else iterations
     w = layer.weight.detach().to("cpu", torch.float64) if op is None else op.weight
     history = [_violation(_matrix_values(op, w), upper, lower)] if report else []
     for _ in range(steps):
@@ -192,14 +209,12 @@ def clip_weight_(layer, op: ConvOperator | None, upper, lower, iterations: int, 
         layer.weight.copy_(w.to(layer.weight.dtype))
     if not report:
         return None
-    own = {}
-    if op is not None and not op.patchwise and layer.padding_mode != "circular":
-        own = exact_extremes(layer, input_size) or {}
+    own = {} if own_operator else exact_extremes(layer, input_size) or {}
     return ClippingReport(
         max=upper, min=lower, sigma_min=float(sv.min()), sigma_max=float(sv.max()), max_violation=history[-1],
         exact=exact, iterations=steps, operator="matrix" if op is None else "patch" if op.patchwise else "circular",
         stride=None if op is None else op.stride, grid=None if op is None or op.patchwise else tuple(op.output_size),
-        input_size=None if op is None or op.patchwise else tuple(op.input_size),
+        input_size=None if op is None or (op.patchwise and own_operator) else tuple(op.input_size),
         groups=1 if op is None else op.groups, history=history,
         layer_sigma_max=own.get("sigma_max"), layer_sigma_min=own.get("sigma_min"))
 

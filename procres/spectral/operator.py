@@ -30,6 +30,17 @@ Operators (``padding_mode``):
 * ``"reflect"``, ``"replicate"``: ``nn.Conv2d`` with that padding mode exactly (same padding and
   output size as ``"zeros"``; a padded pixel reads the input pixel it mirrors or repeats, so
   one input pixel may feed a tap twice).  Reflect padding must be smaller than the input.
+* ``"wrap"``: an ``nn.Conv2d(padding_mode="circular")`` whose output is *not* the torus's: padding
+  other than ``k_eff - 1`` rows in all (``padding=2`` with a 3x3 kernel: ``(h + 2) x (w + 2)``
+  outputs, rows of the torus conv repeated), or an input size the stride does not divide (torch
+  pads and strides anyway).  That layer is no circular convolution (no FFT spectrum); its operator
+  is torch's exactly, the input padded by wrap-around indexing like reflect / replicate.
+
+A layer's own circular padding is read by :func:`as_layer`: :func:`conv_operator` of an
+``nn.Conv2d`` with ``padding_mode="circular"`` (and no ``padding_mode`` override) is the torus
+operator when the layer's output is ``(h / s) x (w / s)`` (its padding then only shifts the torus
+conv, which changes no singular value), the zero-padded one when it pads nothing (the same
+operator: a valid conv), and ``"wrap"`` otherwise.  A bare weight's ``"circular"`` is the torus.
 """
 
 from __future__ import annotations
@@ -44,8 +55,8 @@ from torch import nn
 
 from procres.errors import UserError
 
-__all__ = ["DENSE_LIMIT", "DENSE_ENTRIES", "ConvOperator", "conv_operator", "size_pair", "check_weight", "positive_int",
-           "finite_number"]
+__all__ = ["DENSE_LIMIT", "DENSE_ENTRIES", "PADDING_MODES", "OPERATOR_MODES", "ConvOperator", "conv_operator",
+           "as_layer", "size_pair", "check_weight", "positive_int", "finite_number"]
 
 #: Largest *smaller* side of a dense operator (``conv_matrix``, the exact zero-padding spectrum):
 #: its SVD works on a ``DENSE_LIMIT``-wide matrix (A or A^T).  4096 x 4096 float64 is 128 MiB.
@@ -54,6 +65,8 @@ DENSE_LIMIT = 4096
 DENSE_ENTRIES = 4 * DENSE_LIMIT**2
 
 PADDING_MODES = ("circular", "zeros", "reflect", "replicate")
+#: The operators a ConvOperator may hold: PADDING_MODES and a layer's non-torus circular padding.
+OPERATOR_MODES = PADDING_MODES + ("wrap",)
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -205,6 +218,10 @@ class ConvOperator:
         a shift of the input (a unitary map).  A circular operator is returned as it is."""
         if self.padding_mode == "circular":
             return self
+        if self.padding_mode == "wrap":
+            raise UserError(f"a circularly padded conv whose output {self.output_size} is not the torus's (padding "
+                            f"{self.padding} on input_size {self.input_size}, stride {self.stride}) repeats or skips "
+                            "rows of a circular conv: no circular operator gives its norm")
         if self.padding_mode != "zeros":
             raise UserError(f"a {self.padding_mode}-padded conv is no restriction of a circular one (its padded "
                             "pixels copy input pixels): no circular operator bounds its norm")
@@ -309,7 +326,7 @@ def _wrap_index(n: int, k: int, device) -> torch.Tensor:
 
 def _source_index(i: torch.Tensor, n: int, mode: str) -> torch.Tensor:
     """The input index that padded index ``i`` (in ``[-pad, n + pad)``) reads under ``mode``."""
-    if mode == "circular":
+    if mode in ("circular", "wrap"):
         return i % n
     if mode == "replicate":
         return i.clamp(0, n - 1)
@@ -318,7 +335,7 @@ def _source_index(i: torch.Tensor, n: int, mode: str) -> torch.Tensor:
 
 
 def _check_mode(padding_mode, op_or_conv) -> str:
-    if padding_mode not in PADDING_MODES:
+    if padding_mode not in OPERATOR_MODES:
         raise UserError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     if padding_mode == "reflect":
         (t, b, l, r), (h, w) = op_or_conv.padding, op_or_conv.input_size
@@ -374,8 +391,21 @@ def conv_operator(conv_or_weight, input_size, *, stride=None, padding=None, dila
     size = size_pair(input_size, "input_size")
     pad = _padding4(settings["padding"], weight.shape[-2:], dilation)
     op = ConvOperator(weight, size, stride, dilation, groups, pad, "zeros")
-    op = op.with_mode(settings["padding_mode"])
+    own_circular = isinstance(conv_or_weight, nn.Conv2d) and padding_mode is None
+    op = as_layer(op) if own_circular and settings["padding_mode"] == "circular" else \
+        op.with_mode(settings["padding_mode"])
     if min(op.output_size) < 1:
         raise UserError(f"input_size {size} with padding {settings['padding']!r} is smaller than the "
                         f"kernel {op.effective_kernel}")
     return op
+
+
+def as_layer(op: ConvOperator) -> ConvOperator:
+    """``op`` (its padding, any mode) as the operator of an ``nn.Conv2d(padding_mode="circular")``
+    with that padding (see the module docstring): ``"circular"`` (the torus) when the layer's output
+    is ``(h / s) x (w / s)``, ``"zeros"`` when it pads nothing, ``"wrap"`` otherwise."""
+    zero = dataclasses.replace(op, padding_mode="zeros")
+    if not any(op.padding):
+        return zero
+    torus = all(n % s == 0 and o == n // s for n, s, o in zip(op.input_size, op.stride, zero.output_size))
+    return dataclasses.replace(op, padding_mode="circular" if torus else "wrap")

@@ -285,6 +285,23 @@ def test_bad_attach_calls_raise_one_sentence_and_change_nothing(index):
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())
 
 
+@pytest.mark.parametrize("attach", [attach_procrustes, attach_clipping])
+@pytest.mark.parametrize("normalise", ["procres", "torch"])
+def test_a_spectrally_normalised_conv_is_refused_by_name(attach, normalise):
+    """Its weight is computed from parametrizations.weight.original: a projection or a clipping of
+    the computed tensor would change nothing."""
+    from procres.constraints.spectral_norm import spectral_norm
+    net = TinyNet().double()
+    if normalise == "procres":
+        spectral_norm(net.trans, 8)
+    else:
+        torch.nn.utils.parametrizations.spectral_norm(net.trans)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(UserError, match=r"trans\.weight is parametrised"):
+        attach(net, opt, convs=["trans"], example_input=DATA[0])
+    assert not opt._optimizer_step_post_hooks
+
+
 def test_a_linear_has_no_faithful_projection():
     model = nn.Sequential(nn.Linear(3, 4))
     with pytest.raises(UserError, match="faithful=True.*no Linear"):

@@ -385,6 +385,9 @@ def test_default_exact_rule():
 def bad_spectral_norm_calls():
     torch_normed = torch_spectral_norm(nn.Conv2d(2, 2, 3))
     ours = spectral_norm(nn.Conv2d(2, 2, 3), 5)
+    nan_conv = nn.Conv2d(2, 2, 3, padding=1)
+    with torch.no_grad():
+        nan_conv.weight[0, 0, 0, 0] = math.inf
     return [
         (nn.ConvTranspose2d(2, 2, 3), {}, "nn.Conv2d or an nn.Linear"),
         (nn.Conv1d(2, 2, 3), {}, "nn.Conv2d or an nn.Linear"),
@@ -400,11 +403,14 @@ def bad_spectral_norm_calls():
         (ours, {}, "already spectrally normalised"),
         (nn.Conv2d(2, 2, 3), dict(padding_mode="wrap"), "padding_mode"),
         (nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), dict(exact=True), "exact=True needs zero or circular"),
-        (nn.Conv2d(2, 2, 3, stride=2, padding_mode="circular", padding=1), dict(input_size=5), "divisible"),
+        (nn.Conv2d(2, 2, 3, stride=2, padding_mode="circular", padding=1), dict(input_size=5, exact=True),
+         "does not divide"),
+        (nn.Conv2d(2, 2, 3, padding_mode="circular", padding=2), dict(exact=True), "output is the torus's"),
         (nn.Conv2d(2, 2, 5), dict(input_size=3), "smaller than the kernel"),
         (nn.Linear(3, 2), dict(input_size=4), "input_size is for convs"),
         (nn.Linear(3, 2), dict(padding_mode="zeros"), "padding_mode is for convs"),
         (nn.Conv2d(2, 2, 3), dict(name="bias"), "4-D"),
+        (nan_conv, {}, "NaN or inf"),
     ]
 
 
@@ -424,3 +430,50 @@ def test_norm_module_is_what_is_registered():
     conv = spectral_norm(nn.Conv2d(2, 2, 3), 5)
     assert isinstance(norm_of(conv), OperatorSpectralNorm)
     assert "exact" in repr(norm_of(conv))
+
+
+@pytest.mark.parametrize("kwargs, n", [(dict(kernel_size=3, padding=2), 6), (dict(kernel_size=2, padding=1), 6),
+                                       (dict(kernel_size=3, padding=1, stride=2), 7)])
+def test_a_circular_layer_that_is_no_torus_conv_is_normalised_by_its_own_norm(kwargs, n):
+    """Circular padding by other than k_eff - 1 rows (or a size the stride does not divide) repeats
+    or skips torus rows: the default is then the power iteration on torch's own layer; its state_dict
+    loads into a fresh module (which learns the size and the route from the vectors)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, padding_mode="circular", bias=False, **kwargs).double()
+    raw = conv.weight.detach().clone()
+    eye = torch.eye(2 * n * n, dtype=torch.float64).reshape(-1, 2, n, n)
+
+    def layer_norm(weight):
+        with torch.no_grad():
+            out = torch.nn.functional.conv2d(torch.nn.functional.pad(eye, [conv.padding[1]] * 2 + [conv.padding[0]] * 2,
+                                                                      mode="circular"), weight, stride=conv.stride)
+        return top_singular_value(out.reshape(eye.shape[0], -1).T)
+
+    spectral_norm(conv, n_power_iterations=1)
+    train_forwards(conv, torch.randn(1, 2, n, n, dtype=torch.float64), 400)
+    assert not norm_of(conv).exact                            # the padding (or, stride 2, the size) decided
+    assert default_exact(conv) == (conv.stride == (2, 2))
+    assert float(norm_of(conv).sigma(raw)) == pytest.approx(layer_norm(raw), rel=1e-6)
+    assert layer_norm(conv.weight) == pytest.approx(1.0, rel=1e-6)
+    conv.eval()
+    fresh = spectral_norm(nn.Conv2d(2, 3, padding_mode="circular", bias=False, **kwargs).double()).eval()
+    fresh.load_state_dict(conv.state_dict())
+    x = torch.randn(1, 2, n, n, dtype=torch.float64)
+    torch.testing.assert_close(fresh(x), conv(x), rtol=0, atol=1e-14)
+
+
+def test_a_diverged_weight_raises_floating_point_error_and_half_precision_works():
+    conv = spectral_norm(nn.Conv2d(3, 4, 3, padding=1), 8)
+    with torch.no_grad():
+        conv.parametrizations.weight.original[0, 0, 0, 0] = math.inf
+    with pytest.raises(FloatingPointError, match="NaN or inf"):
+        conv(torch.randn(1, 3, 8, 8))
+    torch.manual_seed(0)
+    half = spectral_norm(nn.Conv2d(3, 4, 3, padding=1).to(torch.bfloat16), 8)
+    assert half.weight.dtype == torch.bfloat16
+    norm = top_singular_value(impulse_operator(half, (8, 8), "zeros"))
+    full = spectral_norm(nn.Conv2d(3, 4, 3, padding=1), 8)
+    with torch.no_grad():
+        full.parametrizations.weight.original.copy_(half.parametrizations.weight.original.float())
+    reference = top_singular_value(impulse_operator(full, (8, 8), "zeros"))
+    assert norm <= 1.0 and norm == pytest.approx(reference, abs=1e-2)    # bfloat16 rounding of the taps

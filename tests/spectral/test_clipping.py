@@ -122,6 +122,24 @@ def test_clipping_a_zero_padded_conv_bounds_its_own_operator():
     assert own <= report.sigma_max * (1 + 1e-12) and report.sigma_max < 0.5 * 1.05
 
 
+def test_a_padded_patch_conv_is_clipped_on_the_padded_grid_and_not_called_exact():
+    """A 2x2 stride-2 conv with padding 1: the padded grid's circular operator is a patch operator
+    (clipped in one step), but the layer's own is its restriction, whose smallest value may fall
+    below min: the report says so (not exact) and gives the layer's own extremes."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 2, stride=2, padding=1).double()
+    with torch.no_grad():
+        conv.weight.mul_(3)
+    report = clip_singular_values_(conv, 6, max=1.0, min=0.5)
+    own = spectrum(conv, 6)
+    own = own[own > 1e-12]
+    assert not report.exact and report.input_size == (8, 8)
+    assert report.sigma_max == pytest.approx(1.0, rel=1e-12) and report.sigma_min >= 0.5 - 1e-12
+    assert report.layer_sigma_max == pytest.approx(float(own.max()), rel=1e-9)
+    assert report.layer_sigma_min == pytest.approx(float(own.min()), rel=1e-6)
+    assert report.layer_sigma_min < 0.5                        # what "not exact" means here
+
+
 def bad_clip_calls():
     return [
         (nn.Conv1d(2, 2, 1), {}, dict(max=1.0), "nn.Conv2d or an nn.Linear"),

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from procres.spectral.operator import DENSE_LIMIT
+from procres.spectral.operator import DENSE_LIMIT, conv_operator
 from procres.spectral.spectra import conv_extremes, conv_matrix, conv_min_singular_value, conv_operator_norm, conv_singular_values
 from dense_operators import impulse_operator, index_formula_matrix
 
@@ -456,3 +456,46 @@ def test_spectral_factorisations_run_on_one_thread_and_restore_the_count(monkeyp
         np.testing.assert_allclose(sv.numpy(), np.linalg.svd(A.numpy(), compute_uv=False), rtol=1e-12)
     finally:
         torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- circular layers that are no torus
+WRAP_LAYERS = [                                 # nn.Conv2d(padding_mode="circular") keywords, input size
+    (dict(kernel_size=3, padding=2), 6),        # (n + 2) x (n + 2) outputs: torus rows repeated
+    (dict(kernel_size=2, padding=1), 6),
+    (dict(kernel_size=3, padding=1, dilation=2), 7),
+    (dict(kernel_size=3, padding=1, stride=2), 7),      # a size the stride does not divide
+    (dict(kernel_size=2, padding=1, stride=2), 6),
+]
+
+
+@pytest.mark.parametrize("kwargs, n", WRAP_LAYERS)
+def test_a_circular_layer_that_is_no_torus_conv_is_its_own_operator(kwargs, n):
+    """torch's circular padding by other than k_eff - 1 rows: the operator, its spectrum and its
+    extremes are the layer's (its impulse responses), not the torus conv's."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, padding_mode="circular", bias=False, **kwargs).double()
+    eye = torch.eye(2 * n * n, dtype=torch.float64).reshape(-1, 2, n, n)
+    with torch.no_grad():
+        dense = conv(eye).reshape(eye.shape[0], -1).T                 # torch's own layer, column by column
+    op = conv_operator(conv, n)
+    assert op.padding_mode == "wrap"
+    torch.testing.assert_close(op.matrix(), dense, rtol=0, atol=1e-14)
+    expected = torch.linalg.svdvals(dense)
+    got = conv_singular_values(conv, n).sort(descending=True).values[:len(expected)]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert conv_extremes(conv, n)["sigma_max"] == pytest.approx(float(expected[0]), rel=1e-9)
+
+
+@pytest.mark.parametrize("kwargs, mode", [(dict(kernel_size=3, padding=1), "circular"),
+                                          (dict(kernel_size=2, stride=2, padding=0), "zeros"),
+                                          (dict(kernel_size=3, padding=0), "zeros")])
+def test_a_circular_layer_with_the_torus_output_is_the_torus_and_one_without_padding_a_valid_conv(kwargs, mode):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, padding_mode="circular", bias=False, **kwargs).double()
+    op = conv_operator(conv, 8)
+    assert op.padding_mode == mode
+    eye = torch.eye(2 * 64, dtype=torch.float64).reshape(-1, 2, 8, 8)
+    with torch.no_grad():
+        dense = conv(eye).reshape(eye.shape[0], -1).T
+    torch.testing.assert_close(conv_singular_values(conv, 8).sort(descending=True).values[:min(dense.shape)],
+                               torch.linalg.svdvals(dense), rtol=0, atol=1e-12)
