@@ -5,7 +5,7 @@ and without a ``NormRecorder`` on ``model.blocks``, interleaved in the same proc
 alternate their order so drift cancels), and the medians are compared.  The "with" timing
 includes ``summary()`` after every step (one host sync and the dict), which is more than a
 training loop pays (it calls ``summary()`` once per epoch), so the ratio is an upper bound.
-Target (issue 4): ratio <= 1.05 for resnet56 on CPU.
+Goal: ratio <= 1.05 for resnet56 on CPU.
 
 Then an independent estimate: the time spent inside the recorder's own functions (cProfile)
 over an unprofiled step, which the load of other processes disturbs less on a shared machine.

@@ -9,7 +9,7 @@ neighbours' load hit all of them alike); medians are compared:
   preresnet   preresnet(depth - 2): the same n bottlenecks per stage, i.e. the ResNet the paper
               compares with (its stride-2 projections live in shortcuts instead of transitions)
 
-Printed ratios: proc+hook / preresnet (issue 5 target <= 1.03 on CPU at small depth) and
+Printed ratios: proc+hook / preresnet (goal <= 1.03 on CPU at small depth) and
 proc+hook / proc. The projection's cost does not grow with depth (three convs: the stem and two
 1x1 transitions, FFT grids of image_size, /2, /4), so the ratio falls as depth grows; at small
 depth on a CPU it is dominated by the per-frequency SVDs. Settings match ``procres train``

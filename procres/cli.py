@@ -33,6 +33,25 @@ def _count(minimum: int):
     return parse
 
 
+def _seed(text: str) -> int:
+    """argparse type: a seed numpy's and torch's generators take, in [0, 2**32)."""
+    value = _count(0)(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
 # ---------------------------------------------------------------- models
 def _add_models(sub):
     p = sub.add_parser("models", help="list the registered models",
@@ -156,7 +175,7 @@ def _add_inspect(sub):
     _add_input(p)
     p.add_argument("--batch", type=_count(1), default=8, help="examples per batch (default 8)")
     p.add_argument("--steps", type=_count(0), default=2, help="SGD steps between the two measurements (default 2)")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01, momentum 0.9)")
+    p.add_argument("--lr", type=_positive_float, default=0.01, help="SGD learning rate (default 0.01, momentum 0.9)")
     p.add_argument("--data", default="random",
                    help="random (normal images, default), digits (embedded 1x16x16 set), cifar10:PATH or cifar100:PATH")
     p.add_argument("--units", default=None, metavar="PATTERN",
@@ -170,7 +189,7 @@ def _add_inspect(sub):
                    help="also show the spectra of these convs before and after one exact Procrustes projection (of "
                         "a copy: the other numbers stay the model's): exact (kernel <= stride, no padding), "
                         "downsample (strided 1x1) or a glob of module names, as attach_procrustes(convs=...) takes")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the weights, the data and the SGD steps")
     p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--out", default="runs/inspect", help="folder for inspect.json and figures/ (default runs/inspect)")
     p.add_argument("--json", action="store_true", help="print the JSON instead of the tables")
@@ -246,8 +265,8 @@ def _add_study(sub):
     p.add_argument("--steps", type=_count(0), default=5, help="SGD steps between the two measurements (default 5)")
     p.add_argument("--batch", type=_count(1), default=16, help="examples per batch (default 16)")
     p.add_argument("--measure", type=_count(1), default=2, help="batches each measurement averages over (default 2)")
-    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (default 0.02, momentum 0.9)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, the data and the SGD steps")
+    p.add_argument("--lr", type=_positive_float, default=0.02, help="SGD learning rate (default 0.02, momentum 0.9)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the weights, the data and the SGD steps")
     p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--out", default="runs/study", help="folder for depth_study.json and depth_study.png "
                                                        "(default runs/study)")
@@ -290,7 +309,7 @@ def _add_train(sub):
         f"--resume the run's own settings take the place of the defaults and the recipe, and only {may_change} "
         "may differ from them. Example: procres train --model resnet20 --recipe demo --epochs 3",
     )
-    p.add_argument("--seeds", type=int, nargs="+", metavar="S",
+    p.add_argument("--seeds", type=_seed, nargs="+", metavar="S",
                    help="train once per seed in OUT/seed<S> and save mean +- std in OUT/summary.json")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch rows on stdout")
     add_config_arguments(p)
@@ -326,7 +345,7 @@ def _add_demo(sub):
                                    "a depth study up to 1001 layers and conv spectra, writes figures and report.md.")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny budget (seconds): checks the pipeline, numbers mean little")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--threads", type=_count(0), default=0, help="torch CPU threads (default: the cores this process may use)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -377,7 +396,7 @@ def _add_reproduce(sub):
     p.add_argument("--list", action="store_true", help="list the recipes with their expected GPU-hours")
     p.add_argument("--data", default="DATA", help="CIFAR archive (.tar.gz) or extracted folder")
     p.add_argument("--gpus", type=int, default=1, help="GPUs per run (>1: torchrun + DDP)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the recipe's seeds")
+    p.add_argument("--seeds", type=_seed, nargs="+", default=None, help="override the recipe's seeds")
     p.add_argument("--out", default="runs/reproduce", help="root folder of the run folders")
     p.add_argument("--run", action="store_true", help="execute the plan (days of GPU time for most recipes)")
     p.add_argument("--smoke", action="store_true",

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from procres.errors import UserError
 
-__all__ = ["atomic_save", "atomic_write_text", "json_text", "append_jsonl", "read_json", "write_tmp", "fsync_dir"]
+__all__ = ["atomic_save", "atomic_write_text", "json_text", "append_jsonl", "read_json", "write_tmp", "fsync_dir",
+           "read_torch", "failure_reason"]
 
 
 def write_tmp(obj, path: Path) -> Path:
@@ -93,3 +94,29 @@ def read_json(path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
+
+
+def failure_reason(err: BaseException) -> str:
+    """Why reading a file failed, in one line: the exception's type and first line (tarfile's and
+    others' messages run over several).  torch's message for a file ``torch.load(weights_only=True)``
+    will not unpickle advises ``weights_only=False`` (arbitrary code execution): procres never does
+    that, so only the unpickler's reason is kept."""
+    text = str(err).strip()
+    if "Weights only load failed" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        detail = reason[0].strip() if reason and "WeightsUnpickler" in text else ""
+        return ("corrupt, or holding objects other than tensors and plain containers, which procres does not "
+                f"unpickle{f' ({detail})' if detail else ''}")
+    line = text.splitlines()[0].rstrip(" :") if text else ""
+    return f"{type(err).__name__}: {line[:200]}" if line else type(err).__name__
+
+
+def read_torch(path):
+    """``torch.load(path, map_location="cpu", weights_only=True)``; a UserError naming the file and
+    :func:`failure_reason`'s reason when it cannot be read (truncated, corrupt, foreign pickle)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, unpickling error: a bad file, not a crash
+        raise UserError(f"{path}: not a readable torch file ({failure_reason(err)})") from None

@@ -59,9 +59,38 @@ def test_models_and_spectrum_name_the_input_size_alike(capsys):
     (["inspect", "resnet20", "--batch", "0"], "argument --batch: must be at least 1, got 0"),
     (["inspect", "resnet20", "--steps", "-1"], "argument --steps: must be at least 0, got -1"),
     (["models", "--input-size", "x"], "expected a whole number, got 'x'"),
+    (["inspect", "resnet20", "--lr", "-1"], "argument --lr: must be a finite number above 0, got -1"),
+    (["study", "resnet", "--depths", "20", "--lr", "0"], "argument --lr: must be a finite number above 0, got 0"),
+    (["demo", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+    (["reproduce", "cifar10-preact", "--seeds", "0", str(2**32)], "argument --seeds: must be below 2**32"),
 ])
 def test_counts_out_of_range_are_a_usage_error_not_a_traceback(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(argv)
     err = capsys.readouterr().err
     assert stop.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_a_file_torch_cannot_read_is_one_line_without_torchs_unsafe_advice(tmp_path, capsys):
+    """A random-bytes checkpoint: torch's message advises weights_only=False; procres never does."""
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(bytes(range(256)) * 8)
+    assert cli.main(["spectrum", "--model", "resnet20", "--checkpoint", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable torch file" in err and "weights_only" not in err
+
+
+def test_weights_of_another_model_are_summarised_in_one_line(tmp_path, capsys):
+    import torch
+
+    path = tmp_path / "linear.pt"
+    torch.save(torch.nn.Linear(3, 4).state_dict(), path)
+    assert cli.main(["spectrum", "--model", "resnet20", "--checkpoint", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing keys" in err and "2 unexpected keys (weight, bias)" in err
+    assert len(err) < 400
+
+
+def test_a_summary_of_a_missing_folder_is_refused(tmp_path, capsys):
+    assert cli.main(["reproduce", "cifar10-preact", "--summary", "--out", str(tmp_path / "nope")]) == 1
+    assert "is not a folder: nothing to summarise" in capsys.readouterr().err

@@ -120,7 +120,9 @@ def select_convs(sites: list[LayerSite], which, *, what: str = "convs") -> list[
         if not found:
             listed = ", ".join(s.name for s in sites[:6]) + (", ..." if len(sites) > 6 else "")
             where = "called in the forward pass" if what == "convs" else "of the model"
-            raise UserError(f"no {what[:-1]} of the model matches {item!r} ({what} {where}: {listed or 'none'})")
+            hint = "; 'downsample' is the strided 1x1 convs, 'exact' every conv with kernel <= stride " \
+                "(2x2 stride-2 downsampling, patch embeddings)" if item == "downsample" else ""
+            raise UserError(f"no {what[:-1]} of the model matches {item!r} ({what} {where}: {listed or 'none'}{hint})")
         chosen += [s for s in found if s not in chosen]
     return chosen
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from procres.errors import UserError
-from procres.files import read_json
+from procres.files import read_json, read_torch
 
 __all__ = ["build", "load_model", "depth_factory", "input_kwargs"]
 
@@ -145,14 +145,26 @@ def depth_factory(spec: str, *, depth_kwarg: str | None = None, kwargs: dict | N
 _DATASET_SHAPES = {"digits": (1, 10, 16), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
 
 
+def _state_mismatch(expected: dict, given: dict, shown: int = 3) -> str:
+    """One line on how ``given`` differs from the model's ``expected`` state_dict: counts of missing
+    and unexpected keys and of shape mismatches, the first ``shown`` of each."""
+    def few(keys):
+        return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")
+
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [f"{k} {tuple(given[k].shape)} vs {tuple(expected[k].shape)}" for k in expected
+              if k in given and hasattr(given[k], "shape") and tuple(given[k].shape) != tuple(expected[k].shape)]
+    parts = [f"{len(keys)} {what} ({few(keys)})" for what, keys in
+             (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if keys]
+    return "; ".join(parts) or "the state_dict does not load"
+
+
 def _read_checkpoint(path: Path) -> tuple[dict, dict]:
     """-> (state_dict with DDP/compile prefixes removed, config dict or {})."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle: a bad file, not a crash
-        raise UserError(f"{path}: not a readable torch checkpoint ({_first_line(err)})") from None
+    blob = read_torch(path)
     state = blob.get("model", blob) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise UserError(f"{path}: expected a state_dict or a dict with key 'model'")
@@ -188,7 +200,6 @@ def load_model(name: str | None, *, checkpoint=None, image_size: int | None = No
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            first = str(err).split("\n\t")[1:2] or [str(err)]
             raise UserError(f"{checkpoint}: weights do not fit {name} (in_channels={ch}, num_classes={classes}, "
-                            f"image_size={size}): {first[0].strip()} ...") from None
+                            f"image_size={size}): {_state_mismatch(model.state_dict(), state)}") from None
     return model.eval(), size, ch

@@ -7,6 +7,8 @@
 - ``inspection``  ``procres inspect``'s ``inspect.json`` and figures
 - ``demo``        the one-command demo
 - ``reproduce``   the paper's experiments as ready commands
+- ``study``       ``procres study``: the depth study of any model family, its JSON, figure and verdict
 
-Reads files and calls every part below it; only the command line imports it.
+Reads files and calls every part below it; imported by the command line and by the top-level
+``procres`` names that live here (``procres.depth_study``), never by the parts below.
 """

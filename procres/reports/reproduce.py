@@ -205,6 +205,9 @@ def summarize(name: str, *, out: str = "runs/reproduce", seeds=None) -> tuple[st
     """Mean +- std over seeds of the final-epoch test error (and at the best val epoch), from the runs'
     result.json (train()'s own final-epoch / best-validation-epoch numbers)."""
     recipe = get_recipe(name)
+    if not Path(out).is_dir():
+        raise UserError(f"--out {out} is not a folder: nothing to summarise (the runs of '{name}' are written "
+                        "there by `procres reproduce NAME --run --out DIR`)")
     rows, data = [f"{'model':16s} {'seeds':>5s}  {'final test err %':>18s}  {'at best val %':>15s}  published"], {}
     unfinished = []
     for model in recipe.models:

@@ -9,6 +9,7 @@
 - ``clipping``    singular-value clipping of a conv or Linear operator (Sedghi et al.)
 - ``faithful``    the authors' released projection, quirks included
 - ``device``      the projection as device-side matmuls with no host syncs (CUDA graphs)
+- ``threads``     LAPACK calls on one thread where more only cost (small batched decompositions)
 
 Knows no networks: imports only torch, ``procres.errors`` and itself.
 """

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from procres.errors import UserError
-from procres.files import fsync_dir, write_tmp
+from procres.files import fsync_dir, failure_reason, write_tmp
 
 __all__ = ["save_checkpoint", "load_checkpoint", "training_state", "rng_state", "set_rng_state"]
 
@@ -57,7 +57,7 @@ def load_checkpoint(run_dir) -> dict | None:
     except Exception as err:  # truncated zip, unpickling error, wrong content: all the same to the user
         keep = (f"the previous checkpoint {prev} is kept untouched: move it to {path} to resume one save earlier"
                 if prev.exists() and prev != path else "there is no previous checkpoint")
-        raise UserError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); {keep}") from err
+        raise UserError(f"checkpoint {path} is unreadable ({failure_reason(err)}); {keep}") from err
     return state
 
 

@@ -1,6 +1,6 @@
 """CIFAR-10/100 from the official *python* archives the user already has: locate, read, validate.
 
-Spec (issue 5):
+What it reads:
 
 * ``cifar-10-python.tar.gz`` holds ``cifar-10-batches-py/{data_batch_1..5, test_batch,
   batches.meta}``; ``cifar-100-python.tar.gz`` holds ``cifar-100-python/{train, test, meta}``.
@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from procres.errors import UserError
+from procres.files import failure_reason
 
 __all__ = ["DatasetError", "SPECS", "read_cifar", "synthetic_cifar"]
 
@@ -121,7 +122,7 @@ def _unpickle(raw, where):
     except _Refused as exc:
         raise DatasetError(f"{where}: {exc}") from None
     except Exception as exc:  # any failure on untrusted bytes is a bad file, not a crash
-        raise DatasetError(f"{where}: not a readable CIFAR pickle ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{where}: not a readable CIFAR pickle ({failure_reason(exc)})") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{where}: expected a pickled dict, found {type(obj).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
@@ -171,7 +172,7 @@ def _read_files(spec, kind, p):
                 pass
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise DatasetError(f"{spec.name}: {p} is not a readable tar archive, or is truncated "
-                           f"({type(exc).__name__}: {exc}); expected {spec.describe()}") from None
+                           f"({failure_reason(exc)}); expected {spec.describe()}") from None
     missing = [f for f in spec.files if f not in found]
     if damaged:
         raise DatasetError(f"{spec.name}: archive {p} is damaged or truncated: its tar stream breaks off at byte "

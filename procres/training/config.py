@@ -125,6 +125,8 @@ class TrainConfig:
             raise UserError(f"tensorboard {self.tensorboard!r} must be a folder, 'auto' or None")
         if self.val_size is not None and self.val_size < 0:
             raise UserError(f"val_size {self.val_size} must not be negative")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"seed {self.seed} must be in [0, 2**32) (numpy's and torch's generators take those)")
         if self.lr <= 0 or self.warmup_lr <= 0:
             raise UserError(f"learning rates must be positive (lr {self.lr}, warmup_lr {self.warmup_lr})")
         if list(self.milestones) != sorted(self.milestones):

@@ -163,6 +163,8 @@ def train(config: TrainConfig, *, quiet: bool = False) -> dict:
             if checkpoint is not None:
                 _restore(run, checkpoint, changes)
             else:
+                if cfg.resume:  # a job script may always pass --resume; a mistyped folder must show
+                    run.log.info(f"resume: {cfg.out} holds no checkpoint yet, so this is a new run")
                 _start(run)
             capture_graphs(run)
             _log_start(run)

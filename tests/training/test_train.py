@@ -187,8 +187,9 @@ def test_corrupt_checkpoint_gives_clear_error_and_keeps_previous(finished_run, t
     prev = (run / "checkpoint.prev.pt").read_bytes()
     data = (run / "checkpoint.pt").read_bytes()
     (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.raises(ValueError, match=r"(?s)checkpoint.pt is unreadable.*checkpoint.prev.pt is kept"):
+    with pytest.raises(ValueError, match=r"(?s)checkpoint.pt is unreadable.*checkpoint.prev.pt is kept") as err:
         train(config.replace(out=str(run), resume=True), quiet=True)
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
     assert (run / "checkpoint.prev.pt").read_bytes() == prev
     assert load_checkpoint(run.parent / "nothing-here") is None
 
@@ -591,3 +592,10 @@ def test_cli_resume_takes_the_runs_settings_and_refuses_a_changed_flag(tmp_path,
     assert [h["epoch"] for h in history] == [0, 1, 2] and history[2]["step"] == 4
     assert main(["train", "--out", str(run), "--resume", "--seed", "5", "--quiet"]) == 1
     assert "seed 0 -> 5 differ from the run's config" in capsys.readouterr().err
+
+
+def test_resume_on_a_folder_without_a_checkpoint_says_it_starts_a_new_run(tmp_path):
+    config = _tiny(tmp_path / "fresh", resume=True, epochs=1)
+    train(config, quiet=True)
+    log = (Path(config.out) / "train.log").read_text()
+    assert "holds no checkpoint yet, so this is a new run" in log.splitlines()[0]
