@@ -12,7 +12,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from procres.files import atomic_write_text, json_text
-from procres.reports.plots import log_limits, save_figure
+from procres.reports.plots import RATIO_LABEL, log_limits, save_figure
 
 __all__ = ["write_inspection", "plot_inspection"]
 
@@ -45,8 +45,9 @@ def plot_inspection(result: dict, folder) -> dict:
     ax.set_ylim(*log_limits([r[k] for r in units for k in ("ratio_init", "ratio_trained")]))
     ax.axhline(1.0, color="k", lw=0.8, ls=":")
     ax.set_xticks(idx, [r["name"] for r in units], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("r_l = ||dE/dx_l|| / ||dE/dx_l+1||")
-    ax.set_title(f"{result['model']}: gradient-norm ratio per unit (shaded: projection skips)", fontsize=10)
+    ax.set_ylabel(RATIO_LABEL)
+    shaded = " (shaded: projection skips)" if any(r["kind"] == "projection" for r in units) else ""
+    ax.set_title(f"{result['model']}: gradient-norm ratio per unit{shaded}", fontsize=10)
     ax.legend(fontsize=8)
     paths["ratio_per_unit"] = save_figure(fig, folder / "ratio_per_unit.png")
     convs = result["convs"]

@@ -62,12 +62,17 @@ def save_figure(fig: Figure, path) -> Path:
     return path
 
 
+#: The axis label of r_l, as the paper writes it.
+RATIO_LABEL = r"$r_l = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$"
+
+
 def log_limits(values, lo=0.1, hi=10.0) -> tuple[float, float]:
-    """0.1..10 as in the paper, widened by decades when data falls outside."""
+    """0.1..10 as in the paper, widened by decades when data falls outside (or within a quarter of
+    a limit's value of it, so that no marker sits half-clipped on the axis)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x) and x > 0])
     if v.size:
-        lo = min(lo, 10.0 ** math.floor(math.log10(v.min())))
-        hi = max(hi, 10.0 ** math.ceil(math.log10(v.max())))
+        lo = min(lo, 10.0 ** math.floor(math.log10(v.min() / 1.25)))
+        hi = max(hi, 10.0 ** math.ceil(math.log10(v.max() * 1.25)))
     return lo, hi
 
 
@@ -145,7 +150,7 @@ def plot_ratio_per_block(runs: list[Run], path, *, epochs: list[int] | None = No
         ax.set_xlim(0.5, max(len(kinds), max(len(records[e]["norms"]["ratio"]) for e in chosen)) + 0.5)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(_title(run), color=FAMILY_COLORS[run.family], fontsize=11)
-        ax.set_ylabel(r"$r_l = \|\partial E/\partial x_l\| \,/\, \|\partial E/\partial x_{l+1}\|$")
+        ax.set_ylabel(RATIO_LABEL)
         ax.legend(loc="upper right", fontsize=8, ncol=3)
         ax.grid(True, which="major", axis="y", alpha=0.3)
     axes[-1].set_xlabel("block index l (forward order)")
@@ -366,7 +371,7 @@ def plot_learning_curves(runs: list[Run], path) -> Path:
         ax.set_xlabel(f"training {_x_axis(runs[0]) if runs else 'epoch'}")
         ax.set_title(f"{title} (solid: train, dashed: held-out)", fontsize=10)
         ax.grid(True, alpha=0.3)
-    ax_acc.legend(fontsize=7)
+    ax_acc.legend(fontsize=7, handlelength=4)                   # long enough to show the dashes
     fig.suptitle("Learning curves", fontsize=12)
     return save_figure(fig, path)
 

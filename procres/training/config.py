@@ -276,10 +276,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *,
             kwargs.update(nargs="*", type=int, metavar="N")
         else:
             kwargs["type"] = _optional(base) if optional else base
-            if f.name == "recipe":
-                kwargs["choices"] = [*RECIPES, None]
-            elif f.name == "dataset":
-                kwargs["choices"] = [*DATASETS, None]
+            if f.name in ("recipe", "dataset"):                 # "none" (None): the recipe's, resp. its data set
+                names = RECIPES if f.name == "recipe" else DATASETS
+                kwargs.update(choices=[*names, None], metavar="{" + ",".join(names) + "}")
             elif f.name == "device":
                 kwargs["choices"] = list(DEVICES)
             elif f.name == "projection_method":
