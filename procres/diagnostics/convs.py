@@ -156,10 +156,11 @@ def select_layers(model: nn.Module, example_input=None, *, convs=None, linears=N
 
 def _zeros_part(conv: nn.Conv2d, size, target: float, zeros: str, tol: float, max_iter: int,
                 circular=None) -> dict | None:
+    from procres.spectral.operator import conv_operator
     from procres.spectral.spectra import conv_extremes, exact_extremes
 
-    if zeros == "off" or conv.padding_mode == "circular":
-        return None
+    if zeros == "off" or (conv.padding_mode == "circular" and conv_operator(conv, size).padding_mode == "circular"):
+        return None                                           # the layer is the torus conv: its part is exact
     if zeros == "dense":
         out = exact_extremes(conv, size)
     else:

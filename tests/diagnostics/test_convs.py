@@ -245,3 +245,18 @@ def test_spectrum_cli_measures_a_run_at_its_own_image_size_and_names_a_bad_confi
     (tmp_path / "config.json").write_text("{not json")
     assert main(["spectrum", "--checkpoint", str(tmp_path / "model.pt")]) == 1
     assert "config.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_a_circular_layer_that_is_no_torus_conv_gets_its_own_operators_extremes():
+    """padding=2 on a 3x3 kernel: the table's circular part is the kernel's torus conv, its second
+    part the layer's own operator (torch's, rows of the torus repeated), measured on basis images."""
+    from procres.diagnostics.convs import layer_spectrum
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3, padding=2, padding_mode="circular", bias=False).double()
+    eye = torch.eye(2 * 36, dtype=torch.float64).reshape(-1, 2, 6, 6)
+    with torch.no_grad():
+        dense = conv(eye).reshape(eye.shape[0], -1).T
+    row = layer_spectrum(conv, 6)
+    assert row["zeros"]["sigma_max"] == pytest.approx(float(torch.linalg.matrix_norm(dense, 2)), rel=1e-9)
+    assert layer_spectrum(nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular"), 6)["zeros"] is None
