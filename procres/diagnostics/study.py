@@ -25,7 +25,17 @@ from procres.diagnostics.recorder import NormRecorder
 from procres.diagnostics.units import find_units
 from procres.errors import UserError
 
-__all__ = ["depth_study", "checked_depths"]
+__all__ = ["depth_study", "checked_depths", "DepthUnchanged"]
+
+
+class DepthUnchanged(UserError):
+    """A family's factory built the same number of units at two different depths: its depth
+    argument does not reach the model."""
+
+    def __init__(self, family: str, units: int, depths: tuple):
+        self.family, self.units, self.depths = family, units, depths
+        super().__init__(f"model_factory[{family!r}] did not change the model with the depth: {units} units at "
+                         f"depths {depths[0]} and {depths[1]}")
 
 
 def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.02, momentum: float = 0.9,
@@ -115,6 +125,7 @@ def _study_family(family, factory, depths, data, measure, train_idx, probe, devi
         rows["kinds"].append(kinds)
         rows["units"].append(rule)
         rows["depth"].append(int(getattr(model, "depth", depth)))
+        _check_depth_changes(family, rows["depth"], rows["kinds"], depths)
         result = _study_one(model, runner, units, data, measure, train_idx, probe)
         for key in ("init", "trained", "overflow", "first", "last"):
             rows[key].append(result[key])
@@ -122,6 +133,13 @@ def _study_family(family, factory, depths, data, measure, train_idx, probe, devi
         if on_model is not None:
             on_model(family, depth, rows["seconds"][-1])
     return rows
+
+
+def _check_depth_changes(family: str, model_depths: list, kinds: list, depths: list) -> None:
+    """DepthUnchanged when the latest model has as many units as the first at another depth."""
+    last = len(model_depths) - 1
+    if last > 0 and model_depths[last] != model_depths[0] and len(kinds[last]) == len(kinds[0]):
+        raise DepthUnchanged(family, len(kinds[0]), (depths[0], depths[last]))
 
 
 def _units_of(model: nn.Module, example: Tensor):

@@ -335,3 +335,12 @@ def test_a_hugging_face_model_class_is_built_from_its_config_class(tmp_path, cap
     assert [u["name"] for u in result["units"]] == ["transformer.h.0", "transformer.h.1"] and result["vocab"] == 64
     assert main(["inspect", "transformers:GPT2Config", "--input-ids", "8", "--out", str(tmp_path)]) == 1
     assert "returned a GPT2Config, not an nn.Module; name a model class instead" in capsys.readouterr().err
+
+
+def test_a_keyword_the_hugging_face_config_does_not_have_is_refused(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    config = '{"n_layers": 2, "n_embd": 16, "n_head": 2, "vocab_size": 64}'     # GPT2Config's is n_layer
+    assert main(["inspect", "transformers:GPT2LMHeadModel", "--kwargs", config, "--input-ids", "8", "--out",
+                 str(tmp_path), "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "keyword 'n_layers' is not an attribute of GPT2Config" in err and "did you mean 'n_layer'" in err
