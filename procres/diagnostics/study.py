@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from procres.diagnostics.inspection import probe_loss, vocab_of, without_cache
 from procres.diagnostics.ratios import log_ratio_spread, overflow_unit
 from procres.diagnostics.recorder import NormRecorder
-from procres.diagnostics.units import find_units
+from procres.diagnostics.units import UnitsNotFound, find_units
 from procres.errors import UserError
 
 __all__ = ["depth_study", "checked_depths", "DepthUnchanged"]
@@ -121,7 +121,14 @@ def _study_family(family, factory, depths, data, measure, train_idx, probe, devi
         if not isinstance(model, nn.Module):
             raise UserError(f"model_factory[{family!r}]({depth}) returned a {type(model).__name__}, not an nn.Module")
         model = without_cache(model.to(device).train())
-        units, runner, kinds, rule = _units_of(model, x[measure[0]] if measure else x[:32])
+        try:
+            units, runner, kinds, rule = _units_of(model, x[measure[0]] if measure else x[:32])
+        except UnitsNotFound as err:
+            raise UserError(f"{family} at depth {depth}: {err.sentence(command=None)}; the study takes the units "
+                            f"its models list as .blocks, else those procres.find_units finds: leave depth {depth} "
+                            f"out (--depths) or give the models a .blocks list") from None
+        except UserError as err:
+            raise UserError(f"{family} at depth {depth}: {err}") from None
         rows["kinds"].append(kinds)
         rows["units"].append(rule)
         rows["depth"].append(int(getattr(model, "depth", depth)))

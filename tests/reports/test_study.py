@@ -123,3 +123,16 @@ def test_a_config_keyword_the_hugging_face_config_does_not_have_is_refused(tmp_p
     err = capsys.readouterr().err
     assert "--kwargs 'n_heads' is not an attribute of GPT2Config" in err and "'n_head'" in err
     assert not (tmp_path / "depth_study.json").exists()
+
+
+def test_a_depth_without_units_is_named_with_the_studys_own_options():
+    import torch
+    from torch import nn
+
+    def family(depth):           # depth 1: one Linear, no residual unit to find
+        return nn.Sequential(nn.Flatten(), nn.Linear(4, 3)) if depth == 1 else user_models.scaled_chain(layers=depth)
+
+    with pytest.raises(UserError) as err:
+        procres.depth_study({"chain": family}, [2, 1], input_shape=(1, 2, 2), steps=0)
+    assert str(err.value).startswith("chain at depth 1: no residual addition found in Sequential")
+    assert "leave depth 1 out (--depths)" in str(err.value) and "procres inspect" not in str(err.value)
