@@ -19,7 +19,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-from procres.diagnostics.inspection import probe_loss, vocab_of, without_cache
+from procres.diagnostics.inspection import model_vocab, probe_loss, vocab_of, without_cache
 from procres.diagnostics.ratios import log_ratio_spread, overflow_unit
 from procres.diagnostics.recorder import NormRecorder
 from procres.diagnostics.units import UnitsNotFound, find_units
@@ -192,7 +192,8 @@ def _study_one(model: nn.Module, runner: nn.Module, units: list, data: tuple, me
                train_idx: list[Tensor], probe: dict) -> dict:
     """One model of the depth study: init summary, SGD steps, trained summary; stops at an overflow."""
     x, y = data
-    vocab = vocab_of(model, probe["vocab"]) if not x.is_floating_point() else None
+    ids_range = vocab_of(model, probe["vocab"]) if not x.is_floating_point() else None
+    vocab = (ids_range, model_vocab(model))           # probe_loss's vocab and width
     measured = lambda: _measure_ratios(runner, units, data, measure, probe["seed"], vocab)  # noqa: E731
     found = {"init": measured(), "trained": None, "overflow": None, "first": math.nan, "last": math.nan}
     unit = overflow_unit(found["init"]["grad_nonfinite"])
@@ -203,7 +204,7 @@ def _study_one(model: nn.Module, runner: nn.Module, units: list, data: tuple, me
     gen = torch.Generator().manual_seed(probe["seed"] + 1)
     losses = []
     for step, idx in enumerate(train_idx, start=1):
-        loss = probe_loss(runner(x[idx]), None if y is None else y[idx], gen, x[idx], vocab)
+        loss = probe_loss(runner(x[idx]), None if y is None else y[idx], gen, x[idx], *vocab)
         if not bool(torch.isfinite(loss)):  # the weights hold inf/NaN: an earlier step's gradients overflowed
             found["overflow"] = {"unit": None, "units": len(units), "phase": "training", "step": step}
             break
@@ -221,13 +222,15 @@ def _study_one(model: nn.Module, runner: nn.Module, units: list, data: tuple, me
     return found
 
 
-def _measure_ratios(runner: nn.Module, units: list, data: tuple, batches: list[Tensor], seed: int, vocab) -> dict:
-    """NormRecorder summary over forward + backward passes on ``batches`` (no parameter update)."""
+def _measure_ratios(runner: nn.Module, units: list, data: tuple, batches: list[Tensor], seed: int,
+                    vocab: tuple) -> dict:
+    """NormRecorder summary over forward + backward passes on ``batches`` (no parameter update);
+    ``vocab``: (range of the ids, the model's own vocabulary), each None when unknown."""
     x, y = data
     gen = torch.Generator().manual_seed(seed)
     with NormRecorder(units) as rec:
         for idx in batches:
             runner.zero_grad(set_to_none=True)
-            probe_loss(runner(x[idx]), None if y is None else y[idx], gen, x[idx], vocab).backward()
+            probe_loss(runner(x[idx]), None if y is None else y[idx], gen, x[idx], *vocab).backward()
     runner.zero_grad(set_to_none=True)
     return rec.summary()
