@@ -54,7 +54,7 @@ def _positive_float(text: str) -> float:
 
 # ---------------------------------------------------------------- models
 def _add_models(sub):
-    p = sub.add_parser("models", help="list the registered models",
+    p = sub.add_parser("models", help="list the registered models and the transformer families",
                        description="The registered names; any other depth is built by name too: resnet<6n+2>, "
                                    "preresnet<9n+2>, procresnet<9n+4>, their plain twins, and the token-input "
                                    "language models prenorm_transformer<L> and postnorm_transformer<L>.")
@@ -69,12 +69,13 @@ def _add_models(sub):
 def _run_models(args):
     import torch
 
-    from procres.models.registry import create_model, list_models
+    from procres.models.registry import create_model, list_models, token_families
 
-    names = list_models(filter=args.filter)
-    if not names:
-        raise UserError(f"no registered model name matches {args.filter!r}")
-    print(f"{'name':<17} {'depth':>5} {'parameters':>11} {'blocks':>6}  transitions (kernel/stride input->grid)")
+    names, tokens = list_models(filter=args.filter), token_families(filter=args.filter)
+    if not names and not tokens:
+        raise UserError(f"no registered model name or model family matches {args.filter!r}")
+    if names:
+        print(f"{'name':<17} {'depth':>5} {'parameters':>11} {'blocks':>6}  transitions (kernel/stride input->grid)")
     for name in names:
         with torch.device("meta"):  # shapes only: no memory, no init cost, no forward
             model = create_model(name, image_size=args.input_size)
@@ -84,6 +85,12 @@ def _run_models(args):
             for c, size in model.transitions()
         )
         print(f"{name:<17} {model.depth:>5} {params:>11,} {len(model.blocks):>6}  {trans or '-'}")
+    if tokens:
+        print(("\n" if names else "") + f"{'family (any depth L)':<24} {'parameters (defaults)':>22} {'blocks':>6}  input")
+    for family in tokens:
+        with torch.device("meta"):
+            one, two = (sum(p.numel() for p in create_model(f"{family}{d}").parameters()) for d in (1, 2))
+        print(f"{family + '<L>':<24} {f'{one - (two - one):,} + {two - one:,} L':>22} {'L':>6}  token ids")
     return 0
 
 

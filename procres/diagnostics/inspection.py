@@ -22,10 +22,12 @@ otherwise build one in every forward, training included.
 The probe loss (:func:`probe_loss`, also the depth study's).  The model's output is a tensor, or a
 tuple or dict (a ``ModelOutput``) whose first entry is one (``logits``, ``last_hidden_state``).
 
-- A language model's logits, ``(N, T, vocab)`` for token ids ``(N, T)``: next-token cross-entropy
+- A language model's logits, ``(N, T, V)`` for token ids ``(N, T)``: next-token cross-entropy
   (position t predicts ``x[:, t + 1]``, mean over the ``N (T - 1)`` predictions, as Hugging Face's
-  ``ForCausalLMLoss`` with ``labels=input_ids``).  The last size must be the vocabulary: a base
-  model's ``(N, T, hidden)`` states are not logits.
+  ``ForCausalLMLoss`` with ``labels=input_ids``).  Logits by shape: ``V`` is the model's own
+  vocabulary (``config.vocab_size`` or ``vocab_size``, :func:`model_vocab`) when it declares one,
+  whatever the ids' range (``--vocab``, which may not exceed it: :func:`vocab_of` refuses), so a
+  base model's ``(N, T, hidden)`` states are not logits; else any ``V`` of at least the ids' range.
 - ``(N, K)`` logits: cross-entropy with ``y`` (random labels in ``[0, K)`` when ``y`` is None).
 - Anything else: ``sum(out * g) / N`` for a standard normal ``g`` of the output's shape (drawn from
   the generator): an isotropic output gradient, as the paper assumes, that a final LayerNorm
@@ -54,19 +56,30 @@ from procres.diagnostics.units import find_units, units_by_name
 from procres.errors import UserError
 
 __all__ = ["inspect_model", "units_table", "projection_preview", "projection_table", "probe_loss", "next_token_loss",
-           "vocab_of", "without_cache"]
+           "vocab_of", "model_vocab", "without_cache"]
+
+
+def model_vocab(model: nn.Module) -> int | None:
+    """The vocabulary ``model`` declares: ``model.config.vocab_size`` (Hugging Face) or
+    ``model.vocab_size`` (the zoo's transformers), else None."""
+    return getattr(getattr(model, "config", None), "vocab_size", None) or getattr(model, "vocab_size", None)
 
 
 def vocab_of(model: nn.Module, vocab: int | None = None) -> int:
-    """``vocab`` when given, else ``model.config.vocab_size`` (Hugging Face) or ``model.vocab_size``
-    (the zoo's transformers); a sentence naming both when neither exists."""
+    """The range of the token ids: ``vocab`` when given, else the model's (:func:`model_vocab`); a
+    sentence naming both when neither exists, or when ``vocab`` exceeds the model's (ids out of
+    the range of its logits and embedding)."""
+    own = model_vocab(model)
     if vocab is None:
-        vocab = getattr(getattr(model, "config", None), "vocab_size", None) or getattr(model, "vocab_size", None)
+        vocab = own
         if vocab is None:
             raise UserError(f"{type(model).__name__} has no config.vocab_size and no vocabulary was given: "
                             f"give it with --vocab N (vocab= from Python)")
     if isinstance(vocab, bool) or not isinstance(vocab, int) or vocab < 2:
         raise UserError(f"the vocabulary must be an integer of at least 2, got {vocab!r}")
+    if own is not None and vocab > own:
+        raise UserError(f"--vocab {vocab} exceeds the vocabulary of {type(model).__name__} ({own}, the width of its "
+                        f"logits): token ids up to {vocab - 1} would be out of its range; give at most {own}")
     return vocab
 
 
@@ -83,15 +96,18 @@ def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
-def probe_loss(out, y, gen: torch.Generator | None, x=None, vocab: int | None = None) -> torch.Tensor:
+def probe_loss(out, y, gen: torch.Generator | None, x=None, vocab: int | None = None,
+               width: int | None = None) -> torch.Tensor:
     """The loss inspect and the depth study backpropagate (see the module docstring): ``out`` the
-    model's output on ``x``, ``y`` labels or None, ``gen`` the generator of the random draws."""
+    model's output on ``x``, ``y`` labels or None, ``gen`` the generator of the random draws,
+    ``vocab`` the range of token ids ``x``, ``width`` the model's own vocabulary (None: undeclared)."""
     out = first_tensor(out)
     if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
         raise UserError(f"inspect needs a model that returns a float tensor, or a tuple or dict (a ModelOutput) "
                         f"whose first entry is one; got {type(out).__name__}")
     tokens = isinstance(x, torch.Tensor) and not x.is_floating_point() and x.dim() == 2
-    if tokens and out.dim() == 3 and tuple(out.shape[:2]) == tuple(x.shape) and out.shape[2] == vocab:
+    lm = tokens and out.dim() == 3 and tuple(out.shape[:2]) == tuple(x.shape)
+    if lm and _logits_width(out.shape[2], vocab, width):
         return next_token_loss(out, x.to(out.device))
     if out.dim() == 2 and out.shape[1] > 1:
         if y is None:
@@ -101,12 +117,17 @@ def probe_loss(out, y, gen: torch.Generator | None, x=None, vocab: int | None = 
     return (out * direction).sum() / out.shape[0]
 
 
-def _measure(runner, units, batches, seed, vocab):
+def _logits_width(size: int, vocab: int | None, width: int | None) -> bool:
+    """Whether a last size ``size`` of an ``(N, T, size)`` output on token ids is a vocabulary."""
+    return size == width if width is not None else vocab is not None and size >= vocab
+
+
+def _measure(runner, units, batches, seed, vocab, width):
     gen = torch.Generator().manual_seed(seed)
     with NormRecorder(units) as rec:
         for x, y in batches:
             runner.zero_grad(set_to_none=True)
-            probe_loss(runner(x), y, gen, x, vocab).backward()
+            probe_loss(runner(x), y, gen, x, vocab, width).backward()
     runner.zero_grad(set_to_none=True)
     return rec.summary()["ratio"]
 
@@ -161,6 +182,7 @@ def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float 
     x0 = batches[0][0]
     tokens = not x0.is_floating_point()
     vocab = vocab_of(model, vocab) if tokens else None
+    width = model_vocab(model)
     without_cache(model)
     seconds, cpu = {}, {}
 
@@ -177,18 +199,18 @@ def inspect_model(model: nn.Module, batches: list, *, steps: int = 2, lr: float 
     start = clock("spectra", start)
     runner = units.module.train()
     probe = batches[:measure]
-    init = _measure(runner, units, probe, seed, vocab)
+    init = _measure(runner, units, probe, seed, vocab, width)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     gen = torch.Generator().manual_seed(seed + 1)
     losses = []
     for i in range(steps):
         x, y = batches[i % len(batches)]
-        loss = probe_loss(runner(x), y, gen, x, vocab)
+        loss = probe_loss(runner(x), y, gen, x, vocab, width)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    trained = _measure(runner, units, probe, seed, vocab)
+    trained = _measure(runner, units, probe, seed, vocab, width)
     clock("record", start)
     rows = [{"name": u.name, "kind": u.kind, "skip": u.skip, "ratio_init": a, "ratio_trained": b}
             for u, a, b in zip(units, init, trained)]

@@ -16,9 +16,10 @@ are added (``+``, ``+=``, ``add``, ``add_``, ``torch.add``) and one of them is
   skip, ``shortcut(x) + f(x)`` (the operand with fewer operations since ``x`` is the skip).
 
 A level qualifies when at least two of its children are called, every called child is residual
-and returns a tensor, and at least one maps ``x`` to a tensor of ``x``'s shape (so a model of a
-single layer, ``n_layer=1``, has none: name its unit).  Of nested
-qualifying levels the innermost are the layers, in the order of their first call; ``kind`` is
+and returns a tensor, and at least one maps ``x`` to a tensor of ``x``'s shape.  Where no level
+does, a level of one called child (a model of a single layer: GPT-2 with ``n_layer=1``, a
+one-block ``nn.Sequential``) qualifies when that child is residual and maps ``x`` to a tensor of
+``x``'s shape.  Of nested qualifying levels the innermost are the layers, in the order of their first call; ``kind`` is
 ``"identity"`` for an identity skip on a same-shape layer, else ``"projection"`` (Hugging Face
 ResNet's first, downsampling layer of a stage: ``x_{l+1} = P x_l + F(x_l)``).
 
@@ -39,7 +40,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from procres.diagnostics.example import first_tensor, run_example, unit_input
-from procres.diagnostics.names import Level, glob_for, levels, repeated_blocks
+from procres.diagnostics.names import Level, glob_for, level_glob, levels, repeated_blocks
 
 __all__ = ["Structure", "residual_layers"]
 
@@ -200,9 +201,9 @@ def _record(model: nn.Module, candidates: dict, example_input) -> dict:
     return calls
 
 
-def _qualifies(level: Level, calls: dict) -> bool:
+def _qualifies(level: Level, calls: dict, least: int = 2) -> bool:
     called = [calls[m] for _, m in level.children if m in calls]
-    return (len(called) >= 2 and all(c.kind is not None and c.y_shape is not None for c in called)
+    return (len(called) >= least and all(c.kind is not None and c.y_shape is not None for c in called)
             and any(c.same_shape for c in called))
 
 
@@ -211,14 +212,16 @@ def _suggestions(model: nn.Module, found: list[Level], calls: dict) -> list[str]
     then :func:`procres.diagnostics.names.repeated_blocks`."""
     residual = [lv for lv in found if any(calls.get(m) is not None and calls[m].kind for _, m in lv.children)]
     residual.sort(key=lambda lv: -sum(1 for other in residual if other is not lv and other.holds(lv)))
-    return repeated_blocks(model, first=[lv.glob for lv in residual])
+    return repeated_blocks(model, first=[level_glob(model, lv) for lv in residual])
 
 
 def residual_layers(model: nn.Module, example_input) -> Structure:
     """The innermost levels of residual children of ``model`` (see the module docstring)."""
-    found = levels(model)
+    found = levels(model, least=1)
     calls = _record(model, {m: n for level in found for n, m in level.children}, example_input)
     good = [lv for lv in found if _qualifies(lv, calls)]
+    if not good:                                          # a model of one layer
+        good = [lv for lv in found if _qualifies(lv, calls, least=1)]
     innermost = [lv for lv in good if not any(other is not lv and lv.holds(other) for other in good)]
     if not innermost:
         return Structure([], None, "", _suggestions(model, found, calls))

@@ -19,13 +19,23 @@ import time
 import torch
 from torch import Tensor, nn
 
-from procres.diagnostics.inspection import probe_loss, vocab_of, without_cache
+from procres.diagnostics.inspection import model_vocab, probe_loss, vocab_of, without_cache
 from procres.diagnostics.ratios import log_ratio_spread, overflow_unit
 from procres.diagnostics.recorder import NormRecorder
-from procres.diagnostics.units import find_units
+from procres.diagnostics.units import UnitsNotFound, find_units
 from procres.errors import UserError
 
-__all__ = ["depth_study", "checked_depths"]
+__all__ = ["depth_study", "checked_depths", "DepthUnchanged"]
+
+
+class DepthUnchanged(UserError):
+    """A family's factory built the same number of units at two different depths: its depth
+    argument does not reach the model."""
+
+    def __init__(self, family: str, units: int, depths: tuple):
+        self.family, self.units, self.depths = family, units, depths
+        super().__init__(f"model_factory[{family!r}] did not change the model with the depth: {units} units at "
+                         f"depths {depths[0]} and {depths[1]}")
 
 
 def depth_study(model_factory, depths, data, *, steps: int, lr: float = 0.02, momentum: float = 0.9,
@@ -111,10 +121,18 @@ def _study_family(family, factory, depths, data, measure, train_idx, probe, devi
         if not isinstance(model, nn.Module):
             raise UserError(f"model_factory[{family!r}]({depth}) returned a {type(model).__name__}, not an nn.Module")
         model = without_cache(model.to(device).train())
-        units, runner, kinds, rule = _units_of(model, x[measure[0]] if measure else x[:32])
+        try:
+            units, runner, kinds, rule = _units_of(model, x[measure[0]] if measure else x[:32])
+        except UnitsNotFound as err:
+            raise UserError(f"{family} at depth {depth}: {err.sentence(command=None)}; the study takes the units "
+                            f"its models list as .blocks, else those procres.find_units finds: leave depth {depth} "
+                            f"out (--depths) or give the models a .blocks list") from None
+        except UserError as err:
+            raise UserError(f"{family} at depth {depth}: {err}") from None
         rows["kinds"].append(kinds)
         rows["units"].append(rule)
         rows["depth"].append(int(getattr(model, "depth", depth)))
+        _check_depth_changes(family, rows["depth"], rows["kinds"], depths)
         result = _study_one(model, runner, units, data, measure, train_idx, probe)
         for key in ("init", "trained", "overflow", "first", "last"):
             rows[key].append(result[key])
@@ -122,6 +140,13 @@ def _study_family(family, factory, depths, data, measure, train_idx, probe, devi
         if on_model is not None:
             on_model(family, depth, rows["seconds"][-1])
     return rows
+
+
+def _check_depth_changes(family: str, model_depths: list, kinds: list, depths: list) -> None:
+    """DepthUnchanged when the latest model has as many units as the first at another depth."""
+    last = len(model_depths) - 1
+    if last > 0 and model_depths[last] != model_depths[0] and len(kinds[last]) == len(kinds[0]):
+        raise DepthUnchanged(family, len(kinds[0]), (depths[0], depths[last]))
 
 
 def _units_of(model: nn.Module, example: Tensor):
@@ -167,7 +192,8 @@ def _study_one(model: nn.Module, runner: nn.Module, units: list, data: tuple, me
                train_idx: list[Tensor], probe: dict) -> dict:
     """One model of the depth study: init summary, SGD steps, trained summary; stops at an overflow."""
     x, y = data
-    vocab = vocab_of(model, probe["vocab"]) if not x.is_floating_point() else None
+    ids_range = vocab_of(model, probe["vocab"]) if not x.is_floating_point() else None
+    vocab = (ids_range, model_vocab(model))           # probe_loss's vocab and width
     measured = lambda: _measure_ratios(runner, units, data, measure, probe["seed"], vocab)  # noqa: E731
     found = {"init": measured(), "trained": None, "overflow": None, "first": math.nan, "last": math.nan}
     unit = overflow_unit(found["init"]["grad_nonfinite"])
@@ -178,7 +204,7 @@ def _study_one(model: nn.Module, runner: nn.Module, units: list, data: tuple, me
     gen = torch.Generator().manual_seed(probe["seed"] + 1)
     losses = []
     for step, idx in enumerate(train_idx, start=1):
-        loss = probe_loss(runner(x[idx]), None if y is None else y[idx], gen, x[idx], vocab)
+        loss = probe_loss(runner(x[idx]), None if y is None else y[idx], gen, x[idx], *vocab)
         if not bool(torch.isfinite(loss)):  # the weights hold inf/NaN: an earlier step's gradients overflowed
             found["overflow"] = {"unit": None, "units": len(units), "phase": "training", "step": step}
             break
@@ -196,13 +222,15 @@ def _study_one(model: nn.Module, runner: nn.Module, units: list, data: tuple, me
     return found
 
 
-def _measure_ratios(runner: nn.Module, units: list, data: tuple, batches: list[Tensor], seed: int, vocab) -> dict:
-    """NormRecorder summary over forward + backward passes on ``batches`` (no parameter update)."""
+def _measure_ratios(runner: nn.Module, units: list, data: tuple, batches: list[Tensor], seed: int,
+                    vocab: tuple) -> dict:
+    """NormRecorder summary over forward + backward passes on ``batches`` (no parameter update);
+    ``vocab``: (range of the ids, the model's own vocabulary), each None when unknown."""
     x, y = data
     gen = torch.Generator().manual_seed(seed)
     with NormRecorder(units) as rec:
         for idx in batches:
             runner.zero_grad(set_to_none=True)
-            probe_loss(runner(x[idx]), None if y is None else y[idx], gen, x[idx], vocab).backward()
+            probe_loss(runner(x[idx]), None if y is None else y[idx], gen, x[idx], *vocab).backward()
     runner.zero_grad(set_to_none=True)
     return rec.summary()

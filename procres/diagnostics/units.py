@@ -59,7 +59,7 @@ from procres.diagnostics.structure import residual_layers
 from procres.diagnostics.tracing import Call, TraceError, trace
 from procres.errors import UserError
 
-__all__ = ["Unit", "Units", "find_units", "units_by_name"]
+__all__ = ["Unit", "Units", "UnitsNotFound", "find_units", "units_by_name"]
 
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _ADD_METHODS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
@@ -104,6 +104,20 @@ class _Probe(nn.Module):
 
     def forward(self, x):
         return x.view_as(x)
+
+
+class UnitsNotFound(UserError):
+    """``find_units`` found no unit in ``model``: ``why`` tracing gave none, ``suggestions`` the
+    patterns :func:`units_by_name` takes to name them; ``how(command)`` is the sentence's end for a
+    caller whose own way to name units is ``command`` (None: only the Python call)."""
+
+    def __init__(self, model: nn.Module, why: str, suggestions: list):
+        self.model, self.why, self.suggestions = model, why, suggestions
+        super().__init__(self.sentence())
+
+    def sentence(self, command: str | None = "procres inspect --units PATTERN") -> str:
+        return (f"{self.why}, and no list of same-class modules that add their input to a same-shape tensor; "
+                f"name its units: {how_to_name_units(self.model, self.suggestions, command=command)}")
 
 
 # ---------------------------------------------------------------- discovery
@@ -281,8 +295,7 @@ def _by_structure(model: nn.Module, example_input, why: str) -> Units:
     (``why``); the refusal where there are none either."""
     found = residual_layers(model, example_input)
     if not found.layers:
-        raise UserError(f"{why}, and no list of same-class modules that add their input to a same-shape tensor; "
-                        f"name its units: {how_to_name_units(model, found.suggestions)}")
+        raise UnitsNotFound(model, why, found.suggestions)
     units = [Unit(name, kind, module, module, None, skip) for name, kind, module, skip in found.layers]
     return Units(units, model=model, rule=f"structure: {found.rule} ({why})", glob=found.glob)
 

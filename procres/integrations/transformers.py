@@ -15,7 +15,10 @@ own forward and backward passes (every micro-batch of a gradient-accumulated ste
 records; at the end of the step its summary (averaged over DDP ranks) goes through
 ``trainer.log`` and the hooks are removed, so the steps in between run without any hook.
 ``trainer.log`` is the one way in for a callback: it appends to ``state.log_history`` and calls
-every reporting callback's ``on_log``.  Values added to the ``logs`` a callback's ``on_log``
+every reporting callback's ``on_log``.  The ratios are their own log entry, at the step of the
+Trainer's entry (loss, grad_norm, learning_rate) for the same optimizer step: ``step`` is the
+global step after it, 1, N + 1, 2N + 1, ...; the Trainer's decision to log that step
+(``control.should_log``, which ``trainer.log`` clears) is kept.  Values added to the ``logs`` a callback's ``on_log``
 receives do not reach the reporters (they run before user callbacks), hence the trainer in the
 constructor (as TRL's ``LogCompletionsCallback(trainer, ...)``).
 
@@ -24,7 +27,8 @@ by structure: its repeated residual layers), on the first recorded step's own ba
 the model sees the inputs the Trainer passes, finds the units with one example forward (eval
 mode, no grad) and then lets that very forward be recorded, so nothing is drawn from the data
 loader (a second iterator would move the sampler's random state).  Or a glob of module names
-(``"bert.encoder.layer.*"``, or a list of globs) or a list of modules.  Keys:
+(``"bert.encoder.layer.*"``, or a list of globs) or a list of modules; a glob that matches no module of ``trainer.model`` is refused when the
+callback is made.  Keys:
 ``norm_ratio/block_01`` ... (the tag layout of :mod:`procres.integrations.tensorboard`), one per
 unit in forward order; ``callback.names`` gives each unit's module name.  Activation (gradient)
 checkpointing is refused: a checkpointed layer runs its forward again inside the backward pass.
@@ -67,7 +71,9 @@ class NormRatioCallback(TrainerCallback):
         self.trainer = trainer
         self.every = every
         self.prefix = prefix
-        self.pattern = units if named else None                 # resolved on the first recorded batch
+        self.pattern = units if named else None                 # ordered on the first recorded batch
+        if named and isinstance(getattr(trainer, "model", None), nn.Module):
+            units_by_name(trainer.model, units)                 # a glob that matches nothing: refused now
         self.units = None if units is None or named else list(units)
         self.names: list[str] = []
         self.summary: dict = {}
@@ -114,7 +120,12 @@ class NormRatioCallback(TrainerCallback):
         self.summary = rec.summary(reduce=True)   # a collective under DDP: every rank ends every step
         rec.remove()
         if self.summary["steps_recorded"]:
+            # trainer.log ends in CallbackHandler.on_log, which clears control.should_log; the Trainer
+            # logs its own loss, grad_norm and learning_rate after on_step_end only where it is set
+            should_log = control.should_log
             self.trainer.log(norm_scalars(self.summary, prefix=self.prefix))
+            control.should_log = should_log
+        return control
 
     def on_train_end(self, args, state, control, **kwargs):
         for handle in (self._recorder, self._finder):

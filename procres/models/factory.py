@@ -9,6 +9,9 @@
   ``factory(**kwargs)`` is called; it must return an ``nn.Module``.  A Hugging Face model class
   (an ``nn.Module`` class with a ``config_class``: ``transformers:GPT2LMHeadModel``) is built from
   its config, ``cls(cls.config_class(**kwargs))``: ``kwargs`` are the config's (``n_layer``, ...).
+  A config takes any keyword and keeps the unknown ones as inert attributes, so a keyword that is
+  not an attribute of the default config (its ``to_dict()`` keys, ``attribute_map`` aliases,
+  ``__init__`` parameters and properties) is refused, with the config's closest attribute names.
 
 Every way this can fail (malformed string, module not found, missing attribute, a factory that
 raises or returns something else) is one ``UserError`` sentence naming the string.
@@ -25,7 +28,9 @@ input shape (``in_channels``, ``image_size``).
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import json
 import os
 import re
@@ -71,6 +76,35 @@ def _import_factory(spec: str):
     return obj
 
 
+def _config_class(factory):
+    """The ``config_class`` a Hugging Face model class is built from, else None."""
+    config_class = getattr(factory, "config_class", None)
+    hugging_face = isinstance(factory, type) and issubclass(factory, nn.Module) and isinstance(config_class, type)
+    return config_class if hugging_face else None
+
+
+def _config_attributes(config_class: type) -> set[str]:
+    """The keywords ``config_class`` knows: the default config's ``to_dict()`` keys, its
+    ``attribute_map`` aliases, its ``__init__`` parameters and its properties."""
+    config = config_class()
+    known = set(config.to_dict()) | set(getattr(config, "attribute_map", {}) or {})
+    known |= {n for n in inspect.signature(config_class.__init__).parameters if n not in ("self", "kwargs")}
+    known |= {n for n in dir(config_class) if isinstance(getattr(config_class, n, None), property)}
+    return {k for k in known if not k.startswith("_")}
+
+
+def _check_config_keywords(spec: str, config_class: type, keys, option: str = "--kwargs") -> None:
+    """A UserError naming the first of ``keys`` that ``config_class`` does not know (see the module
+    docstring), with its closest known names; ``option`` says where the keyword came from."""
+    known = _config_attributes(config_class)
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise UserError(f"{option} {key!r} is not an attribute of {config_class.__name__} (MODEL {spec!r} is "
+                            f"built from that config, which would keep it unused){hint}")
+
+
 def build(spec: str, kwargs: dict | None = None) -> nn.Module:
     """The model named by ``spec`` (see the module docstring), built with ``kwargs``."""
     from procres.models.registry import create_model
@@ -91,10 +125,11 @@ def build(spec: str, kwargs: dict | None = None) -> nn.Module:
     if not _IMPORT_PATH.fullmatch(spec):
         raise UserError(f"MODEL {spec!r} is not an import path of the form package.module:factory")
     factory = _import_factory(spec)
-    config_class = getattr(factory, "config_class", None)
-    hugging_face = isinstance(factory, type) and issubclass(factory, nn.Module) and isinstance(config_class, type)
+    config_class = _config_class(factory)
+    if config_class is not None:
+        _check_config_keywords(spec, config_class, kwargs, option="keyword")
     try:
-        model = factory(config_class(**kwargs)) if hugging_face else factory(**kwargs)
+        model = factory(config_class(**kwargs)) if config_class is not None else factory(**kwargs)
     except Exception as err:
         raise UserError(f"factory {spec}(**{kwargs}) raised {_first_line(err)}") from err
     if not isinstance(model, nn.Module):
@@ -137,7 +172,11 @@ def depth_factory(spec: str, *, depth_kwarg: str | None = None, kwargs: dict | N
                         f"drop it")
     if not _IMPORT_PATH.fullmatch(spec):
         raise UserError(f"FACTORY {spec!r} is not an import path of the form package.module:callable")
-    _import_factory(spec)  # a bad path fails here, before any model is built
+    factory = _import_factory(spec)  # a bad path or keyword fails here, before any model is built
+    config_class = _config_class(factory)
+    if config_class is not None:
+        _check_config_keywords(spec, config_class, [depth_kwarg], option="--depth-kwarg")
+        _check_config_keywords(spec, config_class, kwargs)
     return lambda depth: build(spec, {**kwargs, depth_kwarg: depth})
 
 

@@ -41,7 +41,8 @@ from procres.models.procresnet import plainproc, procresnet
 from procres.models.resnet import plain, resnet
 from procres.models.transformer import postnorm_transformer, prenorm_transformer
 
-__all__ = ["register_model", "create_model", "list_models", "smallest_variant", "families", "model_input"]
+__all__ = ["register_model", "create_model", "list_models", "token_families", "smallest_variant", "families",
+           "model_input"]
 
 IMAGE_DEFAULTS = {"num_classes": 10, "in_channels": 3, "image_size": 32}
 
@@ -97,10 +98,21 @@ def list_models(filter: str = "") -> list[str]:
     """Registered names, family by family, shallow to deep; ``filter`` keeps those matching an
     ``fnmatch`` pattern (``"procresnet*"``, ``"*res*16?"``). A filter without wildcards (``*?[``)
     matches anywhere in the name: ``"166"`` finds procresnet166 and plainproc166k2."""
+    return _matching(list(_MODELS), filter)
+
+
+def token_families(filter: str = "") -> list[str]:
+    """The language-model families on token ids, built by name at any depth and registered under
+    no name (``prenorm_transformer``: ``prenorm_transformer<L>``), that ``filter`` matches as in
+    :func:`list_models`."""
+    return _matching(list(_TOKEN_FAMILIES), filter)
+
+
+def _matching(names: list[str], filter: str) -> list[str]:
     if not filter:
-        return list(_MODELS)
+        return names
     pattern = filter if any(c in filter for c in "*?[") else f"*{filter}*"
-    return [name for name in _MODELS if fnmatch.fnmatchcase(name, pattern)]
+    return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
 
 
 def smallest_variant(name: str) -> str:

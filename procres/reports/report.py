@@ -16,7 +16,7 @@ from procres.diagnostics.ratios import group_spreads
 from procres.reports import verdicts
 from procres.reports.plots import FIGURE_FILES
 from procres.reports.runs import FAMILY_LABELS, Run, collect
-from procres.reports.verdicts import CLEAR, NEAR, TREND, Finding, fmt
+from procres.reports.verdicts import CLEAR, NEAR, TREND, TREND_FACTOR, Finding, fmt
 
 PHASES = ("init", "trained", "final")
 
@@ -213,7 +213,8 @@ def thresholds_text() -> str:
             f"group's deviations below {NEAR:g} (r_l within {10 ** -NEAR:.2f}-{10 ** NEAR:.2f}). 'Deviates more': a "
             f"mean deviation at least {CLEAR:g} times the other's. A depth trend 'increases'/'decreases' when the "
             f"deepest net's mean deviation differs from the shallowest's by more than {100 * TREND[0]:.0f}% of it and "
-            f"by at least {TREND[1]:g}. Groups: identity units (identity skip), transition units (projection shortcut "
+            f"either by at least {TREND[1]:g} or by a factor {TREND_FACTOR:g}, with no step between consecutive depths "
+            f"going the other way by more than {100 * TREND[0]:.0f}%. Groups: identity units (identity skip), transition units (projection shortcut "
             f"of the ResNet, stand-alone transition conv of the Procrustes ResNet, projection units of the plain "
             f"twin), plain units (skip-less units of the plain twin). A backward pass that overflows float32 "
             f"(inf/NaN gradients) is an unbounded deviation; 'overflow at unit k of L' names the unit at whose input "

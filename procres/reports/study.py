@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from procres.diagnostics.inspection import vocab_of
-from procres.diagnostics.study import checked_depths
+from procres.diagnostics.study import DepthUnchanged, checked_depths
 from procres.diagnostics.study import depth_study as measure_depths
 from procres.errors import UserError
 from procres.files import atomic_write_text, json_text
@@ -96,7 +96,13 @@ def depth_study(model_factory, depths, data=None, *, steps: int, depth_kwarg: st
         data = _random_data(factories, depths, shape, input_ids, vocab, seed)
     elif shape is not None or input_ids is not None:
         raise UserError("data is given: input_shape and input_ids describe random data; drop them")
-    study = measure_depths(factories, depths, data, steps=steps, seed=seed, vocab=vocab, **options)
+    try:
+        study = measure_depths(factories, depths, data, steps=steps, seed=seed, vocab=vocab, **options)
+    except DepthUnchanged as err:
+        if depth_kwarg is None or err.family not in labels:   # with --depth-kwarg every FACTORY string is an import path
+            raise
+        raise UserError(f"--depth-kwarg {depth_kwarg} did not change the model {err.family}: {err.units} units at "
+                        f"every depth ({err.depths[0]} and {err.depths[1]})") from None
     if labels:
         study["models"] = labels
     return study

@@ -24,9 +24,12 @@ Thresholds, all here (deviation = |log10 r_l|: 0 = norm preserved, 1 = a factor 
 - ``CLEAR`` 2: one group "deviates more" than another when its mean deviation is at least twice
   the other's. Comparisons use the mean over the units of a group (the typical unit); the
   sentences also give the largest deviation.
-- ``TREND``: over the depths of the study a mean deviation "increases" ("decreases") when the
-  deepest value exceeds (falls below) the shallowest by more than 25% of the shallowest and by at
-  least 0.02 (a 5% change of r); otherwise it "stays roughly flat".
+- ``TREND``: over the depths of the study a mean deviation "decreases" when the deepest value
+  falls below the shallowest by more than 25% of the shallowest and either by at least 0.02 (a 5%
+  change of r) or by at least a factor ``TREND_FACTOR`` 2 (0.013 -> 0.0039: small deviations falling
+  clearly), and no step between consecutive depths rises by more than 25% of the value before it;
+  "increases" likewise upwards; otherwise it "stays roughly flat" or, when the extremes differ that
+  much but a step goes the other way by more than 25%, it "changes unevenly".
 - An overflowing backward pass (inf/NaN gradients) counts as an unbounded deviation.
 """
 
@@ -38,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 NEAR = 0.1
 CLEAR = 2.0
 TREND = (0.25, 0.02)  # (relative, absolute) change of the mean deviation between the extreme depths
+TREND_FACTOR = 2.0    # ... or a change by this factor; TREND[0] is also the largest step back
 # the units a depth study compares per family: the identity-skip units of the residual and Procrustes
 # nets (the theorem's blocks) and the skip-less units of the plain twins; transitions are left out.
 # Any other family: its identity units when it has some (study_group)
@@ -177,21 +181,35 @@ def check_accuracy(accs: dict[str, float], *, proc_name: str, resnet_name: str, 
                                       f"the ResNet{caveat}.", where)
 
 
+def _direction(first: float, last: float) -> str:
+    """``increases`` / ``decreases`` / ``stays roughly flat`` from ``first`` to ``last`` (TREND and
+    TREND_FACTOR); an overflow (inf) is the largest value."""
+    if math.isinf(first) or math.isinf(last):
+        return "stays roughly flat" if first == last else ("increases" if math.isinf(last) else "decreases")
+    low, high = sorted((first, last))
+    clear = high - low > TREND[0] * abs(first) and (high - low >= TREND[1] or high >= TREND_FACTOR * low)
+    if not clear:
+        return "stays roughly flat"
+    return "increases" if last > first else "decreases"
+
+
+def _steps_back(values: list[float], direction: str) -> list[tuple[float, float]]:
+    """The consecutive pairs that go against ``direction`` by more than TREND[0] of the first."""
+    sign = 1 if direction == "increases" else -1
+    return [(a, b) for a, b in zip(values, values[1:])
+            if sign * (a - b) > (TREND[0] * a if math.isfinite(a) else 0)]   # inf - inf: nan, no step
+
+
 def trend(values: list[float]) -> str:
-    """``increases`` / ``decreases`` / ``stays roughly flat`` / ``unknown`` (fewer than 2 values),
-    from the shallowest to the deepest value (TREND); an overflow (inf) is the largest value."""
+    """``increases`` / ``decreases`` / ``stays roughly flat`` / ``changes unevenly`` / ``unknown``
+    (fewer than 2 values) over the depths (TREND, TREND_FACTOR)."""
     v = [x for x in values if x is not None and not math.isnan(x)]
     if len(v) < 2:
         return "unknown"
-    first, last = v[0], v[-1]
-    if math.isinf(first) or math.isinf(last):
-        return "stays roughly flat" if first == last else ("increases" if math.isinf(last) else "decreases")
-    tol = max(TREND[0] * abs(first), TREND[1])
-    if last > first + tol:
-        return "increases"
-    if last < first - tol:
-        return "decreases"
-    return "stays roughly flat"
+    got = _direction(v[0], v[-1])
+    if got != "stays roughly flat" and _steps_back(v, got):
+        return "changes unevenly"
+    return got
 
 
 def check_depth(claim: str, depths: list[int], values: list[float], models: list[str], where: Where,
@@ -209,17 +227,21 @@ def check_depth(claim: str, depths: list[int], values: list[float], models: list
     if got == want:
         return Finding(claim, True, f"The deviation {got} with depth, as the paper says ({nums}).", where)
     said = f"{got} with depth"
-    if got == "stays roughly flat" and _below_resolution(values):
-        said = (f"changes with depth by more than {TREND[0]:.0%} but by less than the trend rule's {TREND[1]}, "
-                "so it counts as roughly flat")
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if got == "stays roughly flat" and _below_resolution(v):
+        said = (f"changes with depth by more than {TREND[0]:.0%} but by less than {TREND[1]} and less than a "
+                f"factor {TREND_FACTOR:g}, so it counts as roughly flat")
+    elif got == "changes unevenly":
+        a, b = _steps_back(v, _direction(v[0], v[-1]))[0]
+        said = (f"{_direction(v[0], v[-1])} from the shallowest to the deepest net but not steadily (a step "
+                f"{fmt(a)} -> {fmt(b)}, more than {TREND[0]:.0%} the other way)")
     return Finding(claim, False, f"The deviation {said}; the paper says it {want} ({nums}).", where)
 
 
-def _below_resolution(values: list[float]) -> bool:
-    """Whether a flat trend is one whose relative change passes TREND but its absolute one does not
-    (deviations too small for the rule to call a change)."""
-    v = [x for x in values if x is not None and math.isfinite(x)]
-    return len(v) >= 2 and abs(v[-1] - v[0]) > TREND[0] * abs(v[0])
+def _below_resolution(v: list[float]) -> bool:
+    """Whether a flat trend is one whose relative change passes TREND[0] but neither its absolute
+    one nor TREND_FACTOR (deviations too small and too close for the rule to call a change)."""
+    return all(math.isfinite(x) for x in (v[0], v[-1])) and abs(v[-1] - v[0]) > TREND[0] * abs(v[0])
 
 
 # ---------------------------------------------------------------- where the numbers come from

@@ -335,3 +335,30 @@ def test_a_hugging_face_model_class_is_built_from_its_config_class(tmp_path, cap
     assert [u["name"] for u in result["units"]] == ["transformer.h.0", "transformer.h.1"] and result["vocab"] == 64
     assert main(["inspect", "transformers:GPT2Config", "--input-ids", "8", "--out", str(tmp_path)]) == 1
     assert "returned a GPT2Config, not an nn.Module; name a model class instead" in capsys.readouterr().err
+
+
+def test_a_keyword_the_hugging_face_config_does_not_have_is_refused(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    config = '{"n_layers": 2, "n_embd": 16, "n_head": 2, "vocab_size": 64}'     # GPT2Config's is n_layer
+    assert main(["inspect", "transformers:GPT2LMHeadModel", "--kwargs", config, "--input-ids", "8", "--out",
+                 str(tmp_path), "--threads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "keyword 'n_layers' is not an attribute of GPT2Config" in err and "did you mean 'n_layer'" in err
+
+
+def test_lm_logits_are_found_by_shape_whatever_the_ids_range(tmp_path, capsys):
+    from procres.diagnostics.inspection import probe_loss
+
+    ids = torch.randint(10, (4, 8), generator=torch.Generator().manual_seed(0))   # ids in [0, 10), 64-wide logits
+    torch.manual_seed(0)
+    lm = torch.nn.Sequential(torch.nn.Embedding(64, 8), torch.nn.Linear(8, 64))     # declares no vocabulary
+    with torch.no_grad():
+        logits = lm(ids)
+        reference = F.cross_entropy(logits[:, :-1].reshape(-1, 64), ids[:, 1:].reshape(-1))
+        assert float(probe_loss(logits, None, torch.Generator(), ids, 10)) == pytest.approx(float(reference))
+        assert float(probe_loss(logits, None, torch.Generator(), ids, 10, 64)) == pytest.approx(float(reference))
+    pytest.importorskip("transformers")
+    assert main(["inspect", "hf_models:tiny_gpt2", "--input-ids", "8", "--vocab", "100", "--out", str(tmp_path),
+                 "--threads", "1"]) == 1
+    assert "--vocab 100 exceeds the vocabulary of GPT2LMHeadModel (64, the width of its logits)" in \
+        capsys.readouterr().err

@@ -182,3 +182,116 @@ def test_a_skip_from_a_submodule_output_is_not_the_containers_skip():
     model = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), Block(), Block()) for _ in range(2)])
     found = residual_layers(model, torch.randn(2, 8))
     assert [(name, kind) for name, kind, *_ in found.layers] == [(n, "identity") for n in ("0.1", "0.2", "1.1", "1.2")]
+
+
+# ---------------------------------------------------------------- one layer, and blocks outside lists
+@pytest.mark.parametrize("family,config,name", [("gpt2", {"n_layer": 1}, "transformer.h.0"),
+                                                ("bert", {"num_hidden_layers": 1}, "bert.encoder.layer.0")])
+def test_a_one_layer_hf_model_has_its_layer_as_the_unit(family, config, name):
+    pytest.importorskip("transformers")
+    import hf_models
+
+    torch.manual_seed(0)
+    model, x = hf_models.FAMILIES[family](**config), hf_models.example_input(family)
+    units = find_units(model, x)
+    assert units.names() == [name] and units.rule.startswith("structure: 1 ")
+    assert units_by_name(model, units.glob, x).names() == [name]
+    recorded, ref = _reference_ratios(model, units, x)
+    assert recorded == pytest.approx(ref, rel=1e-6, abs=0)
+
+
+class _Block(nn.Module):
+    """x + W relu(x), behind a branch on tensor data that torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.abs().sum() < 0:
+            return x
+        return x + self.f(torch.relu(x))
+
+
+class _NumberedBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block1, self.block2, self.block3 = _Block(), _Block(), _Block()
+
+    def forward(self, x):
+        return self.block3(self.block2(self.block1(x)))
+
+
+class _DictOfBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleDict({"first": _Block(), "second": _Block()})
+
+    def forward(self, x):
+        for block in self.blocks.values():
+            x = block(x)
+        return x
+
+
+@pytest.mark.parametrize("model,names", [(nn.Sequential(_Block()), ["0"]),
+                                         (_NumberedBlocks(), ["block1", "block2", "block3"]),
+                                         (_DictOfBlocks(), ["blocks.first", "blocks.second"])],
+                         ids=["one-block-sequential", "block1..block3", "module-dict"])
+def test_blocks_of_one_sequential_numbered_attributes_or_a_module_dict(model, names):
+    x = torch.randn(3, 4)
+    units = find_units(model, x)
+    assert units.names() == names and units.rule.startswith("structure: ")
+    assert units_by_name(model, units.glob, x).names() == names
+    # reference: r_l from retain_grad on each block's input and output
+    recorded, ref = _reference_ratios(model, units, x)
+    assert recorded == pytest.approx(ref, rel=1e-6, abs=0)
+
+
+class _NoLevels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.body = nn.Linear(4, 4), _Block()
+
+    def forward(self, x):
+        if x.abs().sum() < 0:
+            return x
+        return self.body(self.stem(x))
+
+
+class _TwoStages(nn.Module):
+    """Stages of (downsampling, non-residual blocks): the level 'stages.*.*' holds two classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList([nn.Sequential(nn.Linear(4, 4), _Plain(), _Plain()) for _ in range(2)])
+
+    def forward(self, x):
+        if x.abs().sum() < 0:
+            return x
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+class _Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.f = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.relu(self.f(x))
+
+
+@pytest.mark.parametrize("model", [_NoLevels(), _TwoStages()], ids=["no-levels", "two-classes-in-a-level"])
+def test_every_pattern_a_refusal_suggests_is_accepted_by_units_by_name(model):
+    from procres.diagnostics.units import UnitsNotFound
+
+    x = torch.randn(2, 4)
+    with pytest.raises(UnitsNotFound) as err:
+        find_units(model, x)
+    for pattern in err.value.suggestions:
+        units_by_name(model, pattern, x)                    # raises on a pattern that selects nothing
+    if not err.value.suggestions:
+        assert f"a list of module names will do (the children of {type(model).__name__}: stem, body)" in str(err.value)
+    else:
+        assert err.value.suggestions[0] == ["stages.0.1", "stages.0.2", "stages.1.1", "stages.1.2"]

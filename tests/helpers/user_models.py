@@ -433,3 +433,8 @@ def scaled_chain(*, layers: int, shrink: bool = False, features: int = 4, width:
     every depth (the deviation stays flat: the depth claim fails), or a = 0.5 / layers with
     ``shrink`` (it falls with depth: the claim holds)."""
     return ScaledChain(layers, 0.5 / layers if shrink else 0.5, features, width, num_classes)
+
+
+def chain_ignoring_depth(*, layers: int, **kwargs):
+    """A factory whose depth argument does not reach the model: two units at every ``layers``."""
+    return scaled_chain(layers=2, **kwargs)

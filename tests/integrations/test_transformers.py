@@ -79,3 +79,27 @@ def test_units_by_glob_and_gradient_checkpointing_refused(tmp_path):
         NormRatioCallback(_trainer("gpt2", tmp_path, activation_checkpointing=True))
     with pytest.raises(UserError, match="every must be a positive integer, got 0"):
         NormRatioCallback(trainer, every=0)
+
+
+def _trainer_entries(trainer) -> list[dict]:
+    """The Trainer's own per-step entries (loss, grad_norm, learning_rate), without the runtime."""
+    return [{k: v for k, v in h.items() if k != "epoch"} for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.mark.parametrize("family,every,accumulation", [("bert", 1, 1), ("gpt2", 2, 2)])
+def test_the_trainers_own_log_is_kept(family, every, accumulation, tmp_path):
+    # reference: the same run without the callback logs loss, grad_norm and learning_rate at every step
+    plain = _trainer(family, tmp_path / "plain", accumulation)
+    plain.train()
+    expected = _trainer_entries(plain)
+    assert [h["step"] for h in expected] == [1, 2, 3]
+    trainer = _trainer(family, tmp_path / "recorded", accumulation)
+    trainer.add_callback(NormRatioCallback(trainer, every=every))
+    trainer.train()
+    assert _trainer_entries(trainer) == expected           # same values: the hooks change no computation
+    assert len(_logged(trainer)) == len(range(0, 3, every))
+
+
+def test_a_glob_that_matches_nothing_is_refused_when_made(tmp_path):
+    with pytest.raises(UserError, match="no module of GPT2LMHeadModel matches 'bad.\\*'"):
+        NormRatioCallback(_trainer("gpt2", tmp_path), units="bad.*")

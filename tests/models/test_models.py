@@ -410,3 +410,20 @@ def test_cli_models_table(capsys):
     assert "166" in row and "1,715,018" in row and "56" in row
     assert "3x3/1 16->16, 1x1/2 16->8, 1x1/2 8->4" in row
     assert any(line.startswith("procresnet166k2") for line in lines)
+
+
+def test_cli_models_lists_the_transformer_families(capsys):
+    from procres.models.registry import token_families
+
+    assert token_families("transformer") == ["prenorm_transformer", "postnorm_transformer"]
+    assert token_families("resnet*") == [] and token_families("") == token_families("transformer")
+    assert cli.main(["models", "--filter", "transformer"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line.strip()}
+    assert list(rows) == ["prenorm_transformer<L>", "postnorm_transformer<L>"]
+    for family, row in rows.items():
+        base, per = (int(w.replace(",", "")) for w in row.split()[1:4:2])      # "8,320 + 12,704 L"
+        for depth in (3, 8):               # reference: the parameters of the models built at those depths
+            count = sum(p.numel() for p in create_model(f"{family[:-3]}{depth}").parameters())
+            assert count == base + per * depth
+    assert cli.main(["models"]) == 0
+    assert "prenorm_transformer<L>" in capsys.readouterr().out

@@ -13,7 +13,9 @@ import math
 import pytest
 
 import procres
+import user_models
 from procres.cli import main
+from procres.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_threaded")
 CHAIN = ["user_models:scaled_chain", "--depth-kwarg", "layers", "--depths", "1", "4", "8", "--input-shape", "1", "2",
@@ -94,3 +96,43 @@ def test_bad_study_arguments_are_one_sentence(argv, message, tmp_path, capsys):
     assert main(["study", *argv, "--out", str(tmp_path), "--threads", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("procres study: error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_depth_argument_that_does_not_change_the_model_is_refused(tmp_path, capsys):
+    argv = ["study", "user_models:chain_ignoring_depth", *CHAIN[1:], "--out", str(tmp_path)]
+    assert main(argv) == 1
+    assert "--depth-kwarg layers did not change the model chain_ignoring_depth: 2 units at every depth (1 and 4)" in \
+        capsys.readouterr().err
+    with pytest.raises(UserError, match=r"model_factory\['fixed'\] did not change the model with the depth: "
+                                        r"2 units at depths 1 and 4"):
+        procres.depth_study({"fixed": lambda d: user_models.scaled_chain(layers=2)}, [1, 4], input_shape=(1, 2, 2),
+                            steps=0)
+
+
+def test_a_config_keyword_the_hugging_face_config_does_not_have_is_refused(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from transformers import GPT2Config
+
+    assert hasattr(GPT2Config(), "n_layer") and not hasattr(GPT2Config(), "num_layers")    # the reference
+    argv = ["study", "transformers:GPT2LMHeadModel", "--depth-kwarg", "num_layers", "--depths", "2", "4",
+            "--input-ids", "8", "--kwargs", '{"n_embd": 16, "n_head": 2, "vocab_size": 64}', "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--depth-kwarg 'num_layers' is not an attribute of GPT2Config" in err and "'n_layer'" in err
+    assert main([*argv[:3], "n_layer", *argv[4:10], '{"n_embd": 16, "n_heads": 2, "vocab_size": 64}', *argv[11:]]) == 1
+    err = capsys.readouterr().err
+    assert "--kwargs 'n_heads' is not an attribute of GPT2Config" in err and "'n_head'" in err
+    assert not (tmp_path / "depth_study.json").exists()
+
+
+def test_a_depth_without_units_is_named_with_the_studys_own_options():
+    import torch
+    from torch import nn
+
+    def family(depth):           # depth 1: one Linear, no residual unit to find
+        return nn.Sequential(nn.Flatten(), nn.Linear(4, 3)) if depth == 1 else user_models.scaled_chain(layers=depth)
+
+    with pytest.raises(UserError) as err:
+        procres.depth_study({"chain": family}, [2, 1], input_shape=(1, 2, 2), steps=0)
+    assert str(err.value).startswith("chain at depth 1: no residual addition found in Sequential")
+    assert "leave depth 1 out (--depths)" in str(err.value) and "procres inspect" not in str(err.value)

@@ -112,10 +112,20 @@ def test_run_findings_name_the_nets_and_count_a_stopped_plain_twin():
     assert found[("accuracy", ("procresnet166", "preresnet164"))].where.depth == "164"
 
 
-def test_a_change_too_small_for_the_rule_is_called_so_not_flat():
-    where = verdicts.Where("2-64", "at initialisation", ["a2", "a64"])
-    small = verdicts.check_depth("residual_depth", [2, 64], [0.0197, 0.0019], ["a2", "a64"], where, units="layers")
-    assert small.holds is False  # TREND's absolute 0.02 is not reached: the rule is unchanged
-    assert "changes with depth by more than 25% but by less than the trend rule's 0.02" in small.sentence
-    level = verdicts.check_depth("residual_depth", [2, 64], [0.5, 0.51], ["a2", "a64"], where, units="layers")
-    assert "The deviation stays roughly flat with depth;" in level.sentence
+def test_a_small_but_clear_fall_holds_and_a_small_unclear_one_is_called_so():
+    where = verdicts.Where("2-8", "at initialisation", ["a2", "a4", "a8"])
+    # GPT-2 at 2/4/8 layers: all below the absolute 0.02, but a 3.4-fold steady fall
+    clear = verdicts.check_depth("residual_depth", [2, 4, 8], [0.0131, 0.0048, 0.0039], ["a2", "a4", "a8"], where)
+    assert clear.holds is True and "The deviation decreases with depth" in clear.sentence
+    # 30 % down: past the relative 25 %, short of both 0.02 and a factor 2
+    small = verdicts.check_depth("residual_depth", [2, 8], [0.010, 0.007], ["a2", "a8"], where, units="layers")
+    assert small.holds is False
+    assert "changes with depth by more than 25% but by less than 0.02 and less than a factor 2" in small.sentence
+    level = verdicts.check_depth("residual_depth", [2, 8], [0.0131, 0.0129], ["a2", "a8"], where, units="layers")
+    assert level.holds is False and "The deviation stays roughly flat with depth;" in level.sentence
+    # a fivefold fall overall, with a step back up of 150 % in the middle: not a decrease with depth
+    uneven = verdicts.check_depth("residual_depth", [2, 4, 8], [0.1, 0.02, 0.05], ["a2", "a4", "a8"], where)
+    assert uneven.holds is False and "decreases from the shallowest to the deepest net but not steadily (a step " \
+        "0.02 -> 0.05" in uneven.sentence
+    assert verdicts.trend([0.1, 0.02, 0.022]) == "decreases"                     # a 10 % step back is noise
+    assert verdicts.trend([0.1, math.inf, 0.3]) == "changes unevenly"
