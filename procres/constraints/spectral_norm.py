@@ -85,8 +85,8 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm as _TorchSpectralNorm
 
 from procres.errors import UserError
-from procres.spectral.operator import (PADDING_MODES, ConvOperator, as_layer, conv_operator, finite_number, positive_int,
-                                      size_pair)
+from procres.spectral.operator import (PADDING_MODES, ConvOperator, conv_operator, finite_number, positive_int,
+                                      size_pair, with_layer_mode)
 from procres.spectral.symbol import circular_norm
 
 __all__ = ["spectral_norm", "OperatorSpectralNorm", "MODES", "INIT_ITERATIONS", "default_exact"]
@@ -106,11 +106,9 @@ def conv_fields(weight_shape, settings: dict, input_size) -> dict:
     circular padding is read as the layer's, :func:`procres.spectral.operator.as_layer`) on inputs of
     ``input_size``; UserError when they do not fit."""
     settings = dict(settings)
-    own_circular = settings.pop("own_padding", False) and settings["padding_mode"] == "circular"
-    if own_circular:
-        settings["padding_mode"] = "zeros"
-    op = conv_operator(torch.ones(weight_shape, dtype=torch.float64), input_size, **settings)
-    op = as_layer(op) if own_circular else op
+    own, mode = settings.pop("own_padding", False), settings.pop("padding_mode")
+    op = conv_operator(torch.ones(weight_shape, dtype=torch.float64), input_size, padding_mode="zeros", **settings)
+    op = with_layer_mode(op, mode, own=own)
     return {name: getattr(op, name) for name in _FIELDS}
 
 

@@ -41,16 +41,11 @@ import torch
 from torch import nn
 
 from procres.errors import UserError
-from procres.files import read_json, read_torch
+from procres.files import failure_reason, read_json, read_torch
 
-__all__ = ["build", "load_model", "depth_factory", "input_kwargs"]
+__all__ = ["build", "load_model", "depth_factory", "input_kwargs", "state_mismatch"]
 
 _IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 def _import_factory(spec: str):
@@ -62,7 +57,7 @@ def _import_factory(spec: str):
     try:
         module = importlib.import_module(module_name)
     except Exception as err:
-        raise UserError(f"cannot import module {module_name!r} of MODEL {spec!r} ({_first_line(err)})") from None
+        raise UserError(f"cannot import module {module_name!r} of MODEL {spec!r} ({failure_reason(err)})") from None
     finally:
         if added:
             sys.path.remove(cwd)
@@ -121,7 +116,7 @@ def build(spec: str, kwargs: dict | None = None) -> nn.Module:
         except UserError:
             raise
         except TypeError as err:
-            raise UserError(f"model {spec!r} does not take these arguments {kwargs}: {_first_line(err)}") from None
+            raise UserError(f"model {spec!r} does not take these arguments {kwargs}: {failure_reason(err)}") from None
     if not _IMPORT_PATH.fullmatch(spec):
         raise UserError(f"MODEL {spec!r} is not an import path of the form package.module:factory")
     factory = _import_factory(spec)
@@ -131,7 +126,7 @@ def build(spec: str, kwargs: dict | None = None) -> nn.Module:
     try:
         model = factory(config_class(**kwargs)) if config_class is not None else factory(**kwargs)
     except Exception as err:
-        raise UserError(f"factory {spec}(**{kwargs}) raised {_first_line(err)}") from err
+        raise UserError(f"factory {spec}(**{kwargs}) raised {failure_reason(err)}") from err
     if not isinstance(model, nn.Module):
         hint = ("; name a model class instead (e.g. transformers:GPT2LMHeadModel), which is built from its "
                 "config_class" if hasattr(model, "model_type") else "")
@@ -184,7 +179,7 @@ def depth_factory(spec: str, *, depth_kwarg: str | None = None, kwargs: dict | N
 _DATASET_SHAPES = {"digits": (1, 10, 16), "cifar10": (3, 10, 32), "cifar100": (3, 100, 32)}
 
 
-def _state_mismatch(expected: dict, given: dict, shown: int = 3) -> str:
+def state_mismatch(expected: dict, given: dict, shown: int = 3) -> str:
     """One line on how ``given`` differs from the model's ``expected`` state_dict: counts of missing
     and unexpected keys and of shape mismatches, the first ``shown`` of each."""
     def few(keys):
@@ -240,5 +235,5 @@ def load_model(name: str | None, *, checkpoint=None, image_size: int | None = No
             model.load_state_dict(state)
         except RuntimeError as err:
             raise UserError(f"{checkpoint}: weights do not fit {name} (in_channels={ch}, num_classes={classes}, "
-                            f"image_size={size}): {_state_mismatch(model.state_dict(), state)}") from None
+                            f"image_size={size}): {state_mismatch(model.state_dict(), state)}") from None
     return model.eval(), size, ch

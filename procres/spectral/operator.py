@@ -56,7 +56,7 @@ from torch import nn
 from procres.errors import UserError
 
 __all__ = ["DENSE_LIMIT", "DENSE_ENTRIES", "PADDING_MODES", "OPERATOR_MODES", "ConvOperator", "conv_operator",
-           "as_layer", "size_pair", "check_weight", "positive_int", "finite_number"]
+           "as_layer", "with_layer_mode", "size_pair", "check_weight", "positive_int", "finite_number"]
 
 #: Largest *smaller* side of a dense operator (``conv_matrix``, the exact zero-padding spectrum):
 #: its SVD works on a ``DENSE_LIMIT``-wide matrix (A or A^T).  4096 x 4096 float64 is 128 MiB.
@@ -391,9 +391,8 @@ def conv_operator(conv_or_weight, input_size, *, stride=None, padding=None, dila
     size = size_pair(input_size, "input_size")
     pad = _padding4(settings["padding"], weight.shape[-2:], dilation)
     op = ConvOperator(weight, size, stride, dilation, groups, pad, "zeros")
-    own_circular = isinstance(conv_or_weight, nn.Conv2d) and padding_mode is None
-    op = as_layer(op) if own_circular and settings["padding_mode"] == "circular" else \
-        op.with_mode(settings["padding_mode"])
+    own = isinstance(conv_or_weight, nn.Conv2d) and padding_mode is None   # the layer's own padding mode
+    op = with_layer_mode(op, settings["padding_mode"], own=own)
     if min(op.output_size) < 1:
         raise UserError(f"input_size {size} with padding {settings['padding']!r} is smaller than the "
                         f"kernel {op.effective_kernel}")
@@ -409,3 +408,9 @@ def as_layer(op: ConvOperator) -> ConvOperator:
         return zero
     torus = all(n % s == 0 and o == n // s for n, s, o in zip(op.input_size, op.stride, zero.output_size))
     return dataclasses.replace(op, padding_mode="circular" if torus else "wrap")
+
+
+def with_layer_mode(op: ConvOperator, padding_mode: str, *, own: bool) -> ConvOperator:
+    """``op`` in ``padding_mode``; where that is a layer's own circular padding (``own``), the
+    layer's operator (:func:`as_layer`) rather than the kernel's torus conv."""
+    return as_layer(op) if own and padding_mode == "circular" else op.with_mode(padding_mode)

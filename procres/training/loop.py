@@ -94,6 +94,7 @@ import torch.nn.functional as F
 from procres.errors import UserError
 from procres.files import append_jsonl, atomic_save, atomic_write_text
 from procres.integrations.tensorboard import open_tensorboard, seed_log_dir
+from procres.models.factory import state_mismatch
 from procres.training.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, training_state
 from procres.training.config import TrainConfig, resume_changes
 from procres.training.distributed import gathered, process_group, reduced
@@ -296,7 +297,8 @@ def _restore(run: Run, checkpoint: dict, changes: dict) -> None:
     try:
         run.model.load_state_dict(checkpoint["model"])
     except RuntimeError as err:
-        raise UserError(f"the checkpoint in {run.run_dir} does not fit model {run.cfg.model!r}: {err}") from err
+        raise UserError(f"the checkpoint in {run.run_dir} does not fit model {run.cfg.model!r}: "
+                        f"{state_mismatch(run.model.state_dict(), checkpoint['model'])}") from err
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     if run.hook is not None:
         run.hook.load_state_dict(checkpoint["projection"])
